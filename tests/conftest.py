@@ -1,0 +1,81 @@
+"""Shared fixtures: a loopback search engine, generated image folders, ../shared data."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fake_engine import FakeEngine, distinct_image, near_copy  # noqa: F401 (re-exported)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FLOWERS = SHARED / "data" / "flowers"
+MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
+
+
+@pytest.fixture
+def engine(monkeypatch):
+    """A fake Bing/Baidu/Google on 127.0.0.1; the crawler is pointed at it."""
+    server = FakeEngine()
+    for name in ("BING", "BAIDU", "GOOGLE"):
+        monkeypatch.setenv(f"TOOLKIT_{name}_URL", server.url)
+    yield server
+    server.close()
+
+
+def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A 100-byte PNG whose header claims width x height pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b""))
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def grid_image(seed: int, size=(160, 120)) -> Image.Image:
+    return Image.open(io.BytesIO(distinct_image(seed, size, "PNG"))).convert("RGB")
+
+
+def make_class_folders(root: Path, classes: dict[str, range], size=(160, 120)) -> Path:
+    """One folder per class, each image a distinct random grid, saved as JPEG."""
+    for name, seeds in classes.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for s in seeds:
+            (folder / f"img{s:04d}.jpg").write_bytes(distinct_image(s, size))
+    return root
+
+
+def shapes_dataset(n_per_class: int = 60, size: int = 32, seed: int = 0):
+    """A learnable toy set: class 0 a red square, 1 a green disc, 2 a blue bar; random
+    positions, sizes and backgrounds. Returns (x uint8 (n,size,size,3), y int64)."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    yy, xx = np.mgrid[:size, :size]
+    for label in range(3):
+        for _ in range(n_per_class):
+            img = rng.integers(0, 90, (size, size, 3)).astype(np.uint8)
+            r = rng.integers(size // 6, size // 3)
+            cy, cx = rng.integers(r, size - r, 2)
+            if label == 0:
+                mask = (abs(yy - cy) <= r) & (abs(xx - cx) <= r)
+            elif label == 1:
+                mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+            else:
+                mask = (abs(yy - cy) <= r // 3) & (abs(xx - cx) <= r)
+            img[mask] = [(230, 30, 30), (30, 230, 30), (30, 30, 230)][label]
+            xs.append(img)
+            ys.append(label)
+    order = rng.permutation(len(ys))
+    return np.stack(xs)[order], np.array(ys, dtype=np.int64)[order]

@@ -1,0 +1,220 @@
+"""A loopback HTTP server that answers like Bing, Baidu and Google image search.
+
+It serves result pages in each engine's real format (so icrawler's own parsers read
+them) and the images they point to, some of them bad on purpose. Tests point the
+crawler at it with TOOLKIT_<ENGINE>_URL.
+"""
+
+from __future__ import annotations
+
+import collections
+import html
+import io
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+from PIL import Image
+
+
+def distinct_image(seed: int, size: tuple[int, int] = (160, 120), fmt: str = "JPEG",
+                   mode: str = "RGB") -> bytes:
+    """An image whose perceptual hash differs from every other seed's: a random 6x6 colour grid."""
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    image = Image.fromarray(grid).resize(size, Image.Resampling.NEAREST)
+    if mode != "RGB":
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def near_copy(data: bytes) -> bytes:
+    """The same picture resized and recompressed: a near-duplicate."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    image = image.resize((image.width * 9 // 10, image.height * 9 // 10))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=70)
+    return buffer.getvalue()
+
+
+def baidu_encode(url: str) -> str:
+    """Inverse of icrawler's BaiduParser._decode_url, as Baidu's objURL is encoded."""
+    plain_to_code = {"a": "w", "b": "k", "c": "v", "d": "1", "e": "j", "f": "u", "g": "2",
+                     "h": "i", "i": "t", "j": "3", "k": "h", "l": "s", "m": "4", "n": "g",
+                     "o": "5", "p": "r", "q": "q", "r": "6", "s": "f", "t": "p", "u": "7",
+                     "v": "e", "w": "o", "1": "8", "2": "d", "3": "n", "4": "9", "5": "c",
+                     "6": "m", "7": "0", "8": "b", "9": "l", "0": "a"}
+    specials = {":": "_z2C$q", ".": "_z&e3B", "/": "AzdH3F"}
+    return "".join(specials.get(c) or plain_to_code.get(c, c) for c in url)
+
+
+@dataclass
+class Item:
+    """What the server answers for one image path."""
+
+    body: bytes = b""
+    status: int = 200
+    content_type: str = "image/jpeg"
+    behaviour: str = ""  # "", "slow", "redirect_loop", "huge", "fail_once", "hang"
+    calls: int = 0
+
+
+@dataclass
+class FakeEngine:
+    results: dict[str, list[str]] = field(default_factory=dict)  # keyword -> image names
+    items: dict[str, Item] = field(default_factory=dict)
+    hits: collections.Counter = field(default_factory=collections.Counter)
+    page_hits: collections.Counter = field(default_factory=collections.Counter)
+    engines_down: set[str] = field(default_factory=set)
+    slow_seconds: float = 0.0  # delay before answering any image (for interrupt tests)
+
+    def __post_init__(self):
+        self.lock = threading.Lock()
+        engine = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                engine.handle(self)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # ---- set-up helpers
+    def add(self, keyword: str, name: str, item: Item) -> str:
+        """Serve `item` at /img/<name> and list it in `keyword`'s results."""
+        self.items[name] = item
+        self.results.setdefault(keyword, []).append(name)
+        return f"{self.url}/img/{name}"
+
+    def add_images(self, keyword: str, seeds, prefix: str = "") -> list[str]:
+        return [self.add(keyword, f"{prefix}{keyword_slug(keyword)}{s}.jpg",
+                         Item(distinct_image(s))) for s in seeds]
+
+    # ---- serving
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(request.path)
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        if parts.path.startswith("/img/"):
+            return self._image(request, parts.path[5:])
+        engine = {"/images/async": "bing", "/search/acjson": "baidu", "/search": "google"}.get(parts.path)
+        if engine is None:
+            return self._send(request, 404, b"not found", "text/plain")
+        with self.lock:
+            self.page_hits[engine] += 1
+        if engine in self.engines_down:
+            return self._send(request, 503, b"down", "text/plain")
+        keyword = query.get("q") or query.get("word") or ""
+        offset = int(query.get("first") or query.get("pn") or query.get("start") or 0)
+        step = {"bing": 20, "baidu": 30, "google": 100}[engine]
+        names = self.results.get(keyword, [])[offset:offset + step]
+        urls = [f"{self.url}/img/{n}" for n in names]
+        body, ctype = getattr(self, f"_{engine}_page")(urls)
+        self._send(request, 200, body, ctype)
+
+    @staticmethod
+    def _bing_page(urls):
+        divs = "".join(
+            f'<div class="imgpt"><a class="iusc" m="{html.escape(json.dumps({"murl": u}, separators=(",", ":")))}" '
+            f'href="#"><img src="x"></a></div>' for u in urls)
+        return f"<html><body>{divs}</body></html>".encode(), "text/html; charset=utf-8"
+
+    @staticmethod
+    def _baidu_page(urls):
+        data = [{"objURL": baidu_encode(u)} for u in urls] + [{}]
+        return json.dumps({"data": data}).encode(), "application/json"
+
+    @staticmethod
+    def _google_page(urls):
+        rows = ",".join(f'["{u}",300,200]' for u in urls)
+        script = f"<script>AF_initDataCallback({{key: 'ds:1', data:[{rows}]}});</script>"
+        return f"<html><head>{script}</head><body></body></html>".encode(), "text/html"
+
+    def _image(self, request, name: str) -> None:
+        with self.lock:
+            self.hits[name] += 1
+            item = self.items.get(name)
+            if item is not None:
+                item.calls += 1
+        if self.slow_seconds:
+            time.sleep(self.slow_seconds)
+        if item is None:
+            return self._send(request, 404, b"no such image", "text/plain")
+        if item.behaviour == "redirect_loop":
+            request.send_response(302)
+            request.send_header("Location", f"/img/{name}")
+            request.send_header("Content-Length", "0")
+            request.end_headers()
+            return
+        if item.behaviour == "redirect_file":
+            request.send_response(302)
+            request.send_header("Location", "file:///etc/passwd")
+            request.send_header("Content-Length", "0")
+            request.end_headers()
+            return
+        if item.behaviour == "fail_once" and item.calls == 1:
+            request.send_response(429)
+            request.send_header("Retry-After", "0")
+            request.send_header("Content-Length", "0")
+            request.end_headers()
+            return
+        if item.behaviour == "huge":  # claims 2 GB; sends a little, then hangs up
+            request.send_response(200)
+            request.send_header("Content-Type", item.content_type)
+            request.send_header("Content-Length", str(2 * 2**30))
+            request.end_headers()
+            request.wfile.write(b"\xff" * 1024)
+            return
+        if item.behaviour == "endless":  # no Content-Length, streams until cut off
+            request.send_response(200)
+            request.send_header("Content-Type", item.content_type)
+            request.end_headers()
+            try:
+                for _ in range(100_000):
+                    request.wfile.write(b"\xff" * 65536)
+            except OSError:
+                pass
+            return
+        if item.behaviour == "slow":  # drips one byte at a time
+            request.send_response(200)
+            request.send_header("Content-Type", item.content_type)
+            request.send_header("Content-Length", str(len(item.body)))
+            request.end_headers()
+            try:
+                for i in range(len(item.body)):
+                    request.wfile.write(item.body[i:i + 1])
+                    request.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass
+            return
+        self._send(request, item.status, item.body, item.content_type)
+
+    @staticmethod
+    def _send(request, status: int, body: bytes, ctype: str) -> None:
+        try:
+            request.send_response(status)
+            request.send_header("Content-Type", ctype)
+            request.send_header("Content-Length", str(len(body)))
+            request.end_headers()
+            request.wfile.write(body)
+        except OSError:
+            pass
+
+
+def keyword_slug(keyword: str) -> str:
+    return "".join(c for c in keyword if c.isascii() and c.isalnum()) or "k"

@@ -1,0 +1,256 @@
+"""toolkit crawl: icrawler's real feeders, parsers and downloaders against a loopback engine."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import distinct_image, near_copy, png_bomb
+from fake_engine import Item
+from toolkit import images
+from toolkit.archive import pack
+from toolkit.cli import cli
+from toolkit.crawler import FetchOptions, crawl, parse_query
+from toolkit.errors import ToolkitError
+
+FAST = FetchOptions(timeout=2, total_timeout=3, retries=1, backoff=0.05)
+
+
+def add_bad_responses(engine, keyword, slow=True):
+    engine.add(keyword, f"{keyword}-404.jpg", Item(status=404))
+    engine.add(keyword, f"{keyword}-500.jpg", Item(b"oops", status=500, content_type="text/plain"))
+    engine.add(keyword, f"{keyword}-html.jpg", Item(b"<html><body>blocked</body></html>"))
+    engine.add(keyword, f"{keyword}-trunc.jpg", Item(distinct_image(990)[:-500]))
+    engine.add(keyword, f"{keyword}-svg.jpg", Item(b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+                                                   content_type="image/svg+xml"))
+    engine.add(keyword, f"{keyword}-bomb.jpg", Item(png_bomb(), content_type="image/png"))
+    engine.add(keyword, f"{keyword}-tiny.jpg", Item(distinct_image(991, (40, 30))))
+    engine.add(keyword, f"{keyword}-loop.jpg", Item(behaviour="redirect_loop"))
+    engine.add(keyword, f"{keyword}-huge.jpg", Item(behaviour="huge"))
+    if slow:
+        engine.add(keyword, f"{keyword}-slow.jpg", Item(b"\xff\xd8" * 150, behaviour="slow"))
+
+
+def folder_state(root, label):
+    """(files on disk, files in the manifest) for a class."""
+    on_disk = {p.name for p in (root / label).iterdir()}
+    manifest = [json.loads(line) for line in (root / f"{label}.manifest.jsonl").read_text().splitlines()]
+    return on_disk, manifest
+
+
+def assert_consistent(root, label):
+    on_disk, manifest = folder_state(root, label)
+    assert on_disk == {e["file"] for e in manifest}, "manifest must match the folder"
+    assert not [n for n in on_disk if n.startswith(".")], "no partial files"
+    for e in manifest:
+        info, _ = images.decode((root / label / e["file"]).read_bytes())
+        assert info.sha256 == e["sha256"] and (info.width, info.height) == (e["width"], e["height"])
+    return manifest
+
+
+def test_crawl_keeps_exactly_n_usable_distinct_images_per_class(engine, tmp_path):
+    engine.add_images("cat", range(0, 12))
+    add_bad_responses(engine, "cat")
+    engine.add("cat", "cat-dup.jpg", Item(distinct_image(3)))
+    engine.add("cat", "cat-near.jpg", Item(near_copy(distinct_image(4))))
+    engine.add_images("dog", range(100, 112))
+    engine.add("dog", "dog-cross.jpg", Item(distinct_image(5)))  # a cat picture found for dog
+    engine.add("dog", "dog-retry.jpg", Item(distinct_image(150), behaviour="fail_once"))
+    add_bad_responses(engine, "dog")
+
+    report = crawl(["cat", "dog"], root=tmp_path, per_class=10, fetch=FAST, threads=4)
+
+    assert [c.kept for c in report.classes] == [10, 10] and report.complete
+    hashes = []
+    for label in ("cat", "dog"):
+        manifest = assert_consistent(tmp_path, label)
+        assert len(manifest) == 10
+        assert all(e["engine"] == "bing" and e["query"] == label and e["url"].startswith(engine.url)
+                   for e in manifest)
+        hashes += [int(e["phash"], 16) for e in manifest]
+    assert all(bin(a ^ b).count("1") > 8 for i, a in enumerate(hashes) for b in hashes[i + 1:])
+    assert engine.hits.get("cat-404.jpg", 0) <= 1
+
+
+def test_bad_responses_are_refused_and_recorded(engine, tmp_path):
+    engine.add_images("cat", range(0, 3))
+    add_bad_responses(engine, "cat")
+    engine.add("cat", "cat-retry.jpg", Item(distinct_image(60), behaviour="fail_once"))
+    report = crawl(["cat"], root=tmp_path, per_class=20, fetch=FAST, threads=4)
+    result = report.classes[0]
+    assert result.kept == 4 and not report.complete  # 3 good + the one that failed once
+    assert result.failed == {"http_404": 1, "http_500": 1, "not_image": 2, "corrupt": 1,
+                             "too_large": 2, "too_small": 1, "redirects": 1, "timeout": 1}
+    assert engine.hits["cat-retry.jpg"] == 2 and engine.hits["cat-500.jpg"] == 2  # retried once
+    assert "cat: 4/20" in result.why_short()
+    refused = {json.loads(l)["url"].rsplit("/", 1)[1]: json.loads(l)["reason"]
+               for l in (tmp_path / "cat.rejected.jsonl").read_text().splitlines()}
+    assert refused["cat-404.jpg"] == "http_404" and "cat-500.jpg" not in refused  # 5xx may heal
+    assert_consistent(tmp_path, "cat")
+
+
+def test_rerun_tops_up_without_downloading_anything_twice(engine, tmp_path):
+    engine.add_images("cat", range(0, 20))
+    add_bad_responses(engine, "cat")
+    crawl(["cat"], root=tmp_path, per_class=6, fetch=FAST, threads=3)
+    first = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "cat").iterdir()}
+    assert len(first) == 6
+    engine.hits.clear()
+    report = crawl(["cat"], root=tmp_path, per_class=14, fetch=FAST, threads=3)
+    assert report.classes[0].kept == 14 and report.classes[0].new == 8
+    assert max(engine.hits.values()) == 1
+    refetched = {n for n in engine.hits if n.startswith("cat-")}
+    assert refetched <= {"cat-500.jpg", "cat-slow.jpg"}, "refused URLs are not fetched again"
+    now = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "cat").iterdir()}
+    assert {k: now[k] for k in first} == first, "kept files are never rewritten"
+    assert_consistent(tmp_path, "cat")
+    engine.hits.clear()
+    assert crawl(["cat"], root=tmp_path, per_class=14, fetch=FAST).classes[0].new == 0
+    assert not engine.hits
+
+
+def test_refused_urls_are_not_fetched_on_a_rerun(engine, tmp_path):
+    engine.add_images("cat", range(0, 3))
+    add_bad_responses(engine, "cat")
+    crawl(["cat"], root=tmp_path, per_class=10, fetch=FAST, threads=4)
+    engine.hits.clear()
+    crawl(["cat"], root=tmp_path, per_class=10, fetch=FAST, threads=4)
+    # only transient failures (5xx, slow) are tried again
+    assert set(engine.hits) == {"cat-500.jpg", "cat-slow.jpg"}
+
+
+def test_falls_back_to_the_next_engine_when_one_runs_dry(engine, tmp_path):
+    engine.add_images("owl", range(0, 4))
+    engine.engines_down.add("bing")
+    report = crawl(["owl"], root=tmp_path, per_class=4, fetch=FAST, engines=["bing", "baidu"])
+    assert report.classes[0].engines == ["bing", "baidu"] and report.complete
+    assert {e["engine"] for e in assert_consistent(tmp_path, "owl")} == {"baidu"}
+
+
+def test_google_parser_through_the_fallback_chain(engine, tmp_path):
+    engine.add_images("owl", range(0, 4))
+    engine.engines_down |= {"bing", "baidu"}
+    report = crawl(["owl"], root=tmp_path, per_class=4, fetch=FAST)
+    assert report.classes[0].engines == ["bing", "baidu", "google"] and report.complete
+
+
+def test_labels_with_their_own_search_words_and_non_ascii_queries(engine, tmp_path):
+    engine.add_images("poodle dog", range(0, 3))
+    engine.add_images("고슴도치", range(10, 13))
+    report = crawl(['poodle="poodle dog"', "고슴도치"], root=tmp_path, per_class=3, fetch=FAST)
+    assert report.complete
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["poodle", "고슴도치"]
+    assert {e["query"] for e in assert_consistent(tmp_path, "poodle")} == {"poodle dog"}
+
+
+def test_pack_right_after_crawl_finds_n_per_class(engine, tmp_path):
+    for k, word in enumerate(("cat", "dog", "fox")):
+        engine.add_images(word, range(100 * k, 100 * k + 9))
+        engine.add(word, f"{word}-cross.jpg", Item(distinct_image(0)))   # cat's first picture
+        engine.add(word, f"{word}-near.jpg", Item(near_copy(distinct_image(100 * k + 1))))
+        add_bad_responses(engine, word)
+    crawl(["cat", "dog", "fox"], root=tmp_path / "data", per_class=8, fetch=FAST)
+    report = pack(tmp_path / "data", tmp_path / "x.npz", per_class=8, size=32)
+    assert report.usable_counts() == [8, 8, 8]
+
+
+def test_hand_added_files_and_kill_leftovers_are_reconciled(engine, tmp_path):
+    engine.add_images("cat", range(0, 8))
+    crawl(["cat"], root=tmp_path, per_class=3, fetch=FAST)
+    folder = tmp_path / "cat"
+    (folder / "mine.jpg").write_bytes(distinct_image(500))          # added by hand
+    (folder / ".x.jpg.abc.part.jpg").write_bytes(b"\xff\xd8 half")  # left by a kill
+    victim = sorted(folder.iterdir())[0]
+    victim.unlink()                                                 # deleted by hand
+    with open(tmp_path / "cat.manifest.jsonl", "a") as f:
+        f.write('{"file": "cut sho')                                # a line cut by a kill
+    report = crawl(["cat"], root=tmp_path, per_class=5, fetch=FAST)
+    manifest = assert_consistent(tmp_path, "cat")
+    assert report.classes[0].kept == 5 and len(manifest) == 5
+    assert [e["engine"] for e in manifest if e["file"] == "mine.jpg"] == ["local"]
+
+
+def test_url_list_never_fetches_other_schemes(engine, tmp_path):
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(distinct_image(77))
+    good = engine.add_images("x", range(0, 2))
+    redirect = engine.add("x", "to-file.jpg", Item(behaviour="redirect_file"))
+    listing = tmp_path / "urls.txt"
+    listing.write_text("\n".join(["# my list", f"cat {good[0]}", f"cat,{good[1]}",
+                                  f"cat file://{secret}", "cat ftp://example.com/a.jpg",
+                                  f"cat {redirect}", "dog " + good[0]]))
+    report = crawl([], root=tmp_path / "data", per_class=3, urls=listing, fetch=FAST)
+    cat, dog = report.classes
+    assert cat.kept == 2 and cat.failed["bad_url"] == 3
+    assert dog.kept == 0 and dog.known == 1  # the same URL is not fetched for a second class
+    assert engine.hits[good[0].rsplit("/", 1)[1]] == 1
+
+
+@pytest.mark.parametrize("query,message", [
+    ("../x", "is a path"), ("a/b", "is a path"), ("CON", "reserved"), ("nul.txt", "reserved"),
+    (".hidden", "starts with '.'"), ("what?", "not allowed"), ("=words", "is empty"),
+    ("x=", "no search words"), ("trailing.", "ends with a dot"),
+])
+def test_unsafe_labels_are_refused(query, message):
+    with pytest.raises(ToolkitError, match=message):
+        parse_query(query)
+
+
+def run(*args, **kwargs):
+    return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "no query given"),
+    (["cat", "Cat"], "given twice"),
+    (["cat", "--per-class", "0"], "at least 1"),
+    (["cat", "--engine", "altavista"], "unknown engine"),
+    (["../etc"], "is a path"),
+    (["cat", "--engine", "urls"], "needs --urls"),
+])
+def test_cli_crawl_errors_are_one_line(tmp_path, args, message):
+    result = run("crawl", "--root", tmp_path / "d", *args)
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
+def test_cli_crawl_prints_a_summary_and_fails_when_short(engine, tmp_path):
+    engine.add_images("cat", range(0, 3))
+    add_bad_responses(engine, "cat", slow=False)
+    result = run("crawl", "cat", "--root", tmp_path, "--per-class", 3, "--timeout", 2)
+    assert result.exit_code == 0, result.output
+    assert "cat" in result.output and "kept" in result.output
+    result = run("crawl", "cat", "--root", tmp_path, "--per-class", 5, "--timeout", 2)
+    assert result.exit_code == 1 and "cat: 3/5" in result.output and "short of 5" in result.output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_crawl_leaves_a_consistent_folder(engine, tmp_path, sig):
+    engine.add_images("cat", range(0, 40))
+    engine.slow_seconds = 0.15
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "toolkit.cli", "crawl", "cat", "--root", str(tmp_path),
+         "--per-class", "40", "--threads", "4"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        folder = tmp_path / "cat"
+        if folder.exists() and len([p for p in folder.iterdir() if not p.name.startswith(".")]) >= 5:
+            break
+        time.sleep(0.05)
+    process.send_signal(sig)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert "Interrupted" in output and "Traceback" not in output
+    manifest = assert_consistent(tmp_path, "cat")
+    assert 5 <= len(manifest) < 40
+    engine.slow_seconds = 0
+    report = crawl(["cat"], root=tmp_path, per_class=40, fetch=FAST)
+    assert report.complete and len(assert_consistent(tmp_path, "cat")) == 40

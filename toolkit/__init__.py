@@ -1,0 +1,39 @@
+"""toolkit: from search queries to a trained, evaluated image classifier.
+
+The library API, which the `toolkit` command is a thin layer over::
+
+    from toolkit import crawl, pack, train, evaluate, predict, compare
+
+    crawl(["hedgehog", "hamster", "poodle"], per_class=400)
+    pack("datasets", "animal.npz")
+    run = train("animal.npz", strategy="finetune")
+
+TensorFlow is imported only when a training function is first used. (Modules are named
+apart from the functions - `crawler`, `training`, `inference` - so that importing one never
+shadows the function of the same name.)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_API = {
+    "crawl": "toolkit.crawler",
+    "pack": "toolkit.archive",
+    "load_archive": "toolkit.archive",
+    "train": "toolkit.training",
+    "compare": "toolkit.training",
+    "evaluate": "toolkit.inference",
+    "predict": "toolkit.inference",
+    "ToolkitError": "toolkit.errors",
+}
+
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'toolkit' has no attribute {name!r}")

@@ -1,0 +1,501 @@
+"""Pack a folder of class folders into a clean, stratified train/test `.npz` archive,
+and load such an archive back with every check a training run needs.
+
+The archive holds `X_train` (n, size, size, 3) uint8, `y_train` int64, `X_test`, `y_test`,
+`class_names` (label i = the i-th class folder in sorted order), `paths_train` and
+`paths_test` (where every row came from) and `meta` (a JSON string). Nothing in it needs
+pickle: `np.load(path)` reads it as it is.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime
+import json
+import math
+import os
+import struct
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__, dedupe, images
+from .errors import ToolkitError
+from .files import atomic_path, is_partial, write_json, write_text
+
+IMAGE_KEYS = ("X_train", "X_test")
+LABEL_KEYS = ("y_train", "y_test")
+REQUIRED_KEYS = (*IMAGE_KEYS, *LABEL_KEYS)
+
+#: Status of an input file in the pack report, besides the reasons in images.REASONS.
+PACKED, SURPLUS, HIDDEN = "packed", "surplus", "hidden"
+DUPLICATE, LABEL_CONFLICT = "duplicate", "label_conflict"
+STATUS_WORDS = {
+    PACKED: "in the archive",
+    SURPLUS: "usable, not picked (over --per-class)",
+    HIDDEN: "hidden file, skipped",
+    DUPLICATE: "duplicate of a kept image",
+    LABEL_CONFLICT: "same picture under another class (label noise), dropped from both",
+    **images.REASONS,
+}
+
+
+# --------------------------------------------------------------------------- finding files
+
+@dataclass
+class InputFile:
+    """One file found under SOURCE and what became of it."""
+
+    label: int
+    path: Path
+    name: str  # path relative to SOURCE, printable
+    status: str = ""
+    detail: str = ""
+    info: images.ImageInfo | None = None
+
+
+def class_folders(source: str | os.PathLike) -> list[tuple[str, Path]]:
+    """The class folders of SOURCE as (class name, path), sorted by name: label i is the i-th."""
+    source = Path(source)
+    if not source.exists():
+        raise ToolkitError(f"source folder {source} does not exist; run `toolkit crawl` first "
+                           "or give a folder of class folders")
+    if not source.is_dir():
+        raise ToolkitError(f"source {source} is not a folder; give a folder of class folders")
+    try:
+        entries = sorted(os.scandir(source), key=lambda e: e.name)
+    except OSError as e:
+        raise ToolkitError(f"cannot read {source}: {e.strerror}") from None
+    folders = [(printable(e.name), Path(e.path)) for e in entries
+               if not e.name.startswith(".") and _is_dir(e)]
+    if not folders:
+        raise ToolkitError(f"{source} holds no class folders; put each class's images in "
+                           "a folder of its own (e.g. {source}/cat/, {source}/dog/)")
+    if len(folders) < 2:
+        raise ToolkitError(f"{source} holds one class folder ({folders[0][0]}); a classifier "
+                           "needs at least two")
+    return folders
+
+
+def list_files(folder: Path) -> list[Path]:
+    """Every file under `folder`, sorted, following links but never around a loop."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+
+    def walk(d: Path) -> None:
+        try:
+            st = d.stat()
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) in seen:
+            return
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            return
+        for e in entries:
+            if _is_dir(e):
+                if not e.name.startswith("."):
+                    walk(Path(e.path))
+            else:
+                found.append(Path(e.path))
+
+    walk(folder)
+    return found
+
+
+def printable(name: str) -> str:
+    """A file name that can be printed and stored: undecodable bytes shown as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links; a link loop is not a dir
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- the report
+
+@dataclass
+class PackReport:
+    """Per class: files found, packed, and every other file by reason."""
+
+    source: str
+    class_names: list[str]
+    files: list[InputFile]
+    out: str | None = None
+    per_class: int = 0
+    train_counts: list[int] = field(default_factory=list)
+    test_counts: list[int] = field(default_factory=list)
+
+    def counts(self) -> list[collections.Counter]:
+        by_class = [collections.Counter() for _ in self.class_names]
+        for f in self.files:
+            by_class[f.label][f.status] += 1
+        return by_class
+
+    def usable_counts(self) -> list[int]:
+        return [c[PACKED] + c[SURPLUS] for c in self.counts()]
+
+    def table(self) -> str:
+        """The report as a plain-text table, one row per class, a column per outcome."""
+        counts = self.counts()
+        outcomes = [s for s in STATUS_WORDS if any(c[s] for c in counts)]
+        head = ["class", "found", *outcomes]
+        rows = [[name, str(sum(c.values())), *(str(c[s]) for s in outcomes)]
+                for name, c in zip(self.class_names, counts)]
+        total = collections.Counter()
+        for c in counts:
+            total.update(c)
+        rows.append(["total", str(sum(total.values())), *(str(total[s]) for s in outcomes)])
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in
+                           enumerate(zip(cells, widths))) for cells in [head, *rows]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines.insert(-1, lines[1])
+        legend = [f"  {s}: {STATUS_WORDS[s]}" for s in outcomes]
+        return "\n".join([*lines, "", *legend])
+
+    def to_json(self) -> dict:
+        return {
+            "source": self.source,
+            "out": self.out,
+            "class_names": self.class_names,
+            "per_class": self.per_class,
+            "train_counts": self.train_counts,
+            "test_counts": self.test_counts,
+            "counts": {name: dict(c) for name, c in zip(self.class_names, self.counts())},
+            "files": [{"class": self.class_names[f.label], "path": f.name, "status": f.status,
+                       **({"detail": f.detail} if f.detail else {}),
+                       **({"sha256": f.info.sha256, "width": f.info.width,
+                           "height": f.info.height} if f.info else {})}
+                      for f in self.files],
+        }
+
+
+class NotEnoughImages(ToolkitError):
+    """A class has fewer usable images than asked for; carries the report that shows why."""
+
+    def __init__(self, message: str, report: PackReport):
+        super().__init__(message)
+        self.report = report
+
+
+# --------------------------------------------------------------------------- pack
+
+def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 400,
+         test_size: float = 0.2, size: int = 224, fit: str = "crop", seed: int = 42,
+         checks: images.Checks = images.Checks(), threshold: int = dedupe.DEFAULT_THRESHOLD,
+         allow_fewer: bool = False, force: bool = False, workers: int | None = None,
+         progress: bool = False) -> PackReport:
+    """Clean, dedupe, resize and split SOURCE's class folders into the archive `out`.
+
+    Writes `out` and, beside it, `<stem>.report.txt` and `<stem>.report.json`, all
+    atomically. Raises :class:`ToolkitError` (nothing written) on bad arguments, and
+    :class:`NotEnoughImages` when a class has fewer than `per_class` usable images and
+    `allow_fewer` is not set.
+    """
+    out = Path(out)
+    _check_pack_arguments(out, per_class, test_size, size, fit, threshold, force)
+    folders = class_folders(source)
+    files = [InputFile(label, path, printable(str(path.relative_to(source))))
+             for label, (_, folder) in enumerate(folders) for path in list_files(folder)]
+    report = PackReport(str(source), [name for name, _ in folders], files, str(out), per_class)
+    for f in files:
+        if f.path.name.startswith("."):
+            f.status = HIDDEN
+
+    row_bytes = size * size * 3
+    with tempfile.TemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".spill") as spill:
+        _decode_all(files, spill.fileno(), row_bytes, checks, size, fit, workers, progress)
+        _drop_duplicates(files, threshold)
+        chosen = _choose(report, per_class, seed, allow_fewer)
+        train, test = _split(chosen, test_size, seed, report)
+        for f in chosen:
+            f.status = PACKED
+        meta = {"toolkit": __version__, "created": datetime.datetime.now().astimezone().isoformat(
+                    timespec="seconds"), "source": str(source), "size": size, "fit": fit,
+                "seed": seed, "test_size": test_size, "per_class": per_class,
+                "min_side": checks.min_side, "threshold": threshold}
+        _write_archive(out, report.class_names, train, test, files, spill.fileno(), size, meta)
+
+    stem = out.with_suffix("")
+    write_text(f"{stem}.report.txt", report.table() + "\n")
+    write_json(f"{stem}.report.json", report.to_json())
+    return report
+
+
+def _check_pack_arguments(out: Path, per_class: int, test_size: float, size: int, fit: str,
+                          threshold: int, force: bool) -> None:
+    if out.suffix != ".npz":
+        raise ToolkitError(f"--out {out}: the archive name must end in .npz")
+    if not out.parent.is_dir():
+        raise ToolkitError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    if out.exists() and not force:
+        raise ToolkitError(f"{out} already exists; pass --force to replace it")
+    if per_class < 2:
+        raise ToolkitError(f"--per-class {per_class}: need at least 2 images per class "
+                           "(one to train, one to test)")
+    if not 0 < test_size < 1:
+        raise ToolkitError(f"--test-size {test_size}: must be a fraction between 0 and 1, "
+                           "e.g. 0.2")
+    if size < 8:
+        raise ToolkitError(f"--size {size}: images must be at least 8 pixels on a side")
+    if fit not in images.FITS:
+        raise ToolkitError(f"--fit {fit}: choose one of {', '.join(images.FITS)}")
+    if not 0 <= threshold <= 64:
+        raise ToolkitError(f"--threshold {threshold}: perceptual-hash distance is 0..64 bits")
+
+
+def _decode_all(files: list[InputFile], spill_fd: int, row_bytes: int, checks: images.Checks,
+                size: int, fit: str, workers: int | None, progress: bool) -> None:
+    """Verify every file and stream its pixels into the spill file, at row = file index.
+
+    Pillow decodes and resizes outside the GIL, so threads use every core without
+    copying pixels between processes.
+    """
+    def work(index: int) -> tuple[int, str, str, images.ImageInfo | None]:
+        f = files[index]
+        try:
+            info, pixels = images.decode(images.read_file(f.path, checks), checks, size, fit)
+        except images.Unusable as e:
+            return index, e.reason, e.detail, None
+        os.pwrite(spill_fd, pixels.tobytes(), index * row_bytes)
+        return index, "", "", info
+
+    todo = [i for i, f in enumerate(files) if not f.status]
+    executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
+    try:
+        results = executor.map(work, todo)
+        for index, status, detail, info in tqdm(results, total=len(todo), desc="decode",
+                                                unit="img", disable=not progress):
+            files[index].status, files[index].detail, files[index].info = status, detail, info
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _drop_duplicates(files: list[InputFile], threshold: int) -> None:
+    usable = [f for f in files if f.info is not None and not f.status]
+    candidates = [dedupe.Candidate(f.label, f.info.sha256, f.info.phash,
+                                   f.info.width * f.info.height, f.name) for f in usable]
+    for index, dropped in dedupe.find_duplicates(candidates, threshold).items():
+        f, twin = usable[index], usable[dropped.twin]
+        f.status, f.detail = dropped.reason, twin.name
+
+
+def _choose(report: PackReport, per_class: int, seed: int, allow_fewer: bool) -> list[InputFile]:
+    """Pick `per_class` usable files per class at random (seeded); the rest are surplus."""
+    rng = np.random.default_rng(seed)
+    usable = [[f for f in report.files if f.label == k and not f.status]
+              for k in range(len(report.class_names))]
+    short = [(name, len(u)) for name, u in zip(report.class_names, usable) if len(u) < per_class]
+    for f in (f for u in usable for f in u):
+        f.status = SURPLUS
+    if short and not allow_fewer:
+        counts = ", ".join(f"{name} {n}" for name, n in short)
+        raise NotEnoughImages(f"too few usable images for --per-class {per_class}: {counts}; "
+                              "add images (or `toolkit crawl` again to top up), lower "
+                              "--per-class, or pass --allow-fewer", report)
+    empty = [name for name, u in zip(report.class_names, usable) if len(u) < 2]
+    if empty:
+        raise NotEnoughImages(f"class {', '.join(empty)} has fewer than 2 usable images; "
+                              "a class needs one to train and one to test", report)
+    return [u[i] for u in usable for i in sorted(rng.permutation(len(u))[:per_class])]
+
+
+def _split(chosen: list[InputFile], test_size: float, seed: int, report: PackReport
+           ) -> tuple[list[InputFile], list[InputFile]]:
+    """Stratified split: each class gives round(n * test_size) files to test (at least one)."""
+    rng = np.random.default_rng(seed + 1)
+    train: list[InputFile] = []
+    test: list[InputFile] = []
+    for k in range(len(report.class_names)):
+        mine = [f for f in chosen if f.label == k]
+        mine = [mine[i] for i in rng.permutation(len(mine))]
+        n_test = min(max(1, round(len(mine) * test_size)), len(mine) - 1)
+        test += mine[:n_test]
+        train += mine[n_test:]
+        report.train_counts.append(len(mine) - n_test)
+        report.test_counts.append(n_test)
+    return ([train[i] for i in rng.permutation(len(train))],
+            [test[i] for i in rng.permutation(len(test))])
+
+
+def _write_archive(out: Path, class_names: list[str], train: list[InputFile],
+                   test: list[InputFile], files: list[InputFile], spill_fd: int, size: int,
+                   meta: dict) -> None:
+    """Write the .npz atomically, streaming image rows from the spill file into the zip.
+
+    Peak memory stays at one image row, whatever the archive's size.
+    """
+    index = {id(f): i for i, f in enumerate(files)}
+    row_bytes = size * size * 3
+
+    def rows(chosen: list[InputFile]) -> Iterable[bytes]:
+        for f in chosen:
+            yield os.pread(spill_fd, row_bytes, index[id(f)] * row_bytes)
+
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED,
+                                                  allowZip64=True) as zf:
+        for key, chosen in (("X_train", train), ("X_test", test)):
+            _write_rows(zf, key, (len(chosen), size, size, 3), np.uint8, rows(chosen))
+        small = {
+            "y_train": np.array([f.label for f in train], dtype=np.int64),
+            "y_test": np.array([f.label for f in test], dtype=np.int64),
+            "class_names": np.array(class_names, dtype=str),
+            "paths_train": np.array([f.name for f in train], dtype=str),
+            "paths_test": np.array([f.name for f in test], dtype=str),
+            "meta": np.array(json.dumps(meta, ensure_ascii=False)),
+        }
+        for key, array in small.items():
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+def _write_rows(zf: zipfile.ZipFile, key: str, shape: tuple[int, ...], dtype: type,
+                rows: Iterable[bytes]) -> None:
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": shape}
+    with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array_header_2_0(member, header)
+        for row in rows:
+            member.write(row)
+
+
+# --------------------------------------------------------------------------- loading
+
+@dataclass
+class Archive:
+    """A validated archive: images as raw 0-255 RGB uint8, labels 0..n_classes-1."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list[str]
+    meta: dict
+    path: str
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.X_train.shape[1:])
+
+
+def load_archive(path: str | os.PathLike, mmap: bool = True) -> Archive:
+    """Open and check an archive; raise ToolkitError naming the first problem found.
+
+    With `mmap`, image arrays stored uncompressed are memory-mapped rather than read, so a
+    training run holds only the rows it is using.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ToolkitError(f"archive {path} does not exist; make one with "
+                           f"`toolkit pack --out {path}`")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            missing = [k for k in REQUIRED_KEYS if k not in keys]
+            if missing:
+                raise ToolkitError(f"{path} lacks {', '.join(missing)}; an archive needs "
+                                   f"{', '.join(REQUIRED_KEYS)} (make one with `toolkit pack`)")
+            arrays = {k: (_memmap_member(path, k) if mmap and k in IMAGE_KEYS else None)
+                      for k in (*REQUIRED_KEYS, "class_names", "meta") if k in keys}
+            arrays = {k: npz[k] if a is None else a for k, a in arrays.items()}
+    except ToolkitError:
+        raise
+    except zipfile.BadZipFile:
+        raise ToolkitError(f"{path} is not an .npz archive (not a zip file, or truncated); "
+                           "make one with `toolkit pack`") from None
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise ToolkitError(f"{path} holds object arrays, which need pickle to load; "
+                               "refusing (pickles can run code). Store plain arrays") from None
+        raise ToolkitError(f"{path} is damaged: {e}") from None
+    except (OSError, EOFError, struct.error, KeyError) as e:
+        raise ToolkitError(f"{path} is damaged or truncated ({type(e).__name__}: {e}); "
+                           "pack it again") from None
+    return _validated(path, arrays)
+
+
+def _validated(path: Path, a: dict[str, np.ndarray]) -> Archive:
+    def bad(msg: str) -> ToolkitError:
+        return ToolkitError(f"{path}: {msg}")
+
+    for k in IMAGE_KEYS:
+        x = a[k]
+        if x.dtype != np.uint8:
+            raise bad(f"{k} has dtype {x.dtype}; images must be uint8 RGB 0-255")
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise bad(f"{k} has shape {x.shape}; images must be (n, height, width, 3)")
+    if a["X_train"].shape[1:] != a["X_test"].shape[1:]:
+        raise bad(f"X_train images are {a['X_train'].shape[1:]} but X_test images are "
+                  f"{a['X_test'].shape[1:]}")
+    for xk, yk in zip(IMAGE_KEYS, LABEL_KEYS):
+        y = a[yk]
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            raise bad(f"{yk} must be a 1-D integer array, not {y.dtype} {y.shape}")
+        if len(y) != len(a[xk]):
+            raise bad(f"{yk} has {len(y)} labels for {len(a[xk])} images in {xk}")
+        if len(y) == 0:
+            raise bad(f"{yk} is empty")
+    labels = np.concatenate([a["y_train"], a["y_test"]])
+    if labels.min() < 0:
+        raise bad(f"labels must be 0..n_classes-1; found {labels.min()}")
+    if "class_names" in a:
+        names = a["class_names"]
+        if names.dtype.kind != "U" or names.ndim != 1:
+            raise bad("class_names must be a 1-D string array")
+        class_names = [str(n) for n in names]
+        if labels.max() >= len(class_names):
+            raise bad(f"label {labels.max()} is outside the {len(class_names)} class_names "
+                      f"({', '.join(class_names)})")
+    else:
+        class_names = [str(i) for i in range(int(labels.max()) + 1)]
+    missing = sorted(set(range(len(class_names))) - set(a["y_train"].tolist()))
+    if missing:
+        raise bad(f"class {', '.join(class_names[i] for i in missing)} has no training "
+                  "images; class_names disagree with the labels")
+    if len(class_names) < 2:
+        raise bad("a classifier needs at least two classes")
+    meta = {}
+    if "meta" in a:
+        with contextlib.suppress(ValueError, TypeError):
+            meta = json.loads(str(a["meta"]))
+    return Archive(a["X_train"], a["y_train"].astype(np.int64), a["X_test"],
+                   a["y_test"].astype(np.int64), class_names, meta, str(path))
+
+
+def _memmap_member(path: Path, key: str) -> np.ndarray | None:
+    """Memory-map an uncompressed .npy member of a zip; None if it is compressed."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(f"{key}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if local[:4] != b"PK\x03\x04":
+            return None
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+        if dtype.hasobject:
+            raise ValueError("object arrays need pickle")
+        offset = f.tell()
+    if offset + math.prod(shape) * dtype.itemsize > os.path.getsize(path):
+        raise OSError(f"{key} is cut short")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                     order="F" if fortran else "C")

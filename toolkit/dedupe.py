@@ -1,0 +1,135 @@
+"""Exact and near duplicates by content hash and perceptual-hash distance.
+
+One policy, used by `pack` on a folder and by `crawl` while it downloads:
+- pictures whose perceptual hashes differ in at most `threshold` bits (or whose bytes are
+  identical) are the same picture;
+- the same picture under two labels is label noise: every copy is dropped;
+- within one label, the largest copy is kept and the others are dropped.
+
+Grouping is transitive (connected components), so what survives holds no near-duplicate
+pair at all, and none can straddle a train/test split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Bits of the 64-bit perceptual hash in which two copies of one picture may differ.
+#: Resized, recompressed, recoloured or slightly cropped copies differ in 0-8 bits;
+#: on 1,350 real flower photos, the closest distinct pictures differ in 12.
+DEFAULT_THRESHOLD = 8
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the policy needs to know of one image."""
+
+    label: int
+    sha256: str
+    phash: int
+    pixels: int
+    key: str  # a stable name (a path) that breaks ties
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """Why a candidate was dropped: `duplicate` (of `twin`) or `label_conflict` (with `twin`)."""
+
+    reason: str
+    twin: int
+
+
+def near_pairs(hashes: np.ndarray, threshold: int, chunk: int = 512) -> Iterator[tuple[int, int]]:
+    """Yield index pairs (i < j) whose hashes differ in at most `threshold` bits."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    for start in range(0, len(hashes), chunk):
+        block = hashes[start:start + chunk, None] ^ hashes[None, :]
+        rows, cols = np.nonzero(np.bitwise_count(block) <= threshold)
+        rows = rows + start
+        for i, j in zip(rows.tolist(), cols.tolist()):
+            if i < j:
+                yield i, j
+
+
+def find_duplicates(candidates: Sequence[Candidate], threshold: int = DEFAULT_THRESHOLD
+                    ) -> dict[int, Dropped]:
+    """Apply the policy; return {index: Dropped} for every candidate that must go."""
+    parent = list(range(len(candidates)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(i: int, j: int) -> None:
+        ri, rj = root(i), root(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+
+    first_with_sha: dict[str, int] = {}
+    for i, c in enumerate(candidates):
+        union(i, first_with_sha.setdefault(c.sha256, i))
+    for i, j in near_pairs(np.array([c.phash for c in candidates], dtype=np.uint64), threshold):
+        union(i, j)
+
+    groups: dict[int, list[int]] = {}
+    for i in range(len(candidates)):
+        groups.setdefault(root(i), []).append(i)
+
+    dropped: dict[int, Dropped] = {}
+    for members in groups.values():
+        if len(members) == 1:
+            continue
+        best = min(members, key=lambda i: (-candidates[i].pixels, candidates[i].key))
+        conflict = len({candidates[i].label for i in members}) > 1
+        for i in members:
+            if conflict:
+                twin = next(j for j in members if candidates[j].label != candidates[i].label)
+                dropped[i] = Dropped("label_conflict", twin)
+            elif i != best:
+                dropped[i] = Dropped("duplicate", best)
+    return dropped
+
+
+class HashIndex:
+    """Incremental lookup of the images kept so far, for deciding one download at a time."""
+
+    def __init__(self, threshold: int = DEFAULT_THRESHOLD):
+        self.threshold = threshold
+        self._owner_by_sha: dict[str, str] = {}
+        self._phashes: list[int] = []
+        self._owners: list[str] = []
+        self._array: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+    def match(self, sha256: str, phash: int) -> str | None:
+        """The owner (a label) of a kept image that this one duplicates, or None."""
+        if sha256 in self._owner_by_sha:
+            return self._owner_by_sha[sha256]
+        if not self._phashes:
+            return None
+        if self._array is None:
+            self._array = np.array(self._phashes, dtype=np.uint64)
+        close = np.flatnonzero(np.bitwise_count(self._array ^ np.uint64(phash)) <= self.threshold)
+        return self._owners[int(close[0])] if close.size else None
+
+    def add(self, sha256: str, phash: int, owner: str) -> None:
+        self._owner_by_sha.setdefault(sha256, owner)
+        self._phashes.append(phash)
+        self._owners.append(owner)
+        self._array = None
+
+    def remove(self, sha256: str, phash: int) -> None:
+        """Undo the most recent :meth:`add` of this image (a write that failed)."""
+        for i in range(len(self._phashes) - 1, -1, -1):
+            if self._phashes[i] == phash:
+                del self._phashes[i], self._owners[i]
+                break
+        self._owner_by_sha.pop(sha256, None)
+        self._array = None
