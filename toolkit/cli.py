@@ -31,6 +31,22 @@ def user_errors(command):
     return wrapper
 
 
+def load_tensorflow() -> None:
+    """Import TensorFlow with its C++ start-up chatter (CUDA probes on a CPU machine) muted;
+    errors after start-up still reach stderr."""
+    if "tensorflow" in sys.modules:
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def progress_enabled() -> bool:
     return sys.stderr.isatty()
 
@@ -155,6 +171,173 @@ def pack(source, out, per_class, test_size, size, fit, seed, min_side, threshold
     if size < 32:
         click.echo(f"warning: --size {size} is below 32, the smallest input of the pretrained "
                    "backbones; only --strategy cnn can train on it", err=True)
+
+
+# --------------------------------------------------------------------------- train
+
+def training_options(command):
+    """Options shared by `train` and `compare`."""
+    options = [
+        click.option("--data", default="animal.npz", show_default=True,
+                     type=click.Path(dir_okay=False), help="Archive made by `toolkit pack`."),
+        click.option("--backbone", default="vgg16", show_default=True,
+                     type=click.Choice(["vgg16", "vgg19", "mobilenet_v2", "resnet50", "efficientnet_b0"]),
+                     help="Pretrained base of extract/finetune/augment."),
+        click.option("--weights", default="imagenet", show_default=True,
+                     help="imagenet (Keras' download and cache), none (random), or a weights file."),
+        click.option("--epochs", default=50, show_default=True, type=int,
+                     help="Most epochs; early stopping on validation loss may end sooner."),
+        click.option("--batch-size", default=128, show_default=True, type=int,
+                     help="Images per batch (per replica with --distribute)."),
+        click.option("--learning-rate", default=None, type=float,
+                     help="Adam's step size.  [default: 1e-3 for cnn/extract, 1e-4 for finetune/augment]"),
+        click.option("--seed", default=42, show_default=True, type=int, help="Same seed, same result."),
+        click.option("--validation-split", default=0.2, show_default=True, type=float,
+                     help="Stratified fraction of the training set held out for validation."),
+        click.option("--patience", default=5, show_default=True, type=int,
+                     help="Epochs without a better validation loss before stopping."),
+        click.option("--trainable", multiple=True, metavar="LAYER",
+                     help="Backbone layers to fine-tune (names or patterns like 'block5_*'); "
+                          "repeat.  [default: block5_conv3 for vgg16, the last block for others]"),
+        click.option("--views", default=4, show_default=True, type=int,
+                     help="augment on CPU: cached views per training image (the original + views-1 augmented)."),
+        click.option("--augment-mode", default="auto", show_default=True,
+                     type=click.Choice(["auto", "cached", "online"]),
+                     help="augment: online (on every batch; the default on a GPU) or cached views."),
+        click.option("--precision", default="float32", show_default=True,
+                     type=click.Choice(["float32", "mixed"]), help="mixed: float16 on GPU, bfloat16 on CPU."),
+        click.option("--distribute", default="none", show_default=True,
+                     type=click.Choice(["none", "mirrored", "multiworker"]),
+                     help="mirrored: all local GPUs; multiworker: machines named in TF_CONFIG."),
+        click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+                     help="Where frozen features are cached.  [default: $TOOLKIT_CACHE_DIR or ~/.cache/toolkit]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _train_options(kwargs: dict) -> dict:
+    kwargs["trainable"] = list(kwargs["trainable"]) or None
+    return kwargs
+
+
+def _fit_verbosity() -> int:
+    return 1 if sys.stdout.isatty() else 2
+
+
+@cli.command()
+@click.option("--strategy", default=None, type=click.Choice(["cnn", "extract", "finetune", "augment"]),
+              help="cnn: the small CNN; extract: frozen backbone + head; finetune: + the last "
+                   "conv layer trained; augment: finetune with augmentation.")
+@training_options
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Run folder.  [default: runs/<strategy>-<backbone>-<time>]")
+@click.option("--resume", default=None, type=click.Path(file_okay=False), metavar="RUN",
+              help="Continue the interrupted run in this folder, with the options it started with.")
+@user_errors
+def train(strategy, data, out, resume, **options):
+    """Train and evaluate a model on an archive; everything lands in a run folder.
+
+    The folder gets the model (model.keras, raw 0-255 RGB in), config.json, history.csv,
+    curves.png, the classification report, the confusion matrix and metrics.json.
+    Interrupted? `toolkit train --resume RUN` continues from the last finished epoch.
+    """
+    load_tensorflow()
+    from .training import resume as run_resume, train as run_train
+
+    if resume:
+        _report_run(lambda: run_resume(resume, verbose=_fit_verbosity(), progress=progress_enabled()))
+        return
+    if strategy is None:
+        raise ToolkitError("choose a --strategy: cnn, extract, finetune or augment")
+    _report_run(lambda: run_train(data, strategy, out=out, verbose=_fit_verbosity(),
+                                  progress=progress_enabled(), **_train_options(options)))
+
+
+def _report_run(start) -> None:
+    try:
+        run = start()
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted: the last finished epoch is checkpointed; continue with "
+                   "`toolkit train --resume RUN`.", err=True)
+        raise click.exceptions.Exit(130) from None
+    click.echo(run.report)
+    m = run.metrics
+    click.echo(f"accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f} after "
+               f"{m['epochs_run']} epochs (best {m['best_epoch']}) in {m['seconds']['total']:.0f} s")
+    click.echo(f"run folder: {run.folder}")
+
+
+@cli.command()
+@click.argument("run_or_model", type=click.Path())
+@click.option("--data", default=None, type=click.Path(dir_okay=False),
+              help="Archive to evaluate on.  [default: the one the model trained on]")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Also write the report files into this folder.")
+@user_errors
+def evaluate(run_or_model, data, out):
+    """Print the test-set report of a run folder or a .keras model."""
+    load_tensorflow()
+    from .inference import evaluate as run_evaluate
+
+    result = run_evaluate(run_or_model, data, out=out)
+    click.echo(result.report)
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", default="table", show_default=True,
+              type=click.Choice(["table", "csv", "json"]), help="Output format.")
+@user_errors
+def predict(model, images, fmt):
+    """Label images (files or folders) with a run folder's or a .keras file's model."""
+    import csv
+    import json
+
+    load_tensorflow()
+    from .inference import predict as run_predict
+
+    results = run_predict(model, list(images))
+    good = [r for r in results if not r.error]
+    if fmt == "json":
+        click.echo(json.dumps([r.__dict__ for r in results], indent=2, ensure_ascii=False))
+    elif fmt == "csv":
+        writer = csv.writer(click.get_text_stream("stdout"))
+        writer.writerow(["image", "label", "probability", "error"])
+        for r in results:
+            writer.writerow([r.path, r.label or "", "" if r.probability is None else
+                             f"{r.probability:.4f}", r.error])
+    else:
+        width = max([5, *(len(r.path) for r in results)])
+        click.echo(f"{'image':<{width}}  {'label':<16} probability")
+        for r in good:
+            click.echo(f"{r.path:<{width}}  {r.label:<16} {r.probability:.3f}")
+    for r in results:
+        if r.error and fmt == "table":
+            click.echo(f"warning: {r.path}: {r.error}", err=True)
+    if not good:
+        raise ToolkitError("none of the inputs is a usable image")
+
+
+@cli.command()
+@click.option("--strategies", default="cnn,extract,finetune,augment", show_default=True,
+              help="Comma-separated strategies to train.")
+@training_options
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Folder for the runs and the comparison.  [default: runs/compare-<time>]")
+@user_errors
+def compare(strategies, data, out, **options):
+    """Train several strategies on one archive: one table, one plot."""
+    load_tensorflow()
+    from .training import compare as run_compare
+
+    chosen = [s.strip() for s in strategies.split(",") if s.strip()]
+    result = run_compare(data, chosen, out=out, verbose=_fit_verbosity(),
+                         progress=progress_enabled(), **_train_options(options))
+    click.echo(result.table())
+    click.echo(f"comparison: {result.folder / 'comparison.png'}")
 
 
 def main() -> None:

@@ -1,0 +1,289 @@
+"""toolkit train / evaluate / predict / compare on tiny data, with real Keras fits."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import FLOWERS, MOBILENET_WEIGHTS, encode, shapes_dataset
+from toolkit import models
+from toolkit.cli import cli
+from toolkit.errors import ToolkitError
+from toolkit.inference import evaluate, predict
+from toolkit.training import Batches, Rows, compare, resume, train, validation_split
+
+NAMES = np.array(["square", "disc", "bar"])
+
+
+def write_archive(path, n_per_class=40, size=32, seed=0, **extra):
+    x, y = shapes_dataset(n_per_class, size, seed)
+    test = np.arange(len(y)) % 5 == 0
+    arrays = dict(X_train=x[~test], y_train=y[~test], X_test=x[test], y_test=y[test],
+                  class_names=NAMES, meta=np.array(json.dumps({"fit": "crop", "size": size})))
+    arrays.update(extra)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return write_archive(tmp_path_factory.mktemp("data") / "shapes.npz")
+
+
+@pytest.fixture(autouse=True)
+def feature_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+QUICK = dict(weights="none", batch_size=32, verbose=0)
+
+
+def test_parameter_counts_are_the_studys():
+    expected = {"cnn": (2_283_779, 2_283_779), "extract": (17_936_515, 3_221_827),
+                "finetune": (17_936_515, 5_581_635), "augment": (17_936_515, 5_581_635)}
+    for strategy, (total, trainable) in expected.items():
+        split = models.build(strategy, (224, 224, 3), 3, weights="none")
+        counts = models.parameter_counts(split.model)
+        assert (counts["total"], counts["trainable"]) == (total, trainable), strategy
+    base = models.load_backbone("vgg16", "none", (224, 224, 3))
+    assert base.count_params() == 14_714_688
+
+
+def test_extract_really_freezes_the_backbone_and_bn_stays_in_inference():
+    split = models.build("extract", (32, 32, 3), 3, weights="none")
+    assert not any(w.trainable for w in split.model.get_layer("vgg16").weights)
+    split = models.build("finetune", (32, 32, 3), 3, backbone="mobilenet_v2", weights="none")
+    base = next(l for l in split.model.layers if isinstance(l, keras.Model) and l.name != "head")
+    bns = [l for l in base.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and not any(l.trainable for l in bns)
+    assert split.cut == "block_15_add"
+    x = shapes_dataset(3, 32)[0].astype("float32")
+    np.testing.assert_allclose(np.asarray(split.model(x, training=True)),
+                               np.asarray(split.model(x, training=False)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "mobilenet_v2", "resnet50", "efficientnet_b0"])
+def test_cached_path_predicts_what_the_end_to_end_model_predicts(backbone):
+    keras.utils.set_random_seed(1)
+    split = models.build("finetune", (32, 32, 3), 3, backbone=backbone, weights="none")
+    x = shapes_dataset(4, 32)[0]
+    direct = split.model.predict(x, verbose=0)
+    cached = split.trainer.predict(split.lower.predict(x, verbose=0), verbose=0)
+    np.testing.assert_allclose(direct, cached, rtol=1e-5, atol=1e-6)
+
+
+def test_preprocessing_matches_keras_applications():
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    for mode, reference in (("caffe", keras.applications.vgg16.preprocess_input),
+                            ("tf", keras.applications.mobilenet_v2.preprocess_input),
+                            ("torch", keras.applications.densenet.preprocess_input)):
+        np.testing.assert_allclose(np.asarray(models.Preprocess(mode)(x)), reference(x.copy()),
+                                   rtol=1e-5, atol=1e-4)
+
+
+def test_cnn_learns_a_toy_set(tmp_path):
+    data = write_archive(tmp_path / "shapes.npz", n_per_class=45)
+    run = train(data, "cnn", out=tmp_path / "run", epochs=25, learning_rate=1e-3, patience=6, **QUICK)
+    assert run.metrics["accuracy"] >= 0.9, run.metrics
+    assert run.metrics["parameters"]["trainable"] == run.metrics["parameters"]["total"]
+
+
+@pytest.mark.parametrize("strategy", ["extract", "finetune", "augment"])
+def test_every_transfer_strategy_runs_end_to_end(shapes, tmp_path, strategy):
+    run = train(shapes, strategy, out=tmp_path / "run", epochs=2, views=2, **QUICK)
+    files = {p.name for p in run.folder.iterdir()}
+    assert {"model.keras", "config.json", "history.csv", "curves.png", "metrics.json",
+            "classification_report.txt", "confusion_matrix.png"} <= files
+    metrics = json.loads((run.folder / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2 and set(metrics["per_class"]) == set(NAMES)
+    assert {"accuracy", "macro_f1", "seconds", "confusion_matrix"} <= set(metrics)
+    report = (run.folder / "classification_report.txt").read_text()
+    assert all(name in report for name in NAMES) and "precision" in report
+    assert len((run.folder / "history.csv").read_text().splitlines()) == 3
+    # the saved end-to-end model gives the report that the cached path gave
+    again = evaluate(run.folder)
+    assert again.metrics["confusion_matrix"] == run.metrics["confusion_matrix"]
+
+
+def test_saved_model_reloads_and_predicts_the_same(shapes, tmp_path):
+    run = train(shapes, "finetune", out=tmp_path / "run", epochs=2, **QUICK)
+    loaded, info = models.load_model(run.folder / "model.keras")
+    x = np.load(shapes)["X_test"]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), run.model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    assert info["class_names"] == list(NAMES) and info["image_size"] == [32, 32, 3]
+
+
+def test_same_seed_same_result(shapes, tmp_path):
+    a = train(shapes, "extract", out=tmp_path / "a", epochs=3, **QUICK)
+    b = train(shapes, "extract", out=tmp_path / "b", epochs=3, **QUICK)
+    assert a.history == b.history
+    c = train(shapes, "extract", out=tmp_path / "c", epochs=3, seed=7, **QUICK)
+    assert c.history != a.history
+
+
+def test_frozen_features_are_computed_once_and_reused(shapes, tmp_path):
+    first = train(shapes, "finetune", out=tmp_path / "a", epochs=1, **QUICK)
+    cached = sorted((tmp_path / "cache" / "features").glob("*.npy"))
+    assert len(cached) == 2  # X_train and X_test at the cut
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    second = train(shapes, "augment", out=tmp_path / "b", epochs=1, views=3, **QUICK)
+    after = sorted((tmp_path / "cache" / "features").glob("*.npy"))
+    assert len(after) == 4  # + 2 augmented views of the training rows
+    assert [p.stat().st_mtime_ns for p in cached] == stamps
+    assert second.metrics["augment_mode"] == "cached"
+
+
+def test_validation_split_is_stratified_and_seeded():
+    labels = np.repeat([0, 1, 2], [50, 30, 20])
+    train_rows, val_rows = validation_split(labels, 0.2, seed=3)
+    assert np.bincount(labels[val_rows]).tolist() == [10, 6, 4]
+    assert not set(train_rows) & set(val_rows) and len(train_rows) + len(val_rows) == 100
+    assert np.array_equal(validation_split(labels, 0.2, seed=3)[1], val_rows)
+    assert not np.array_equal(validation_split(labels, 0.2, seed=4)[1], val_rows)
+    assert 99 in val_rows or 99 in train_rows  # not "the last 20%"
+    assert len(set(val_rows) & set(range(80, 100))) < 20
+
+
+def test_batches_depend_on_seed_and_epoch_only():
+    data = Rows(np.arange(10)[:, None], None)
+    a, b = Batches([data], np.arange(10), 4, seed=1), Batches([data], np.arange(10), 4, seed=1)
+    b.set_epoch(3)
+    b.set_epoch(0)
+    assert [a[i][0].tolist() for i in range(3)] == [b[i][0].tolist() for i in range(3)]
+    a.set_epoch(1)
+    assert [a[i][0].tolist() for i in range(3)] != [b[i][0].tolist() for i in range(3)]
+
+
+def test_weights_from_a_file(tmp_path):
+    keras.utils.set_random_seed(5)
+    original = models.load_backbone("vgg16", "none", (32, 32, 3))
+    path = tmp_path / "my_vgg16.weights.h5"
+    original.save_weights(path)
+    loaded = models.load_backbone("vgg16", str(path), (32, 32, 3))
+    for a, b in zip(original.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ToolkitError, match="does not fit mobilenet_v2"):
+        models.load_backbone("mobilenet_v2", str(path), (32, 32, 3))
+    with pytest.raises(ToolkitError, match="no such file"):
+        models.load_backbone("vgg16", str(tmp_path / "missing.h5"), (32, 32, 3))
+
+
+def test_imagenet_offline_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(keras.src.applications.vgg16, "WEIGHTS_PATH_NO_TOP",
+                        "http://127.0.0.1:9/vgg16_notop.h5")  # nothing listens: as offline
+    with pytest.raises(ToolkitError, match="--weights PATH"):
+        models.load_backbone("vgg16", "imagenet", (32, 32, 3))
+
+
+def test_image_too_small_for_the_backbone(tmp_path):
+    data = write_archive(tmp_path / "tiny.npz", n_per_class=10, size=16)
+    with pytest.raises(ToolkitError, match="needs at least 32x32"):
+        train(data, "extract", out=tmp_path / "run", epochs=1, **QUICK)
+
+
+@pytest.mark.skipif(not MOBILENET_WEIGHTS.exists(), reason="../shared/weights is absent")
+def test_real_mobilenet_weights_transfer_to_flowers(tmp_path):
+    if not FLOWERS.exists():
+        pytest.skip("../shared/data/flowers is absent")
+    from toolkit.archive import pack
+    pack(FLOWERS, tmp_path / "flowers.npz", per_class=40, size=96, test_size=0.25)
+    run = train(tmp_path / "flowers.npz", "extract", out=tmp_path / "run", backbone="mobilenet_v2",
+                weights=str(MOBILENET_WEIGHTS), epochs=15, batch_size=32, verbose=0)
+    assert run.metrics["accuracy"] >= 0.75, run.metrics["accuracy"]
+
+
+# ---- resume after a kill
+
+def test_killed_run_resumes_to_the_same_result(shapes, tmp_path):
+    options = ["--data", shapes, "--strategy", "finetune", "--weights", "none", "--epochs", "6",
+               "--patience", "10", "--batch-size", "16", "--cache-dir", tmp_path / "cache"]
+    whole = CliRunner().invoke(cli, ["train", *map(str, options), "--out", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "train", *map(str, options),
+                                "--out", str(tmp_path / "killed")], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert killed_at < 5 and not (tmp_path / "killed" / "model.keras").exists()
+    resumed = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path / "killed")])
+    assert resumed.exit_code == 0, resumed.output
+    a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert a["epochs_run"] == b["epochs_run"] == 6
+    assert a["confusion_matrix"] == b["confusion_matrix"]
+    ha = (tmp_path / "whole" / "history.csv").read_text().splitlines()
+    hb = (tmp_path / "killed" / "history.csv").read_text().splitlines()
+    for la, lb in zip(ha[1:], hb[1:]):
+        np.testing.assert_allclose([float(v) for v in la.split(",")], [float(v) for v in lb.split(",")],
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_resume_refuses_a_finished_run(shapes, tmp_path):
+    run = train(shapes, "extract", out=tmp_path / "run", epochs=1, **QUICK)
+    with pytest.raises(ToolkitError, match="already finished"):
+        resume(run.folder)
+
+
+# ---- the command line
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_cli_train_evaluate_predict(shapes, tmp_path):
+    result = invoke("train", "--strategy", "extract", "--data", shapes, "--weights", "none",
+                    "--epochs", 2, "--batch-size", 32, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "precision" in result.output and "run folder" in result.output
+    result = invoke("evaluate", tmp_path / "run")
+    assert result.exit_code == 0 and "confusion matrix" in result.output
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    x = np.load(shapes)["X_test"]
+    for i in range(3):
+        Image.fromarray(x[i]).resize((64, 64)).save(pictures / f"p{i}.png")
+    (pictures / "broken.jpg").write_bytes(b"not an image")
+    result = invoke("predict", tmp_path / "run", pictures, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = result.output.strip().splitlines()
+    assert rows[0] == "image,label,probability,error" and len(rows) == 5
+    assert sum(1 for r in rows[1:] if r.split(",")[1] in NAMES) == 3
+    assert "not an image" in result.output
+    result = invoke("predict", tmp_path / "run" / "model.keras", pictures / "p0.png", "--format", "json")
+    assert json.loads(result.output)[0]["label"] in NAMES
+
+
+def test_cli_compare(shapes, tmp_path):
+    result = invoke("compare", "--data", shapes, "--strategies", "extract,finetune", "--weights",
+                    "none", "--epochs", 2, "--batch-size", 32, "--out", tmp_path / "cmp")
+    assert result.exit_code == 0, result.output
+    assert "extract" in result.output and "finetune" in result.output and "accuracy" in result.output
+    assert (tmp_path / "cmp" / "comparison.png").exists()
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert [r["strategy"] for r in rows] == ["extract", "finetune"]
+
+
+def test_cli_train_needs_a_strategy_and_a_good_archive(tmp_path):
+    result = invoke("train", "--data", tmp_path / "none.npz", "--strategy", "cnn")
+    assert result.exit_code == 1 and "does not exist" in result.output
+    result = invoke("train", "--data", tmp_path / "none.npz")
+    assert result.exit_code == 1 and "--strategy" in result.output

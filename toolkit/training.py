@@ -1,0 +1,633 @@
+"""Train a strategy on an archive: frozen-feature cache, checkpoints, the run folder.
+
+What the original notebook got wrong, done right here:
+- the frozen part of the backbone runs once per image; its output is cached on disk
+  (keyed by archive, backbone, weights and cut) and shared by every later run;
+- the backbone's preprocessing is inside the model, which takes raw 0-255 RGB;
+- validation is a seeded, stratified part of the training set; the test set is used once;
+- early stopping on validation loss restores the best weights;
+- every epoch is checkpointed, and `resume` ends where an uninterrupted run would.
+
+`augment` cannot be cached exactly. On a GPU the augmentation layers run inside the model
+on every batch (`augment_mode="online"`); on a CPU, where that means hours, the frozen part
+is computed for a fixed number of views of each training image (the original and
+`views - 1` augmented copies) and each epoch draws one view per image (`"cached"`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import keras
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from .archive import Archive, load_archive
+from .errors import ToolkitError
+from .files import atomic_path, write_json, write_text
+
+log = logging.getLogger("toolkit")
+
+STRATEGIES = ("cnn", "extract", "finetune", "augment")
+LEARNING_RATES = {"cnn": 1e-3, "extract": 1e-3, "finetune": 1e-4, "augment": 1e-4}
+FEATURE_BATCH = 32  # images per forward pass of the frozen part
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as the run's config.json."""
+
+    data: str
+    strategy: str = "finetune"
+    backbone: str = "vgg16"
+    weights: str = "imagenet"
+    epochs: int = 50
+    batch_size: int = 128
+    learning_rate: float | None = None
+    seed: int = 42
+    validation_split: float = 0.2
+    patience: int = 5
+    trainable: list[str] | None = None
+    views: int = 4
+    augment_mode: str = "auto"      # auto | cached | online
+    precision: str = "float32"      # float32 | mixed
+    distribute: str = "none"        # none | mirrored | multiworker
+    deterministic: bool | None = None
+    cache_dir: str | None = None
+
+    def check(self) -> None:
+        problems = {
+            self.strategy not in STRATEGIES: f"--strategy {self.strategy}: choose from {', '.join(STRATEGIES)}",
+            self.epochs < 1: f"--epochs {self.epochs}: must be at least 1",
+            self.batch_size < 1: f"--batch-size {self.batch_size}: must be at least 1",
+            not 0 <= self.validation_split < 1: f"--validation-split {self.validation_split}: must be in [0, 1)",
+            self.patience < 1: f"--patience {self.patience}: must be at least 1",
+            self.views < 1: f"--views {self.views}: must be at least 1",
+            self.augment_mode not in ("auto", "cached", "online"): f"--augment-mode {self.augment_mode}: auto, cached or online",
+            self.precision not in ("float32", "mixed"): f"--precision {self.precision}: float32 or mixed",
+            self.distribute not in ("none", "mirrored", "multiworker"): f"--distribute {self.distribute}: none, mirrored or multiworker",
+            self.learning_rate is not None and not self.learning_rate > 0: f"--learning-rate {self.learning_rate}: must be positive",
+        }
+        for bad, message in problems.items():
+            if bad:
+                raise ToolkitError(message)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Run:
+    """A finished run: its folder, numbers, and the trained end-to-end model."""
+
+    folder: Path
+    config: TrainConfig
+    metrics: dict
+    history: dict
+    report: str
+    model: object = field(repr=False, default=None)
+
+
+# --------------------------------------------------------------------------- public API
+
+def train(data: str | os.PathLike = "animal.npz", strategy: str = "finetune", *,
+          out: str | os.PathLike | None = None, verbose: int | str = "auto",
+          progress: bool = False, **options) -> Run:
+    """Train `strategy` on the archive `data`; write everything into the run folder `out`.
+
+    Options are the fields of :class:`TrainConfig` (backbone, weights, epochs, ...).
+    `verbose` is Keras' fit verbosity; `progress` shows bars for feature extraction.
+    """
+    config = TrainConfig(data=str(Path(data).resolve()), strategy=strategy, **options)
+    config.check()
+    load_archive(config.data)  # fail on a bad archive before making a run folder
+    folder = _new_run_folder(out, config)
+    write_json(folder / "config.json", asdict(config))
+    return _execute(config, folder, {}, verbose, progress)
+
+
+def resume(folder: str | os.PathLike, *, verbose: int | str = "auto", progress: bool = False) -> Run:
+    """Continue an interrupted run from its last checkpoint."""
+    folder = Path(folder)
+    try:
+        config = TrainConfig.from_json(json.loads((folder / "config.json").read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise ToolkitError(f"{folder} is not a run folder (no readable config.json: {e})") from None
+    state = _read_state(folder)
+    if state.get("finished"):
+        raise ToolkitError(f"run {folder} already finished; nothing to resume")
+    return _execute(config, folder, state, verbose, progress)
+
+
+@dataclass
+class Comparison:
+    folder: Path
+    rows: list[dict]
+
+    def table(self) -> str:
+        head = f"{'strategy':<10} {'accuracy':>9} {'macro F1':>9} {'epochs':>7} {'seconds':>9}"
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            lines.append(f"{r['strategy']:<10} {r['accuracy']:>9.3f} {r['macro_f1']:>9.3f} "
+                         f"{r['epochs']:>7d} {r['seconds']:>9.1f}")
+        return "\n".join(lines)
+
+
+def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = STRATEGIES, *,
+            out: str | os.PathLike | None = None, verbose: int | str = "auto",
+            progress: bool = False, **options) -> Comparison:
+    """Train several strategies on one archive; one table and one plot of the results."""
+    from .report import plot_comparison
+
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:
+        raise ToolkitError(f"--strategies {','.join(unknown) or '(none)'}: choose from "
+                           f"{', '.join(STRATEGIES)}")
+    folder = Path(out) if out else _timestamped(Path("runs"), "compare")
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for strategy in strategies:
+        run = train(data, strategy, out=folder / strategy, verbose=verbose, progress=progress,
+                    **options)
+        rows.append({"strategy": strategy, "accuracy": run.metrics["accuracy"],
+                     "macro_f1": run.metrics["macro_f1"], "epochs": run.metrics["epochs_run"],
+                     "seconds": run.metrics["seconds"]["total"], "run": str(run.folder)})
+    comparison = Comparison(folder, rows)
+    write_text(folder / "comparison.txt", comparison.table() + "\n")
+    write_json(folder / "comparison.json", rows)
+    plot_comparison(rows, folder / "comparison.png")
+    return comparison
+
+
+# --------------------------------------------------------------------------- a run
+
+def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: bool) -> Run:
+    import tensorflow as tf
+
+    from . import models
+    from .report import evaluate_predictions, write_run_report
+
+    clock = Clock(state.get("seconds", {}))
+    archive = load_archive(config.data)
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    _seed(config, gpu)
+    distribution = _distribution(config.distribute)
+    replicas = distribution.num_replicas_in_sync
+    chief = _is_chief(distribution)
+    train_rows, val_rows = validation_split(archive.y_train, config.validation_split, config.seed)
+    global_batch = config.batch_size * replicas
+    if global_batch > len(train_rows):
+        log.warning("batch size %d is larger than the %d training images: each epoch is one "
+                    "batch of all of them", global_batch, len(train_rows))
+        global_batch = len(train_rows)
+    online = config.strategy == "augment" and (
+        config.augment_mode == "online" or (config.augment_mode == "auto" and gpu))
+    learning_rate = config.learning_rate or LEARNING_RATES[config.strategy]
+
+    with _precision(config.precision, gpu), distribution.scope():
+        split = models.build(config.strategy, archive.image_shape, len(archive.class_names),
+                             backbone=config.backbone, weights=config.weights,
+                             trainable=tuple(config.trainable or ()) or None, seed=config.seed)
+        cached = split.lower is not None and not online
+        fitted = split.trainer if cached else split.model
+        fitted.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    clock.start("features")
+    y = archive.y_train
+    if cached:
+        cache = FeatureCache(config, archive, split.cut)
+        plain = cache.features(split.lower, archive.X_train, "X_train", progress=progress)
+        test_source = cache.features(split.lower, archive.X_test, "X_test", progress=progress)
+        views = [Rows(plain, train_rows)]
+        for view in range(1, config.views if config.strategy == "augment" else 1):
+            views.append(Rows(cache.features(split.lower, archive.X_train, "X_train",
+                                             rows=train_rows, view=view, progress=progress), None))
+        train_data = Batches(views, y[train_rows], global_batch, seed=config.seed)
+        val_data = Batches([Rows(plain, val_rows)], y[val_rows], global_batch) if len(val_rows) else None
+    else:
+        test_source = archive.X_test
+        train_data = Batches([Rows(archive.X_train, train_rows)], y[train_rows], global_batch,
+                             seed=config.seed)
+        val_data = (Batches([Rows(archive.X_train, val_rows)], y[val_rows], global_batch)
+                    if len(val_rows) else None)
+    clock.start("training")
+    checkpoints = Checkpointer(folder / "checkpoint", config.patience, state, [train_data],
+                               clock, write=chief)
+    if state:
+        checkpoints.restore_last(fitted)
+    start_epoch = state.get("epoch", -1) + 1
+    if start_epoch < config.epochs and not state.get("stopped_early"):
+        # shuffle=False: Batches shuffles by (seed, epoch); Keras' own shuffle of the batch
+        # order is not seeded per epoch, and would make a resumed run differ
+        fitted.fit(train_data, validation_data=val_data, epochs=config.epochs,
+                   initial_epoch=start_epoch, callbacks=[checkpoints], verbose=verbose,
+                   shuffle=False)
+    checkpoints.restore_best(fitted)
+
+    clock.start("evaluation")
+    probabilities = fitted.predict(Batches([Rows(test_source, None)], None, global_batch),
+                                   verbose=0)
+    evaluation = evaluate_predictions(archive.y_test, probabilities, archive.class_names)
+    seconds = clock.totals()
+
+    history = checkpoints.history
+    title = (f"{config.strategy}" + ("" if config.strategy == "cnn" else f" / {config.backbone}")
+             + f" on {Path(config.data).name}")
+    metrics = {
+        **{k: evaluation[k] for k in ("accuracy", "macro_f1", "per_class", "test_images")},
+        "confusion_matrix": evaluation["confusion_matrix"],
+        "class_names": archive.class_names,
+        "strategy": config.strategy,
+        "backbone": None if config.strategy == "cnn" else config.backbone,
+        "weights": None if config.strategy == "cnn" else config.weights,
+        "parameters": models.parameter_counts(split.model),
+        "epochs_run": len(history.get("loss", [])),
+        "best_epoch": checkpoints.best_epoch + 1,
+        "stopped_early": checkpoints.stopped_early,
+        "learning_rate": learning_rate,
+        "global_batch_size": global_batch,
+        "replicas": replicas,
+        "augment_mode": ("online" if online else "cached") if config.strategy == "augment" else None,
+        "device": "GPU" if gpu else "CPU",
+        "seconds": seconds,
+    }
+    report = ""
+    if chief:
+        models.save_model(split.model, folder / "model.keras", {
+            "class_names": archive.class_names, "image_size": list(archive.image_shape),
+            "fit": archive.meta.get("fit", "crop"), "strategy": config.strategy,
+            "backbone": metrics["backbone"], "weights": metrics["weights"], "data": config.data,
+            "toolkit": __version__,
+            "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
+        _write_history(folder / "history.csv", history)
+        report = write_run_report(folder, evaluation, history, metrics, title)
+        checkpoints.finish()
+    return Run(folder, config, metrics, history, report, split.model)
+
+
+class Clock:
+    """Seconds per phase (features, training, evaluation), carried across resumes."""
+
+    def __init__(self, previous: dict[str, float]):
+        self.previous = dict(previous)
+        self.spent: dict[str, float] = {}
+        self.begun = time.monotonic()
+        self.phase, self.phase_begun = "setup", self.begun
+
+    def start(self, phase: str) -> None:
+        now = time.monotonic()
+        self.spent[self.phase] = self.spent.get(self.phase, 0.0) + now - self.phase_begun
+        self.phase, self.phase_begun = phase, now
+
+    def totals(self) -> dict[str, float]:
+        self.start(self.phase)
+        phases = set(self.previous) | set(self.spent)
+        totals = {p: round(self.previous.get(p, 0.0) + self.spent.get(p, 0.0), 2)
+                  for p in phases if p != "total"}
+        totals["total"] = round(sum(totals.values()), 2)
+        return totals
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, stratified (train rows, validation rows) of the training set."""
+    rows = np.arange(len(labels))
+    if fraction == 0:
+        return rows, rows[:0]
+    from sklearn.model_selection import train_test_split
+    try:
+        train_rows, val_rows = train_test_split(rows, test_size=fraction, stratify=labels,
+                                                random_state=seed)
+    except ValueError as e:
+        raise ToolkitError(f"cannot hold out a stratified validation set of {fraction:g} "
+                           f"({e}); use more images or --validation-split 0") from None
+    return np.sort(train_rows), np.sort(val_rows)
+
+
+def _seed(config: TrainConfig, gpu: bool) -> None:
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
+    deterministic = (not gpu) if config.deterministic is None else config.deterministic
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def _distribution(name: str):
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ToolkitError("--distribute multiworker needs TF_CONFIG (the cluster and this "
+                               "worker's task) in the environment of every worker")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _is_chief(distribution) -> bool:
+    """Only the chief of a multi-worker run writes the run folder."""
+    resolver = getattr(distribution, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task = (resolver.task_type, resolver.task_id)
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task == ("chief", 0) or (not has_chief and task == ("worker", 0))
+
+
+@contextlib.contextmanager
+def _precision(precision: str, gpu: bool) -> Iterator[None]:
+    """Mixed precision for the models built inside; the global policy is restored after."""
+    if precision == "float32":
+        yield
+        return
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+# --------------------------------------------------------------------------- data
+
+class Rows:
+    """Some rows of an array (all rows if `index` is None), read only when asked for."""
+
+    def __init__(self, array: np.ndarray, index: np.ndarray | None):
+        self.array = array
+        self.index = np.arange(len(array)) if index is None else np.asarray(index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        return np.asarray(self.array[self.index[positions]])
+
+
+class Batches(keras.utils.PyDataset):
+    """Batches of one or more views of the same samples.
+
+    With a seed, epoch e's order (and which view each sample shows) depends only on
+    (seed, e): a resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, views: Sequence[Rows], labels: np.ndarray | None, batch_size: int,
+                 seed: int | None = None):
+        super().__init__()
+        self.views, self.labels, self.batch_size, self.seed = list(views), labels, batch_size, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        n = len(self.views[0])
+        if self.seed is None:
+            self.order, self.choice = np.arange(n), np.zeros(n, dtype=int)
+        else:
+            rng = np.random.default_rng([self.seed, epoch])
+            self.order = rng.permutation(n)
+            self.choice = rng.integers(len(self.views), size=n)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.views[0]) / self.batch_size)
+
+    def __getitem__(self, i: int):
+        positions = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        choice = self.choice[positions]
+        first = self.views[0].take(positions[:1])
+        x = np.empty((len(positions), *first.shape[1:]), dtype=first.dtype)
+        for v in np.unique(choice):
+            mask = choice == v
+            x[mask] = self.views[v].take(positions[mask])
+        return (x,) if self.labels is None else (x, self.labels[positions])
+
+
+class FeatureCache:
+    """Outputs of a model's frozen part, one .npy per (archive, backbone, weights, cut, view).
+
+    Files are written atomically and memory-mapped when read, so a run holds only the
+    batches it is using, and a second run (or strategy) on the same data computes nothing.
+    """
+
+    def __init__(self, config: TrainConfig, archive: Archive, cut: str):
+        self.cut = cut
+        root = config.cache_dir or os.environ.get("TOOLKIT_CACHE_DIR") or os.path.join(
+            os.path.expanduser("~"), ".cache", "toolkit")
+        self.folder = Path(root) / "features"
+        self.config, self.archive = config, archive
+
+    def key(self, array: str, rows: np.ndarray | None, view: int) -> dict:
+        c = self.config
+        return {"archive": _file_fingerprint(self.archive.path), "array": array,
+                "backbone": c.backbone, "weights": _weights_fingerprint(c.weights, c.seed),
+                "cut": self.cut, "shape": list(self.archive.image_shape), "precision": c.precision,
+                "rows": None if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest(),
+                "view": view, "view_seed": c.seed if view else None, "toolkit": __version__}
+
+    def features(self, lower, images: np.ndarray, array: str, *, rows: np.ndarray | None = None,
+                 view: int = 0, progress: bool = False) -> np.ndarray:
+        from keras import backend
+
+        key = self.key(array, rows, view)
+        name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+        path = self.folder / f"{name}.npy"
+        rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+        shape = (len(rows), *lower.output.shape[1:])
+        if path.exists():
+            with contextlib.suppress(ValueError, OSError):
+                cached = np.load(path, mmap_mode="r")
+                if cached.shape == shape:
+                    return cached
+        self.folder.mkdir(parents=True, exist_ok=True)
+        dtype = backend.standardize_dtype(lower.output.dtype)
+        label = f"{self.config.backbone} {array}" + (f" view {view}" if view else "")
+        with atomic_path(path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            _forward(lower, images, rows, out, augment_seed=self.config.seed * 1000 + view
+                     if view else None, desc=label, progress=progress)
+            out.flush()
+            del out
+        write_json(path.with_suffix(".json"), key)
+        return np.load(path, mmap_mode="r")
+
+
+def _forward(lower, images: np.ndarray, rows: np.ndarray, out: np.ndarray,
+             augment_seed: int | None, desc: str, progress: bool) -> None:
+    """Run `lower` over images[rows] in batches, optionally augmented; write into `out`."""
+    from . import models
+
+    augment = models.augmentation(augment_seed) if augment_seed is not None else None
+    with tqdm(total=len(rows), desc=desc, unit="img", disable=not progress) as bar:
+        for start in range(0, len(rows), FEATURE_BATCH):
+            chunk = rows[start:start + FEATURE_BATCH]
+            n = len(chunk)
+            # a short last batch is padded: one input shape, one trace of the graph
+            x = np.asarray(images[np.pad(chunk, (0, FEATURE_BATCH - n), mode="edge")])
+            if augment is not None:
+                x = augment(x.astype("float32"), training=True)
+            out[start:start + n] = np.asarray(lower.predict_on_batch(x))[:n]
+            bar.update(n)
+
+
+def _file_fingerprint(path: str) -> str:
+    st = os.stat(path)
+    return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _weights_fingerprint(weights: str, seed: int) -> str:
+    if weights == "none":
+        return f"none:seed{seed}"
+    if weights == "imagenet":
+        return "imagenet"
+    return "file:" + _file_fingerprint(weights)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+class Checkpointer(keras.callbacks.Callback):
+    """Early stopping on validation loss, with its state and the weights saved every epoch.
+
+    `checkpoint/last.npz` holds the weights and optimizer state after the last epoch,
+    `checkpoint/best.npz` the best weights so far, `checkpoint/state.json` the rest;
+    each is replaced atomically, so a kill at any moment leaves a consistent checkpoint.
+    """
+
+    def __init__(self, folder: Path, patience: int, state: dict, datasets: Sequence[Batches],
+                 clock: Clock, write: bool = True):
+        super().__init__()
+        self.folder, self.patience, self.datasets, self.write = folder, patience, datasets, write
+        self.clock = clock
+        self.best = state.get("best", math.inf)
+        self.best_epoch = state.get("best_epoch", -1)
+        self.wait = state.get("wait", 0)
+        self.history: dict[str, list[float]] = state.get("history", {})
+        self.stopped_early = state.get("stopped_early", False)
+        if write:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for dataset in self.datasets:
+            dataset.set_epoch(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        for name, value in logs.items():
+            self.history.setdefault(name, []).append(float(value))
+        current = logs.get("val_loss", logs.get("loss", math.inf))
+        if current < self.best:
+            self.best, self.best_epoch, self.wait = float(current), epoch, 0
+            if self.write:
+                _save_arrays(self.folder / "best.npz", self.model.get_weights())
+        else:
+            self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_early = True
+            self.model.stop_training = True
+        if self.write:
+            optimizer = [np.asarray(v) for v in self.model.optimizer.variables]
+            _save_arrays(self.folder / "last.npz", self.model.get_weights(), optimizer)
+            write_json(self.folder / "state.json", {
+                "epoch": epoch, "best": self.best, "best_epoch": self.best_epoch,
+                "wait": self.wait, "stopped_early": self.stopped_early, "history": self.history,
+                "seconds": self.clock.totals(), "finished": False})
+
+    def restore_last(self, model) -> None:
+        weights, optimizer = _load_arrays(self.folder / "last.npz")
+        model.set_weights(weights)
+        model.optimizer.build(model.trainable_variables)
+        if len(optimizer) != len(model.optimizer.variables):
+            raise ToolkitError(f"checkpoint in {self.folder} does not fit this model")
+        for variable, value in zip(model.optimizer.variables, optimizer):
+            variable.assign(value)
+
+    def restore_best(self, model) -> None:
+        best = self.folder / "best.npz"
+        if best.exists():
+            model.set_weights(_load_arrays(best)[0])
+
+    def finish(self) -> None:
+        """Mark the run finished and drop the weight files (the model is saved)."""
+        state = _read_state(self.folder.parent)
+        write_json(self.folder / "state.json", {**state, "finished": True})
+        for name in ("last.npz", "best.npz"):
+            with contextlib.suppress(OSError):
+                (self.folder / name).unlink()
+
+
+def _save_arrays(path: Path, weights: list, optimizer: list | None = None) -> None:
+    arrays = {f"w{i:04d}": np.asarray(w) for i, w in enumerate(weights)}
+    arrays.update({f"o{i:04d}": np.asarray(v) for i, v in enumerate(optimizer or [])})
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+
+
+def _load_arrays(path: Path) -> tuple[list, list]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = sorted(data.files)
+            return ([data[n] for n in names if n.startswith("w")],
+                    [data[n] for n in names if n.startswith("o")])
+    except (OSError, ValueError) as e:
+        raise ToolkitError(f"checkpoint {path} is missing or damaged ({e}); start a new run") from None
+
+
+def _read_state(folder: Path) -> dict:
+    path = folder / "checkpoint" / "state.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {}
+
+
+# --------------------------------------------------------------------------- run folder
+
+def _new_run_folder(out: str | os.PathLike | None, config: TrainConfig) -> Path:
+    if out is None:
+        name = config.strategy if config.strategy == "cnn" else f"{config.strategy}-{config.backbone}"
+        return _timestamped(Path("runs"), name)
+    folder = Path(out)
+    if (folder / "config.json").exists():
+        raise ToolkitError(f"{folder} already holds a run; continue it with --resume {folder} "
+                           "or choose another --out")
+    if folder.exists() and any(folder.iterdir()):
+        raise ToolkitError(f"--out {folder} is not empty; choose a new folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _timestamped(parent: Path, name: str) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        folder = parent / (f"{name}-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+    raise ToolkitError(f"cannot create a run folder under {parent}")
+
+
+def _write_history(path: Path, history: dict[str, list[float]]) -> None:
+    names = sorted(history)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", *names])
+        for i in range(len(history.get("loss", []))):
+            writer.writerow([i + 1, *(f"{history[n][i]:.6g}" for n in names)])
