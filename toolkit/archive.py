@@ -401,6 +401,9 @@ def load_archive(path: str | os.PathLike, mmap: bool = True) -> Archive:
     if not path.exists():
         raise ToolkitError(f"archive {path} does not exist; make one with "
                            f"`toolkit pack --out {path}`")
+    if not zipfile.is_zipfile(path):
+        raise ToolkitError(f"{path} is not an .npz archive (not a zip file, or truncated); "
+                           "make one with `toolkit pack`")
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = set(npz.files)
@@ -420,9 +423,10 @@ def load_archive(path: str | os.PathLike, mmap: bool = True) -> Archive:
         if "pickle" in str(e):
             raise ToolkitError(f"{path} holds object arrays, which need pickle to load; "
                                "refusing (pickles can run code). Store plain arrays") from None
-        raise ToolkitError(f"{path} is damaged: {e}") from None
-    except (OSError, EOFError, struct.error, KeyError) as e:
-        raise ToolkitError(f"{path} is damaged or truncated ({type(e).__name__}: {e}); "
+        raise ToolkitError(f"{path} is damaged: {str(e).splitlines()[0][:100]}") from None
+    except Exception as e:  # numpy and zipfile raise many types on damaged data
+        detail = str(e).splitlines()[0][:100] if str(e) else ""
+        raise ToolkitError(f"{path} is damaged or truncated ({type(e).__name__}: {detail}); "
                            "pack it again") from None
     return _validated(path, arrays)
 
@@ -499,3 +503,34 @@ def _memmap_member(path: Path, key: str) -> np.ndarray | None:
         raise OSError(f"{key} is cut short")
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
                      order="F" if fortran else "C")
+
+
+class RowFile:
+    """Rows of an array stored in a file, read with pread when asked for.
+
+    Unlike a memory map, what has been read does not stay in the process's resident
+    memory, so a pass over a dataset of any size runs in the memory of one batch.
+    """
+
+    def __init__(self, array: np.memmap):
+        self.path, self.offset = array.filename, array.offset
+        self.shape, self.dtype = array.shape, array.dtype
+        self.row_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.arange(self.shape[0])[rows] if not isinstance(rows, np.ndarray) else rows
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        with open(self.path, "rb", buffering=0) as f:
+            for i, row in enumerate(rows.tolist()):
+                f.seek(self.offset + row * self.row_bytes)
+                f.readinto(memoryview(flat[i]))
+        return out
+
+
+def row_reader(array: np.ndarray):
+    """A :class:`RowFile` for a memory-mapped array, the array itself otherwise."""
+    return RowFile(array) if isinstance(array, np.memmap) and array.flags.c_contiguous else array

@@ -199,6 +199,8 @@ def training_options(command):
         click.option("--trainable", multiple=True, metavar="LAYER",
                      help="Backbone layers to fine-tune (names or patterns like 'block5_*'); "
                           "repeat.  [default: block5_conv3 for vgg16, the last block for others]"),
+        click.option("--head", default="flatten", show_default=True, type=click.Choice(["flatten", "pool"]),
+                     help="flatten: the study's head; pool: global average pooling first (fewer weights)."),
         click.option("--views", default=4, show_default=True, type=int,
                      help="augment on CPU: cached views per training image (the original + views-1 augmented)."),
         click.option("--augment-mode", default="auto", show_default=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,13 +23,13 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     """
     target = Path(target)
     suffix = target.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    remove_partials(target)
+    # the name is chosen before the file exists, so a Ctrl-C at any moment can remove it
+    tmp_path = target.parent / f".{target.name}.{secrets.token_hex(4)}.part{suffix}"
     try:
+        os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_UMASK))
         yield tmp_path
         _fsync_file(tmp_path)
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -51,6 +51,18 @@ def write_text(target: str | os.PathLike, text: str) -> None:
 def write_json(target: str | os.PathLike, obj: object) -> None:
     """Write `obj` as indented JSON to `target` atomically."""
     write_text(target, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def remove_partials(target: Path) -> None:
+    """Delete what a killed writer of `target` left (a SIGKILL cannot be cleaned up after)."""
+    with contextlib.suppress(OSError):
+        for leftover in target.parent.glob(f".{glob_escape(target.name)}.*.part*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def is_partial(name: str) -> bool:

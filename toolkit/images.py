@@ -44,6 +44,8 @@ REASONS = {
 #: depends on the file alone, never on the size a caller asks for.
 HASH_DECODE_SIDE = 224
 
+ORIENTATION = 0x0112  # the EXIF tag
+
 _EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp",
                "BMP": "bmp", "TIFF": "tif", "PPM": "ppm", "AVIF": "avif"}
 
@@ -123,7 +125,8 @@ def decode(data: bytes, checks: Checks = Checks(), size: int | None = None,
 
 
 def perceptual_hash(image: Image.Image) -> int:
-    """64-bit DCT perceptual hash as an int; near-identical pictures differ in few bits."""
+    """64-bit DCT perceptual hash (imagehash's phash) as an int; near-identical pictures
+    differ in few bits."""
     return int(str(imagehash.phash(image)), 16)
 
 
@@ -135,7 +138,7 @@ def resize(image: Image.Image, size: int, fit: str = "crop") -> np.ndarray:
     stretch: ignore the aspect ratio.
     """
     w, h = image.size
-    resample = Image.Resampling.BICUBIC
+    resample = Image.Resampling.BILINEAR  # antialiased; what Keras uses when it loads images
     if fit == "crop":
         side = min(w, h)
         left, top = (w - side) / 2, (h - side) / 2
@@ -206,7 +209,8 @@ def _open_rgb(data: bytes, checks: Checks, side: int) -> tuple[Image.Image, str,
     except Exception as e:
         raise Unusable("corrupt", _short(e)) from None
     try:
-        image = ImageOps.exif_transpose(image)
+        if image.getexif().get(ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
     except Exception:
         pass  # broken EXIF: keep the stored orientation
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import images
-from .archive import list_files, load_archive, printable
+from .archive import list_files, load_archive, printable, row_reader
 from .errors import ToolkitError
 
 
@@ -148,6 +148,7 @@ def _check_input(model, image_shape: tuple[int, int, int], data: str) -> None:
 
 
 def _predict_batches(model, x: np.ndarray, batch_size: int) -> np.ndarray:
+    x = row_reader(x)
     out = [np.asarray(model.predict_on_batch(np.asarray(x[i:i + batch_size])))
            for i in range(0, len(x), batch_size)]
     return np.concatenate(out)

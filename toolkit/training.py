@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__
-from .archive import Archive, load_archive
+from .archive import Archive, load_archive, row_reader
 from .errors import ToolkitError
 from .files import atomic_path, write_json, write_text
 
@@ -61,6 +61,7 @@ class TrainConfig:
     validation_split: float = 0.2
     patience: int = 5
     trainable: list[str] | None = None
+    head: str = "flatten"           # flatten (the study's) | pool
     views: int = 4
     augment_mode: str = "auto"      # auto | cached | online
     precision: str = "float32"      # float32 | mixed
@@ -78,6 +79,7 @@ class TrainConfig:
             self.views < 1: f"--views {self.views}: must be at least 1",
             self.augment_mode not in ("auto", "cached", "online"): f"--augment-mode {self.augment_mode}: auto, cached or online",
             self.precision not in ("float32", "mixed"): f"--precision {self.precision}: float32 or mixed",
+            self.head not in ("flatten", "pool"): f"--head {self.head}: flatten or pool",
             self.distribute not in ("none", "mirrored", "multiworker"): f"--distribute {self.distribute}: none, mirrored or multiworker",
             self.learning_rate is not None and not self.learning_rate > 0: f"--learning-rate {self.learning_rate}: must be positive",
         }
@@ -202,7 +204,8 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
     with _precision(config.precision, gpu), distribution.scope():
         split = models.build(config.strategy, archive.image_shape, len(archive.class_names),
                              backbone=config.backbone, weights=config.weights,
-                             trainable=tuple(config.trainable or ()) or None, seed=config.seed)
+                             trainable=tuple(config.trainable or ()) or None,
+                             head_kind=config.head, seed=config.seed)
         cached = split.lower is not None and not online
         fitted = split.trainer if cached else split.model
         fitted.compile(optimizer=keras.optimizers.Adam(learning_rate),
@@ -371,7 +374,7 @@ class Rows:
     """Some rows of an array (all rows if `index` is None), read only when asked for."""
 
     def __init__(self, array: np.ndarray, index: np.ndarray | None):
-        self.array = array
+        self.array = row_reader(array)
         self.index = np.arange(len(array)) if index is None else np.asarray(index)
 
     def __len__(self) -> int:
@@ -472,6 +475,7 @@ def _forward(lower, images: np.ndarray, rows: np.ndarray, out: np.ndarray,
     from . import models
 
     augment = models.augmentation(augment_seed) if augment_seed is not None else None
+    images = row_reader(images)
     with tqdm(total=len(rows), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(rows), FEATURE_BATCH):
             chunk = rows[start:start + FEATURE_BATCH]

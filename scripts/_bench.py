@@ -1,0 +1,53 @@
+"""Helpers shared by the benchmarks: run a command in its own process, time it, read its
+peak resident memory, and print Markdown tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Measured:
+    seconds: float
+    peak_mib: float
+    returncode: int
+
+
+def measure(command: list[str], env: dict | None = None, quiet: bool = True) -> Measured:
+    """Run `command`; wall seconds and peak RSS of the process (and its children)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+                               stdout=subprocess.DEVNULL if quiet else None,
+                               stderr=subprocess.DEVNULL if quiet else None)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"benchmark step failed ({code}): {' '.join(command)}")
+    return Measured(seconds, usage.ru_maxrss / 1024, code)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {sys.version.split()[0]}"
+
+
+def table(head: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def toolkit_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "toolkit.cli", *args]

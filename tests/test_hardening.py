@@ -1,0 +1,213 @@
+"""Bad input gets one clear line and loses nothing; interruptions leave nothing partial."""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+import io
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from PIL import Image
+
+from conftest import distinct_image, encode, make_class_folders
+from fake_engine import Item
+from test_crawl import FAST, assert_consistent
+from test_train import QUICK, write_archive
+from toolkit import images
+from toolkit.archive import load_archive, pack
+from toolkit.cli import cli
+from toolkit.crawler import crawl
+from toolkit.errors import ToolkitError
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result
+
+
+def one_error_line(result, message):
+    assert result.exit_code not in (0, None), result.output
+    assert "Traceback" not in result.output
+    errors = [l for l in result.output.splitlines() if l.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], result.output
+
+
+# ---- crawl
+
+def test_crawl_backs_off_on_429_and_500_then_moves_on(engine, tmp_path):
+    engine.add_images("cat", range(0, 2))
+    engine.add("cat", "busy.jpg", Item(b"", status=429))
+    engine.add("cat", "broken.jpg", Item(b"", status=503))
+    report = crawl(["cat"], root=tmp_path, per_class=5, fetch=FAST, engines=["bing"])
+    assert report.classes[0].failed == {"http_429": 1, "http_503": 1}
+    assert engine.hits["busy.jpg"] == 2 and engine.hits["broken.jpg"] == 2  # tried, retried, left
+    assert not (tmp_path / "cat.rejected.jsonl").exists()  # may work later: not refused for good
+
+
+def test_crawl_caps_a_body_without_length(engine, tmp_path):
+    engine.add_images("cat", range(0, 2))
+    engine.add("cat", "endless.jpg", Item(behaviour="endless"))
+    report = crawl(["cat"], root=tmp_path, per_class=5, fetch=FAST, engines=["bing"],
+                   checks=images.Checks(max_bytes=2 * 2**20))
+    assert report.classes[0].failed == {"too_large": 1} and report.classes[0].kept == 2
+
+
+def test_crawl_stops_cleanly_when_the_disk_is_full(engine, tmp_path):
+    rng = np.random.default_rng(0)
+    for s in range(0, 12):  # noisy pictures: no file compresses below the limit
+        grid = np.asarray(Image.open(io.BytesIO(distinct_image(s, (400, 300), "PNG"))), dtype=int)
+        noisy = np.clip(grid + rng.integers(-25, 25, grid.shape), 0, 255).astype(np.uint8)
+        engine.add("cat", f"big{s}.jpg", Item(encode(Image.fromarray(noisy), "JPEG", quality=95)))
+    crawl(["cat"], root=tmp_path, per_class=3, fetch=FAST, engines=["bing"])
+    limit = 60_000  # a file may not grow past this: every image is bigger
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    assert all(p.stat().st_size > limit for p in (tmp_path / "cat").iterdir())
+    process = subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", "crawl", "cat", "--root", str(tmp_path),
+         "--per-class", "10", "--engine", "bing"], preexec_fn=small_disk, capture_output=True,
+        text=True, timeout=120, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert process.returncode == 1, process.stderr
+    assert "crawl stopped: cannot write" in process.stderr and "Traceback" not in process.stderr
+    assert len(assert_consistent(tmp_path, "cat")) == 3
+
+
+# ---- pack
+
+def test_pack_refuses_a_class_with_no_usable_image(tmp_path):
+    src = make_class_folders(tmp_path / "src", {"a": range(5), "b": range(10, 15)})
+    (src / "junk").mkdir()
+    (src / "junk" / "x.jpg").write_bytes(b"<html>")
+    result = invoke("pack", src, "--out", tmp_path / "x.npz", "--per-class", 4, "--size", 32,
+                    "--allow-fewer")
+    one_error_line(result, "class junk has fewer than 2 usable images")
+
+
+def test_pack_reports_dangling_links_and_special_files(tmp_path):
+    src = make_class_folders(tmp_path / "src", {"a": range(5), "b": range(10, 15)})
+    (src / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    os.mkfifo(src / "b" / "pipe.jpg")
+    report = pack(src, tmp_path / "x.npz", per_class=5, size=32)
+    unreadable = {f.name: f.detail for f in report.files if f.status == "unreadable"}
+    assert set(unreadable) == {"a/gone.jpg", "b/pipe.jpg"}
+
+
+def test_pack_interrupted_leaves_no_partial_file_and_the_old_archive_whole(tmp_path):
+    src = make_class_folders(tmp_path / "src", {"a": range(0, 200), "b": range(300, 500),
+                                                "c": range(600, 800)}, size=(300, 240))
+    out = tmp_path / "x.npz"
+    pack(src, out, per_class=20, size=32)
+    before = out.read_bytes()
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        process = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "pack", str(src), "--out",
+                                    str(out), "--per-class", "200", "--force"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and not list(tmp_path.glob(".x.npz.*.part*")):
+            time.sleep(0.002)
+        assert list(tmp_path.glob(".x.npz.*.part*")), "the archive was never being written"
+        process.send_signal(sig)
+        output, _ = process.communicate(timeout=60)
+        assert out.read_bytes() == before, "the older archive must survive"
+        if sig == signal.SIGINT:
+            assert process.returncode == 130 and "Interrupted" in output
+            assert not list(tmp_path.glob(".*")), "no partial file after Ctrl-C"
+    pack(src, out, per_class=200, size=32, force=True)  # a rerun cleans up and converges
+    assert not list(tmp_path.glob(".*"))
+    with np.load(out) as a:
+        assert len(a["y_train"]) == 480
+
+
+# ---- archives handed to train / evaluate
+
+def bad_archives(tmp_path):
+    good = write_archive(tmp_path / "good.npz", n_per_class=6)
+    arrays = dict(np.load(good))
+    cases = {}
+
+    def save(name, **changes):
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **{**arrays, **changes})
+        cases[name] = path
+
+    (tmp_path / "text.npz").write_text("hello")
+    cases["text"] = tmp_path / "text.npz"
+    (tmp_path / "cut.npz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    cases["cut"] = tmp_path / "cut.npz"
+    np.savez(tmp_path / "nolabels.npz", X_train=arrays["X_train"], X_test=arrays["X_test"])
+    cases["nolabels"] = tmp_path / "nolabels.npz"
+    save("floats", X_train=arrays["X_train"].astype("float32"))
+    save("gray", X_train=arrays["X_train"][..., 0])
+    save("sizes", X_test=arrays["X_test"][:, :16, :16])
+    save("outside", y_train=arrays["y_train"] + 5)
+    save("negative", y_test=arrays["y_test"] - 1)
+    save("short", y_train=arrays["y_train"][:-1])
+    save("names", class_names=np.array(["a", "b"]))
+    save("objects", class_names=np.array(["a", None, "c"], dtype=object))
+    return cases
+
+
+EXPECTED = {"text": "not an .npz archive", "cut": "not an .npz archive", "nolabels": "lacks y_train",
+            "floats": "dtype float32", "gray": "shape", "sizes": "X_test images are",
+            "outside": "outside the 3 class_names", "negative": "labels must be",
+            "short": "labels for", "names": "outside the 2 class_names", "objects": "pickle"}
+
+
+def test_every_bad_archive_is_one_clear_error(tmp_path):
+    for name, path in bad_archives(tmp_path).items():
+        with pytest.raises(ToolkitError, match=EXPECTED[name]):
+            load_archive(path)
+        result = invoke("train", "--strategy", "cnn", "--data", path, "--out", tmp_path / f"run-{name}")
+        one_error_line(result, EXPECTED[name])
+        assert not (tmp_path / f"run-{name}").exists(), "nothing written for a bad archive"
+
+
+def test_evaluate_refuses_what_is_not_a_model(tmp_path):
+    data = write_archive(tmp_path / "d.npz", n_per_class=6)
+    (tmp_path / "junk.keras").write_bytes(b"PK\x03\x04 not really")
+    one_error_line(invoke("evaluate", tmp_path / "junk.keras", "--data", data), "not a Keras model")
+    one_error_line(invoke("predict", tmp_path / "missing.keras", data), "does not exist")
+    inputs = keras.Input((32, 32, 3))
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x[:, 0, 0, :])(inputs)).save(tmp_path / "code.keras")
+    one_error_line(invoke("evaluate", tmp_path / "code.keras", "--data", data), "refusing it")
+
+
+def test_evaluate_checks_the_archive_fits_the_model(tmp_path):
+    data = write_archive(tmp_path / "d.npz", n_per_class=8)
+    CliRunner().invoke(cli, ["train", "--strategy", "cnn", "--data", str(data), "--epochs", "1",
+                             "--out", str(tmp_path / "run")])
+    other = write_archive(tmp_path / "other.npz", n_per_class=8, size=40)
+    one_error_line(invoke("evaluate", tmp_path / "run", "--data", other), "pack with --size 32")
+    renamed = write_archive(tmp_path / "renamed.npz", n_per_class=8,
+                            class_names=np.array(["x", "y", "z"]))
+    one_error_line(invoke("evaluate", tmp_path / "run", "--data", renamed), "was trained on")
+
+
+def test_a_batch_larger_than_the_data_is_a_warning(tmp_path, caplog):
+    from toolkit.training import train
+    data = write_archive(tmp_path / "d.npz", n_per_class=8)
+    run = train(data, "cnn", out=tmp_path / "run", epochs=1, weights="none", verbose=0,
+                batch_size=512)
+    assert "larger than the" in caplog.text and run.metrics["global_batch_size"] < 512
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--epochs", "0"], "--epochs 0"), (["--batch-size", "0"], "--batch-size 0"),
+    (["--validation-split", "1"], "--validation-split 1"), (["--learning-rate", "-1"], "must be positive"),
+    (["--weights", "/no/such.h5", "--strategy", "extract"], "no such file"),
+])
+def test_train_option_errors(tmp_path, args, message):
+    data = write_archive(tmp_path / "d.npz", n_per_class=6)
+    base = ["train", "--data", data, "--out", tmp_path / "run"]
+    if "--strategy" not in args:
+        base += ["--strategy", "cnn"]
+    one_error_line(invoke(*base, *args), message)
