@@ -287,3 +287,32 @@ def test_cli_train_needs_a_strategy_and_a_good_archive(tmp_path):
     assert result.exit_code == 1 and "does not exist" in result.output
     result = invoke("train", "--data", tmp_path / "none.npz")
     assert result.exit_code == 1 and "--strategy" in result.output
+
+
+# ---- more than one device
+
+MIRRORED = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from toolkit.training import train
+run = train(sys.argv[1], "cnn", out=sys.argv[2], distribute=sys.argv[3], weights="none",
+            epochs=25, batch_size=16, learning_rate=1e-3, patience=6, verbose=0)
+print(json.dumps({"accuracy": run.metrics["accuracy"], "replicas": run.metrics["replicas"],
+                  "batch": run.metrics["global_batch_size"]}))
+"""
+
+
+def test_mirrored_training_on_two_cpu_devices_reaches_the_same_quality(tmp_path):
+    data = write_archive(tmp_path / "shapes.npz", n_per_class=40, size=24)
+    results = {}
+    for mode in ("none", "mirrored"):
+        done = subprocess.run([sys.executable, "-c", MIRRORED, str(data), str(tmp_path / mode), mode],
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results["none"]["replicas"] == 1 and results["mirrored"]["replicas"] == 2
+    assert results["mirrored"]["batch"] == 2 * results["none"]["batch"] == 32
+    assert results["mirrored"]["accuracy"] >= 0.9 and results["none"]["accuracy"] >= 0.9

@@ -335,7 +335,11 @@ def _distribution(name: str):
     import tensorflow as tf
 
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        # every local GPU; on a machine without one, every logical CPU device (tests split
+        # the CPU in two with tf.config.set_logical_device_configuration)
+        devices = (tf.config.list_logical_devices("GPU")
+                   or tf.config.list_logical_devices("CPU"))
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ToolkitError("--distribute multiworker needs TF_CONFIG (the cluster and this "
