@@ -35,7 +35,8 @@ def recipe(archive: str, strategy: str, backbone: str, weights: str, epochs: int
     split = models.build(strategy, x.shape[1:], len(data["class_names"]), backbone=backbone,
                          weights=weights)
     model = split.model  # augmentation (for augment) runs inside, on every batch
-    model.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", ["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
     times = []
 
     class Clock(keras.callbacks.Callback):

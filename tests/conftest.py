@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fake_engine import FakeEngine, distinct_image, near_copy  # noqa: F401 (re-exported)
+from fake_engine import FakeEngine, distinct_image, near_copy  # noqa: F401 (tests import them from here)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FLOWERS = SHARED / "data" / "flowers"

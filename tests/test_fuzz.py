@@ -2,10 +2,8 @@
 
 import io
 import resource
-import zipfile
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from PIL import Image
 

@@ -1,6 +1,5 @@
 """Bad input gets one clear line and loses nothing; interruptions leave nothing partial."""
 
-import json
 import os
 import resource
 import signal
@@ -19,7 +18,7 @@ from PIL import Image
 from conftest import distinct_image, encode, make_class_folders
 from fake_engine import Item
 from test_crawl import FAST, assert_consistent
-from test_train import QUICK, write_archive
+from test_train import write_archive
 from toolkit import images
 from toolkit.archive import load_archive, pack
 from toolkit.cli import cli
@@ -211,3 +210,20 @@ def test_train_option_errors(tmp_path, args, message):
     if "--strategy" not in args:
         base += ["--strategy", "cnn"]
     one_error_line(invoke(*base, *args), message)
+
+
+def test_train_ctrl_c_says_how_to_resume(tmp_path):
+    data = write_archive(tmp_path / "d.npz", n_per_class=20, size=24)
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "toolkit.cli", "train", "--strategy", "cnn", "--data", str(data),
+         "--epochs", "200", "--patience", "200", "--batch-size", "8", "--out", str(run)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoint" / "state.json").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert f"toolkit train --resume {run}" in output and "Traceback" not in output
+    assert not (run / "model.keras").exists() and not list(run.rglob(".*part*"))

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -14,12 +13,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import FLOWERS, MOBILENET_WEIGHTS, encode, shapes_dataset
+from conftest import FLOWERS, MOBILENET_WEIGHTS, shapes_dataset
 from toolkit import models
 from toolkit.cli import cli
 from toolkit.errors import ToolkitError
-from toolkit.inference import evaluate, predict
-from toolkit.training import Batches, Rows, compare, resume, train, validation_split
+from toolkit.inference import evaluate
+from toolkit.training import Batches, Rows, resume, train, validation_split
 
 NAMES = np.array(["square", "disc", "bar"])
 
@@ -132,7 +131,7 @@ def test_same_seed_same_result(shapes, tmp_path):
 
 
 def test_frozen_features_are_computed_once_and_reused(shapes, tmp_path):
-    first = train(shapes, "finetune", out=tmp_path / "a", epochs=1, **QUICK)
+    train(shapes, "finetune", out=tmp_path / "a", epochs=1, **QUICK)
     cached = sorted((tmp_path / "cache" / "features").glob("*.npy"))
     assert len(cached) == 2  # X_train and X_test at the cut
     stamps = [p.stat().st_mtime_ns for p in cached]

@@ -18,7 +18,7 @@ import os
 import struct
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from . import __version__, dedupe, images
 from .errors import ToolkitError
-from .files import atomic_path, is_partial, write_json, write_text
+from .files import atomic_path, write_json, write_text
 
 IMAGE_KEYS = ("X_train", "X_test")
 LABEL_KEYS = ("y_train", "y_test")

@@ -208,6 +208,8 @@ def training_options(command):
                      help="augment: online (on every batch; the default on a GPU) or cached views."),
         click.option("--precision", default="float32", show_default=True,
                      type=click.Choice(["float32", "mixed"]), help="mixed: float16 on GPU, bfloat16 on CPU."),
+        click.option("--deterministic/--nondeterministic", default=None,
+                     help="Deterministic TensorFlow ops.  [default: on for CPU, off for GPU]"),
         click.option("--distribute", default="none", show_default=True,
                      type=click.Choice(["none", "mirrored", "multiworker"]),
                      help="mirrored: all local GPUs; multiworker: machines named in TF_CONFIG."),
@@ -239,7 +241,7 @@ def _fit_verbosity() -> int:
               help="Continue the interrupted run in this folder, with the options it started with.")
 @user_errors
 def train(strategy, data, out, resume, **options):
-    """Train and evaluate a model on an archive; everything lands in a run folder.
+    """Train and evaluate a model; everything lands in a run folder.
 
     The folder gets the model (model.keras, raw 0-255 RGB in), config.json, history.csv,
     curves.png, the classification report, the confusion matrix and metrics.json.
@@ -260,9 +262,9 @@ def train(strategy, data, out, resume, **options):
 def _report_run(start) -> None:
     try:
         run = start()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         click.echo("\nInterrupted: the last finished epoch is checkpointed; continue with "
-                   "`toolkit train --resume RUN`.", err=True)
+                   f"`toolkit train --resume {getattr(e, 'folder', 'RUN')}`.", err=True)
         raise click.exceptions.Exit(130) from None
     click.echo(run.report)
     m = run.metrics
@@ -294,7 +296,11 @@ def evaluate(run_or_model, data, out):
               type=click.Choice(["table", "csv", "json"]), help="Output format.")
 @user_errors
 def predict(model, images, fmt):
-    """Label images (files or folders) with a run folder's or a .keras file's model."""
+    """Label images (files or folders) with a trained model.
+
+    MODEL is a run folder or a .keras file. Each image is decoded and resized as `pack`
+    does; one that is not a usable image gets a warning instead of a label.
+    """
     import csv
     import json
 

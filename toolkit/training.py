@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import os
-import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -118,9 +118,12 @@ def train(data: str | os.PathLike = "animal.npz", strategy: str = "finetune", *,
     config = TrainConfig(data=str(Path(data).resolve()), strategy=strategy, **options)
     config.check()
     load_archive(config.data)  # fail on a bad archive before making a run folder
+    if config.distribute == "multiworker" and not _chief_in_tf_config():
+        out = tempfile.mkdtemp(prefix="toolkit-worker-")  # only the chief writes the run
     folder = _new_run_folder(out, config)
     write_json(folder / "config.json", asdict(config))
-    return _execute(config, folder, {}, verbose, progress)
+    with _interruptible(folder):
+        return _execute(config, folder, {}, verbose, progress)
 
 
 def resume(folder: str | os.PathLike, *, verbose: int | str = "auto", progress: bool = False) -> Run:
@@ -133,7 +136,24 @@ def resume(folder: str | os.PathLike, *, verbose: int | str = "auto", progress: 
     state = _read_state(folder)
     if state.get("finished"):
         raise ToolkitError(f"run {folder} already finished; nothing to resume")
-    return _execute(config, folder, state, verbose, progress)
+    with _interruptible(folder):
+        return _execute(config, folder, state, verbose, progress)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; `folder` is what `resume` continues."""
+
+    def __init__(self, folder: Path):
+        super().__init__(str(folder))
+        self.folder = folder
+
+
+@contextlib.contextmanager
+def _interruptible(folder: Path) -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(folder) from None
 
 
 @dataclass
@@ -182,7 +202,7 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
     import tensorflow as tf
 
     from . import models
-    from .report import evaluate_predictions, write_run_report
+    from .report import evaluate_predictions
 
     clock = Clock(state.get("seconds", {}))
     archive = load_archive(config.data)
@@ -212,23 +232,8 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
     clock.start("features")
-    y = archive.y_train
-    if cached:
-        cache = FeatureCache(config, archive, split.cut)
-        plain = cache.features(split.lower, archive.X_train, "X_train", progress=progress)
-        test_source = cache.features(split.lower, archive.X_test, "X_test", progress=progress)
-        views = [Rows(plain, train_rows)]
-        for view in range(1, config.views if config.strategy == "augment" else 1):
-            views.append(Rows(cache.features(split.lower, archive.X_train, "X_train",
-                                             rows=train_rows, view=view, progress=progress), None))
-        train_data = Batches(views, y[train_rows], global_batch, seed=config.seed)
-        val_data = Batches([Rows(plain, val_rows)], y[val_rows], global_batch) if len(val_rows) else None
-    else:
-        test_source = archive.X_test
-        train_data = Batches([Rows(archive.X_train, train_rows)], y[train_rows], global_batch,
-                             seed=config.seed)
-        val_data = (Batches([Rows(archive.X_train, val_rows)], y[val_rows], global_batch)
-                    if len(val_rows) else None)
+    train_data, val_data, test_source = _inputs(config, archive, split, cached, train_rows,
+                                                val_rows, global_batch, progress)
     clock.start("training")
     checkpoints = Checkpointer(folder / "checkpoint", config.patience, state, [train_data],
                                clock, write=chief)
@@ -247,20 +252,15 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
     probabilities = fitted.predict(Batches([Rows(test_source, None)], None, global_batch),
                                    verbose=0)
     evaluation = evaluate_predictions(archive.y_test, probabilities, archive.class_names)
-    seconds = clock.totals()
 
-    history = checkpoints.history
-    title = (f"{config.strategy}" + ("" if config.strategy == "cnn" else f" / {config.backbone}")
-             + f" on {Path(config.data).name}")
     metrics = {
-        **{k: evaluation[k] for k in ("accuracy", "macro_f1", "per_class", "test_images")},
-        "confusion_matrix": evaluation["confusion_matrix"],
-        "class_names": archive.class_names,
+        **{k: evaluation[k] for k in ("accuracy", "macro_f1", "per_class", "test_images",
+                                      "confusion_matrix", "class_names")},
         "strategy": config.strategy,
         "backbone": None if config.strategy == "cnn" else config.backbone,
         "weights": None if config.strategy == "cnn" else config.weights,
         "parameters": models.parameter_counts(split.model),
-        "epochs_run": len(history.get("loss", [])),
+        "epochs_run": len(checkpoints.history.get("loss", [])),
         "best_epoch": checkpoints.best_epoch + 1,
         "stopped_early": checkpoints.stopped_early,
         "learning_rate": learning_rate,
@@ -268,20 +268,53 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
         "replicas": replicas,
         "augment_mode": ("online" if online else "cached") if config.strategy == "augment" else None,
         "device": "GPU" if gpu else "CPU",
-        "seconds": seconds,
+        "seconds": clock.totals(),
     }
     report = ""
     if chief:
-        models.save_model(split.model, folder / "model.keras", {
-            "class_names": archive.class_names, "image_size": list(archive.image_shape),
-            "fit": archive.meta.get("fit", "crop"), "strategy": config.strategy,
-            "backbone": metrics["backbone"], "weights": metrics["weights"], "data": config.data,
-            "toolkit": __version__,
-            "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
-        _write_history(folder / "history.csv", history)
-        report = write_run_report(folder, evaluation, history, metrics, title)
+        report = _save_run(folder, config, archive, split.model, evaluation, metrics,
+                           checkpoints.history)
         checkpoints.finish()
-    return Run(folder, config, metrics, history, report, split.model)
+    return Run(folder, config, metrics, checkpoints.history, report, split.model)
+
+
+def _inputs(config: TrainConfig, archive: Archive, split, cached: bool, train_rows: np.ndarray,
+            val_rows: np.ndarray, batch: int, progress: bool):
+    """(training batches, validation batches or None, test rows): cached frozen features
+    when the model has a frozen part, raw images otherwise."""
+    y = archive.y_train
+    if cached:
+        cache = FeatureCache(config, archive, split.cut)
+        source = cache.features(split.lower, archive.X_train, "X_train", progress=progress)
+        test = cache.features(split.lower, archive.X_test, "X_test", progress=progress)
+        views = [Rows(source, train_rows)]
+        for view in range(1, config.views if config.strategy == "augment" else 1):
+            views.append(Rows(cache.features(split.lower, archive.X_train, "X_train",
+                                             rows=train_rows, view=view, progress=progress), None))
+    else:
+        source, test = archive.X_train, archive.X_test
+        views = [Rows(source, train_rows)]
+    train_data = Batches(views, y[train_rows], batch, seed=config.seed)
+    val_data = Batches([Rows(source, val_rows)], y[val_rows], batch) if len(val_rows) else None
+    return train_data, val_data, test
+
+
+def _save_run(folder: Path, config: TrainConfig, archive: Archive, model, evaluation: dict,
+              metrics: dict, history: dict) -> str:
+    """Write the model and the report files; return the report text."""
+    from . import models
+    from .report import write_run_report
+
+    models.save_model(model, folder / "model.keras", {
+        "class_names": archive.class_names, "image_size": list(archive.image_shape),
+        "fit": archive.meta.get("fit", "crop"), "strategy": config.strategy,
+        "backbone": metrics["backbone"], "weights": metrics["weights"], "data": config.data,
+        "toolkit": __version__,
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
+    _write_history(folder / "history.csv", history)
+    title = (config.strategy + ("" if config.strategy == "cnn" else f" / {config.backbone}")
+             + f" on {Path(config.data).name}")
+    return write_run_report(folder, evaluation, history, metrics, title)
 
 
 class Clock:
@@ -346,6 +379,17 @@ def _distribution(name: str):
                                "worker's task) in the environment of every worker")
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def _chief_in_tf_config() -> bool:
+    """Whether TF_CONFIG makes this process the chief (or worker 0 of a chiefless cluster)."""
+    try:
+        spec = json.loads(os.environ.get("TF_CONFIG", "{}"))
+        task, cluster = spec.get("task", {}), spec.get("cluster", {})
+    except (ValueError, AttributeError):
+        return True
+    kind, index = task.get("type", "chief"), int(task.get("index", 0))
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
 
 
 def _is_chief(distribution) -> bool:
@@ -463,19 +507,22 @@ class FeatureCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         dtype = backend.standardize_dtype(lower.output.dtype)
         label = f"{self.config.backbone} {array}" + (f" view {view}" if view else "")
-        with atomic_path(path) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-            _forward(lower, images, rows, out, augment_seed=self.config.seed * 1000 + view
-                     if view else None, desc=label, progress=progress)
-            out.flush()
-            del out
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                  "fortran_order": False, "shape": shape}
+        # batches are appended to the file, not written through a memory map, whose dirty
+        # pages would count as the process's memory until the whole file was written
+        with atomic_path(path) as tmp, open(tmp, "wb") as out:
+            np.lib.format.write_array_header_2_0(out, header)
+            for batch in _forward(lower, images, rows, augment_seed=self.config.seed * 1000 + view
+                                  if view else None, desc=label, progress=progress):
+                out.write(np.ascontiguousarray(batch, dtype=dtype).tobytes())
         write_json(path.with_suffix(".json"), key)
         return np.load(path, mmap_mode="r")
 
 
-def _forward(lower, images: np.ndarray, rows: np.ndarray, out: np.ndarray,
-             augment_seed: int | None, desc: str, progress: bool) -> None:
-    """Run `lower` over images[rows] in batches, optionally augmented; write into `out`."""
+def _forward(lower, images: np.ndarray, rows: np.ndarray, augment_seed: int | None, desc: str,
+             progress: bool) -> Iterator[np.ndarray]:
+    """Run `lower` over images[rows] in batches, optionally augmented; yield the outputs."""
     from . import models
 
     augment = models.augmentation(augment_seed) if augment_seed is not None else None
@@ -488,7 +535,7 @@ def _forward(lower, images: np.ndarray, rows: np.ndarray, out: np.ndarray,
             x = np.asarray(images[np.pad(chunk, (0, FEATURE_BATCH - n), mode="edge")])
             if augment is not None:
                 x = augment(x.astype("float32"), training=True)
-            out[start:start + n] = np.asarray(lower.predict_on_batch(x))[:n]
+            yield np.asarray(lower.predict_on_batch(x))[:n]
             bar.update(n)
 
 
