@@ -203,13 +203,16 @@ def test_a_batch_larger_than_the_data_is_a_warning(tmp_path, caplog):
     (["--epochs", "0"], "--epochs 0"), (["--batch-size", "0"], "--batch-size 0"),
     (["--validation-split", "1"], "--validation-split 1"), (["--learning-rate", "-1"], "must be positive"),
     (["--weights", "/no/such.h5", "--strategy", "extract"], "no such file"),
+    (["--distribute", "multiworker"], "needs TF_CONFIG"),
 ])
-def test_train_option_errors(tmp_path, args, message):
+def test_train_option_errors(tmp_path, monkeypatch, args, message):
     data = write_archive(tmp_path / "d.npz", n_per_class=6)
     base = ["train", "--data", data, "--out", tmp_path / "run"]
     if "--strategy" not in args:
         base += ["--strategy", "cnn"]
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     one_error_line(invoke(*base, *args), message)
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_ctrl_c_says_how_to_resume(tmp_path):

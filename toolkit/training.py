@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -118,12 +119,23 @@ def train(data: str | os.PathLike = "animal.npz", strategy: str = "finetune", *,
     config = TrainConfig(data=str(Path(data).resolve()), strategy=strategy, **options)
     config.check()
     load_archive(config.data)  # fail on a bad archive before making a run folder
+    if config.distribute == "multiworker" and "TF_CONFIG" not in os.environ:
+        raise ToolkitError("--distribute multiworker needs TF_CONFIG (the cluster and this "
+                           "worker's task) in the environment of every worker")
     if config.distribute == "multiworker" and not _chief_in_tf_config():
         out = tempfile.mkdtemp(prefix="toolkit-worker-")  # only the chief writes the run
+    created = out is None or not Path(out).exists()
     folder = _new_run_folder(out, config)
     write_json(folder / "config.json", asdict(config))
-    with _interruptible(folder):
-        return _execute(config, folder, {}, verbose, progress)
+    try:
+        with _interruptible(folder):
+            return _execute(config, folder, {}, verbose, progress)
+    except ToolkitError:
+        # an error before the first checkpoint (a bad weights file, no network for imagenet)
+        # leaves nothing to resume, so it leaves nothing behind either
+        if not (folder / "checkpoint" / "state.json").exists():
+            _discard(folder, created)
+        raise
 
 
 def resume(folder: str | os.PathLike, *, verbose: int | str = "auto", progress: bool = False) -> Run:
@@ -374,9 +386,6 @@ def _distribution(name: str):
                    or tf.config.list_logical_devices("CPU"))
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise ToolkitError("--distribute multiworker needs TF_CONFIG (the cluster and this "
-                               "worker's task) in the environment of every worker")
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
@@ -665,6 +674,18 @@ def _new_run_folder(out: str | os.PathLike | None, config: TrainConfig) -> Path:
         raise ToolkitError(f"--out {folder} is not empty; choose a new folder")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _discard(folder: Path, created: bool) -> None:
+    """Remove what a failed run wrote: the folder if the run made it, else its contents."""
+    if created:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _timestamped(parent: Path, name: str) -> Path:
