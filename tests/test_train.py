@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -315,3 +316,35 @@ def test_mirrored_training_on_two_cpu_devices_reaches_the_same_quality(tmp_path)
     assert results["none"]["replicas"] == 1 and results["mirrored"]["replicas"] == 2
     assert results["mirrored"]["batch"] == 2 * results["none"]["batch"] == 32
     assert results["mirrored"]["accuracy"] >= 0.9 and results["none"]["accuracy"] >= 0.9
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multiworker_training_on_two_loopback_workers(tmp_path):
+    data = write_archive(tmp_path / "shapes.npz", n_per_class=30, size=24)
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "toolkit.cli", "train", "--strategy", "cnn", "--data", str(data),
+             "--weights", "none", "--epochs", "12", "--batch-size", "8", "--distribute",
+             "multiworker", "--out", str(tmp_path / f"run{index}")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "3"}))
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    metrics = json.loads((tmp_path / "run0" / "metrics.json").read_text())
+    assert metrics["replicas"] == 2 and metrics["global_batch_size"] == 16
+    assert metrics["accuracy"] >= 0.9
+    assert not (tmp_path / "run1").exists() and "written by the chief" in outputs[1]
+    result = invoke("train", "--resume", tmp_path / "run0")
+    assert result.exit_code == 1 and "cannot be resumed" in result.output

@@ -270,7 +270,8 @@ def _report_run(start) -> None:
     m = run.metrics
     click.echo(f"accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f} after "
                f"{m['epochs_run']} epochs (best {m['best_epoch']}) in {m['seconds']['total']:.0f} s")
-    click.echo(f"run folder: {run.folder}")
+    click.echo(f"run folder: {run.folder}" if run.folder else
+               "run folder: written by the chief worker (this is another worker)")
 
 
 @cli.command()

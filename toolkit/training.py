@@ -98,7 +98,7 @@ class TrainConfig:
 class Run:
     """A finished run: its folder, numbers, and the trained end-to-end model."""
 
-    folder: Path
+    folder: Path | None  # None on a multiworker worker that is not the chief
     config: TrainConfig
     metrics: dict
     history: dict
@@ -122,20 +122,25 @@ def train(data: str | os.PathLike = "animal.npz", strategy: str = "finetune", *,
     if config.distribute == "multiworker" and "TF_CONFIG" not in os.environ:
         raise ToolkitError("--distribute multiworker needs TF_CONFIG (the cluster and this "
                            "worker's task) in the environment of every worker")
-    if config.distribute == "multiworker" and not _chief_in_tf_config():
-        out = tempfile.mkdtemp(prefix="toolkit-worker-")  # only the chief writes the run
+    worker = config.distribute == "multiworker" and not _chief_in_tf_config()
+    if worker:
+        out = tempfile.mkdtemp(prefix="toolkit-worker-")  # only the chief keeps a run folder
     created = out is None or not Path(out).exists()
     folder = _new_run_folder(out, config)
     write_json(folder / "config.json", asdict(config))
     try:
         with _interruptible(folder):
-            return _execute(config, folder, {}, verbose, progress)
+            run = _execute(config, folder, {}, verbose, progress)
     except ToolkitError:
         # an error before the first checkpoint (a bad weights file, no network for imagenet)
         # leaves nothing to resume, so it leaves nothing behind either
         if not (folder / "checkpoint" / "state.json").exists():
             _discard(folder, created)
         raise
+    if worker:
+        shutil.rmtree(folder, ignore_errors=True)
+        run.folder = None
+    return run
 
 
 def resume(folder: str | os.PathLike, *, verbose: int | str = "auto", progress: bool = False) -> Run:
@@ -145,6 +150,9 @@ def resume(folder: str | os.PathLike, *, verbose: int | str = "auto", progress: 
         config = TrainConfig.from_json(json.loads((folder / "config.json").read_text()))
     except (OSError, ValueError, TypeError) as e:
         raise ToolkitError(f"{folder} is not a run folder (no readable config.json: {e})") from None
+    if config.distribute == "multiworker":
+        raise ToolkitError("a multiworker run cannot be resumed (only its chief kept "
+                           "checkpoints); start it again on every worker")
     state = _read_state(folder)
     if state.get("finished"):
         raise ToolkitError(f"run {folder} already finished; nothing to resume")
@@ -255,14 +263,16 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
     if start_epoch < config.epochs and not state.get("stopped_early"):
         # shuffle=False: Batches shuffles by (seed, epoch); Keras' own shuffle of the batch
         # order is not seeded per epoch, and would make a resumed run differ
-        fitted.fit(train_data, validation_data=val_data, epochs=config.epochs,
-                   initial_epoch=start_epoch, callbacks=[checkpoints], verbose=verbose,
-                   shuffle=False)
+        with _multiworker_workarounds(fitted, distribution, train_data):
+            fitted.fit(train_data, validation_data=val_data, epochs=config.epochs,
+                       initial_epoch=start_epoch, callbacks=[checkpoints], verbose=verbose,
+                       shuffle=False)
     checkpoints.restore_best(fitted)
 
     clock.start("evaluation")
-    probabilities = fitted.predict(Batches([Rows(test_source, None)], None, global_batch),
-                                   verbose=0)
+    with _multiworker_workarounds(fitted, distribution, train_data):
+        probabilities = fitted.predict(Batches([Rows(test_source, None)], None, global_batch),
+                                       verbose=0)
     evaluation = evaluate_predictions(archive.y_test, probabilities, archive.class_names)
 
     metrics = {
@@ -399,6 +409,39 @@ def _chief_in_tf_config() -> bool:
         return True
     kind, index = task.get("type", "chief"), int(task.get("index", 0))
     return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+
+
+@contextlib.contextmanager
+def _multiworker_workarounds(model, distribution, batches: Batches) -> Iterator[None]:
+    """Make Keras 3's fit work under MultiWorkerMirroredStrategy (keras-team/keras#20585).
+
+    Keras builds the model from a batch averaged across workers (which fails on a batch of
+    integers split over workers) and averages each scalar metric along an axis it lacks.
+    Here the model is built from the first local batch, and scalars are averaged whole. Nothing
+    changes for any other strategy.
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as keras_trainer
+
+    if not keras_trainer._collective_all_reduce_multi_worker(distribution):
+        yield
+        return
+    with distribution.scope():
+        model._symbolic_build(data_batch=batches[0])
+    original = keras_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction not in ("auto", "mean"):
+            return original(values, strategy, reduction)
+        return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    keras_trainer.reduce_per_replica = reduce_per_replica
+    try:
+        yield
+    finally:
+        keras_trainer.reduce_per_replica = original
+        del model._maybe_symbolic_build
 
 
 def _is_chief(distribution) -> bool:
