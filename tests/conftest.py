@@ -8,10 +8,13 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
 import pytest
 from PIL import Image
 
 from fake_engine import FakeEngine, distinct_image, near_copy  # noqa: F401 (tests import them from here)
+
+pillow_heif.register_heif_opener()  # so that tests can write HEIC files
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FLOWERS = SHARED / "data" / "flowers"

@@ -16,7 +16,7 @@ def base():
 @pytest.mark.parametrize("mode,fmt", [
     ("RGB", "JPEG"), ("CMYK", "JPEG"), ("L", "JPEG"), ("L", "PNG"), ("LA", "PNG"), ("P", "PNG"),
     ("P", "GIF"), ("RGBA", "PNG"), ("RGBA", "WEBP"), ("RGB", "BMP"), ("RGB", "TIFF"),
-    ("1", "PNG"), ("RGB", "PPM"),
+    ("1", "PNG"), ("RGB", "PPM"), ("RGB", "AVIF"), ("RGB", "HEIF"),
 ])
 def test_every_mode_becomes_rgb_with_the_same_perceptual_hash(base, mode, fmt):
     reference, _ = images.decode(encode(base, "PNG"))

@@ -25,8 +25,9 @@ from PIL import Image, ImageOps
 FITS = ("crop", "pad", "stretch")
 
 #: Formats that are opened at all. Anything else (SVG, PDF, EPS, text) is "not an image".
-#: (MPO, the multi-picture JPEG of cameras, opens through JPEG.)
-RASTER_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "AVIF")
+#: (MPO, the multi-picture JPEG of cameras, opens through JPEG; HEIF, the iPhone's HEIC,
+#: through pillow-heif.)
+RASTER_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "AVIF", "HEIF")
 
 #: Reasons an image is not usable, with the words a report shows for each.
 REASONS = {
@@ -221,6 +222,9 @@ def _open_rgb(data: bytes, checks: Checks, side: int) -> tuple[Image.Image, str,
 
 @functools.cache
 def _available_formats() -> tuple[str, ...]:
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()  # HEIC photos; it reads only the header until load()
     Image.init()
     return tuple(f for f in RASTER_FORMATS if f in Image.OPEN)
 
