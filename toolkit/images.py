@@ -48,7 +48,7 @@ HASH_DECODE_SIDE = 224
 ORIENTATION = 0x0112  # the EXIF tag
 
 _EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp",
-               "BMP": "bmp", "TIFF": "tif", "PPM": "ppm", "AVIF": "avif"}
+               "BMP": "bmp", "TIFF": "tif", "PPM": "ppm", "AVIF": "avif", "HEIF": "heic"}
 
 
 @dataclass(frozen=True)
