@@ -421,11 +421,13 @@ def _multiworker_workarounds(model, distribution, batches: Batches) -> Iterator[
     changes for any other strategy.
     """
     import tensorflow as tf
+
+    if not (isinstance(distribution, tf.distribute.MultiWorkerMirroredStrategy)
+            and distribution.extended._in_multi_worker_mode()):
+        yield  # Keras' private names are touched only in a real multi-worker run
+        return
     from keras.src.backend.tensorflow import trainer as keras_trainer
 
-    if not keras_trainer._collective_all_reduce_multi_worker(distribution):
-        yield
-        return
     with distribution.scope():
         model._symbolic_build(data_batch=batches[0])
     original = keras_trainer.reduce_per_replica
