@@ -7,8 +7,10 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -51,3 +53,10 @@ def table(head: list[str], rows: list[list[object]]) -> str:
 
 def toolkit_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "toolkit.cli", *args]
+
+
+def scratch_folder() -> tempfile.TemporaryDirectory:
+    """A temporary folder under runs/ (git-ignored, on the project's disk): a benchmark
+    killed half-way leaves its gigabytes where git does not pick them up."""
+    Path("runs").mkdir(exist_ok=True)
+    return tempfile.TemporaryDirectory(dir="runs", prefix="bench-")

@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from _bench import machine, measure, table, toolkit_command
+from _bench import machine, measure, scratch_folder, table, toolkit_command
 
 
 def synthetic_source(folder: Path, per_class: int, seed: int = 0) -> None:
@@ -47,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = []
-    with tempfile.TemporaryDirectory(dir=".") as work:
+    with scratch_folder() as work:
         work = Path(work)
         for scale in map(int, args.scales.split(",")):
             per_class = args.base * scale

@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-from _bench import machine, measure, table, toolkit_command
+from _bench import machine, measure, scratch_folder, table, toolkit_command
 
 PLAIN_LOOP = """
 import sys, numpy as np
@@ -56,7 +55,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(dir=".") as work:
+    with scratch_folder() as work:
         work = Path(work)
         source = Path(args.source)
         if args.long_side:

@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _bench import machine, measure, table, toolkit_command
+from _bench import machine, measure, scratch_folder, table, toolkit_command
 
 
 def recipe(archive: str, strategy: str, backbone: str, weights: str, epochs: int,
@@ -67,7 +66,7 @@ def main() -> None:
         return
 
     rows = []
-    with tempfile.TemporaryDirectory(dir=".") as work:
+    with scratch_folder() as work:
         for strategy in args.strategies.split(","):
             times_file = Path(work) / f"{strategy}.json"
             old = measure([sys.executable, __file__, args.archive, "--backbone", args.backbone,

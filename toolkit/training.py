@@ -122,7 +122,7 @@ def train(data: str | os.PathLike = "animal.npz", strategy: str = "finetune", *,
     if config.distribute == "multiworker" and "TF_CONFIG" not in os.environ:
         raise ToolkitError("--distribute multiworker needs TF_CONFIG (the cluster and this "
                            "worker's task) in the environment of every worker")
-    worker = config.distribute == "multiworker" and not _chief_in_tf_config()
+    worker = not _is_chief(config)
     if worker:
         out = tempfile.mkdtemp(prefix="toolkit-worker-")  # only the chief keeps a run folder
     created = out is None or not Path(out).exists()
@@ -230,7 +230,7 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
     _seed(config, gpu)
     distribution = _distribution(config.distribute)
     replicas = distribution.num_replicas_in_sync
-    chief = _is_chief(distribution)
+    chief = _is_chief(config)
     train_rows, val_rows = validation_split(archive.y_train, config.validation_split, config.seed)
     global_batch = config.batch_size * replicas
     if global_batch > len(train_rows):
@@ -260,17 +260,16 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
     if state:
         checkpoints.restore_last(fitted)
     start_epoch = state.get("epoch", -1) + 1
-    if start_epoch < config.epochs and not state.get("stopped_early"):
-        # shuffle=False: Batches shuffles by (seed, epoch); Keras' own shuffle of the batch
-        # order is not seeded per epoch, and would make a resumed run differ
-        with _multiworker_workarounds(fitted, distribution, train_data):
+    with _multiworker_workarounds(fitted, distribution, train_data):
+        if start_epoch < config.epochs and not state.get("stopped_early"):
+            # shuffle=False: Batches shuffles by (seed, epoch); Keras' own shuffle of the batch
+            # order is not seeded per epoch, and would make a resumed run differ
             fitted.fit(train_data, validation_data=val_data, epochs=config.epochs,
                        initial_epoch=start_epoch, callbacks=[checkpoints], verbose=verbose,
                        shuffle=False)
-    checkpoints.restore_best(fitted)
+        checkpoints.restore_best(fitted)
 
-    clock.start("evaluation")
-    with _multiworker_workarounds(fitted, distribution, train_data):
+        clock.start("evaluation")
         probabilities = fitted.predict(Batches([Rows(test_source, None)], None, global_batch),
                                        verbose=0)
     evaluation = evaluate_predictions(archive.y_test, probabilities, archive.class_names)
@@ -400,8 +399,11 @@ def _distribution(name: str):
     return tf.distribute.get_strategy()
 
 
-def _chief_in_tf_config() -> bool:
-    """Whether TF_CONFIG makes this process the chief (or worker 0 of a chiefless cluster)."""
+def _is_chief(config: TrainConfig) -> bool:
+    """Whether this process writes the run folder: always, except in a multiworker run,
+    where only TF_CONFIG's chief (or worker 0 of a chiefless cluster) does."""
+    if config.distribute != "multiworker":
+        return True
     try:
         spec = json.loads(os.environ.get("TF_CONFIG", "{}"))
         task, cluster = spec.get("task", {}), spec.get("cluster", {})
@@ -444,16 +446,6 @@ def _multiworker_workarounds(model, distribution, batches: Batches) -> Iterator[
     finally:
         keras_trainer.reduce_per_replica = original
         del model._maybe_symbolic_build
-
-
-def _is_chief(distribution) -> bool:
-    """Only the chief of a multi-worker run writes the run folder."""
-    resolver = getattr(distribution, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    task = (resolver.task_type, resolver.task_id)
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return task == ("chief", 0) or (not has_chief and task == ("worker", 0))
 
 
 @contextlib.contextmanager
