@@ -234,7 +234,12 @@ class ClassFolder:
         return list(entries.values()), list(kept.values())
 
     def refused_urls(self) -> set[str]:
-        return {e["url"] for e in _read_jsonl(self.rejected_log) if isinstance(e.get("url"), str)}
+        try:
+            records = _read_jsonl(self.rejected_log)
+        except OSError as e:
+            self.reject_error = e
+            return set()
+        return {e["url"] for e in records if isinstance(e.get("url"), str)}
 
     def commit(self, data: bytes, info: images.ImageInfo, result: Result, engine: str,
                query: str, license: str) -> dict:
