@@ -18,6 +18,7 @@ import html
 import io
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -138,17 +139,21 @@ def main() -> None:
                 command = toolkit_command("crawl", *labels, "--root", root, "--per-class",
                                           str(args.per_class), "--engine", "bing", "--threads",
                                           str(threads))
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 start = time.perf_counter()
                 process = subprocess.run(command, env={**os.environ, "TOOLKIT_BING_URL": engine.url},
                                          capture_output=True, text=True)
                 seconds = time.perf_counter() - start
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
                 if process.returncode != 0:
                     sys.exit(f"crawl failed:\n{process.stdout}\n{process.stderr}")
                 kept = sum(1 for _ in Path(root).glob("*/*.jpg"))
                 bound = engine.requests * args.latency / threads
                 crawling = seconds - startup
                 rows.append([threads, kept, engine.requests, f"{seconds:.1f}", f"{crawling:.1f}",
-                             f"{bound:.1f}", f"{crawling / bound:.2f}", f"{kept / crawling:.0f}"])
+                             f"{bound:.1f}", f"{crawling / bound:.2f}", f"{kept / crawling:.0f}",
+                             f"{cpu:.1f}"])
     finally:
         engine.close()
     print(f"load after: {os.getloadavg()[0]:.2f} (1-minute average)")
@@ -156,7 +161,7 @@ def main() -> None:
           f"request, images on {HOSTS} hosts (per-host limit: the default)\n")
     print(f"start-up (importing the toolkit, subtracted): {startup:.1f} s\n")
     print(table(["threads", "images kept", "requests", "total (s)", "crawling (s)",
-                 "latency bound (s)", "crawling / bound", "images/s"], rows))
+                 "latency bound (s)", "crawling / bound", "images/s", "crawl CPU (s)"], rows))
 
 
 if __name__ == "__main__":

@@ -682,7 +682,9 @@ def _run_engine(engine: Engine, job: ClassJob, threads: int) -> EngineRun:
     """Read `engine`'s pages for the job's class and download what they list on `threads`
     threads, until the class is full or the engine stops; say why it stopped."""
     run = job.run = EngineRun(engine.name)
-    tasks: queue.Queue[Result] = queue.Queue(maxsize=threads * 2)
+    # unbounded: pages are read ahead of the downloads (a page read takes one round trip,
+    # like an image), and only while what is queued cannot fill the class
+    tasks: queue.Queue[Result] = queue.Queue()
     feeding = threading.Event()
     workers = [threading.Thread(target=_work, args=(job, tasks, feeding), daemon=True,
                                 name=f"crawl-{engine.name}-{i}") for i in range(threads)]
@@ -696,30 +698,14 @@ def _run_engine(engine: Engine, job: ClassJob, threads: int) -> EngineRun:
             if tasks.unfinished_tasks + job.result.kept >= job.result.wanted:
                 time.sleep(0.02)  # what is queued may fill the class: no page asked for in vain
                 continue
-            try:
-                found = next(pages)
-            except StopIteration:
-                run.stop = RAN_DRY
+            found = _next_page(pages, run)
+            if found is None:
                 break
-            except PageRefused as e:
-                run.stop, run.detail = REFUSED, str(e)
-                break
-            except PageUnreachable as e:
-                run.stop, run.detail = UNREACHABLE, str(e)
-                break
-            except _Cancelled:
-                break
-            except Exception as e:  # a page came back that the engine's parser could not read
-                run.pages += 1
-                run.stop, run.detail = UNREADABLE, f"{type(e).__name__}: {first_line(e)}"
-                log.info("%s: page %d unreadable", engine.name, run.pages, exc_info=True)
-                break
-            run.pages += 1
             new = [r for r in found if r.url not in seen]
             log.info("%s: page %d of %r: %d results, %d new", engine.name, run.pages,
                      job.result.keywords, len(found), len(new))
             if not new:
-                if run.pages == 1 and engine.name != "urls":
+                if run.pages == 1 and not isinstance(engine, _UrlList):
                     run.stop, run.detail = UNREADABLE, "no image results on the first page"
                 else:
                     run.stop = RAN_DRY
@@ -727,10 +713,7 @@ def _run_engine(engine: Engine, job: ClassJob, threads: int) -> EngineRun:
             seen.update(r.url for r in new)
             run.results += len(new)
             for r in new:
-                while not job.cancel.is_set():
-                    with contextlib.suppress(queue.Full):
-                        tasks.put(r, timeout=0.1)
-                        break
+                tasks.put(r)
         feeding.set()
         _join(workers, job)
     except BaseException:  # Ctrl-C: in-flight downloads stop, kept files are committed
@@ -745,6 +728,28 @@ def _run_engine(engine: Engine, job: ClassJob, threads: int) -> EngineRun:
     elif job.stop_error:
         run.stop, run.detail = STOPPED, "cannot write"
     return run
+
+
+def _next_page(pages: Iterator[list[Result]], run: EngineRun) -> list[Result] | None:
+    """The next page's results; or None, once `run` says why the engine stopped."""
+    try:
+        found = next(pages)
+    except StopIteration:
+        run.stop = RAN_DRY
+    except PageRefused as e:
+        run.stop, run.detail = REFUSED, str(e)
+    except PageUnreachable as e:
+        run.stop, run.detail = UNREACHABLE, str(e)
+    except _Cancelled:
+        pass
+    except Exception as e:  # a page came back that the engine's parser could not read
+        run.pages += 1
+        run.stop, run.detail = UNREADABLE, f"{type(e).__name__}: {first_line(e)}"
+        log.info("%s: page %d unreadable", run.engine, run.pages, exc_info=True)
+    else:
+        run.pages += 1
+        return found
+    return None
 
 
 def _work(job: ClassJob, tasks: queue.Queue, feeding: threading.Event) -> None:
