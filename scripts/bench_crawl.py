@@ -6,7 +6,7 @@ several hosts (127.0.0.1, 127.0.0.2, ...), as search results are, so that the pe
 limit does not bind. A crawl of C classes x N images cannot take less than
 requests x latency / threads; the ratio of the measured time (less the toolkit's start-up)
 to that bound says how much the toolkit itself adds (decoding, hashing, deduplicating,
-writing, fsync).
+writing, fsync); a last run without latency shows what the toolkit alone takes.
 
     python scripts/bench_crawl.py [--classes 3] [--per-class 400] [--latency 0.1] [--threads 4 16]
 """
@@ -29,9 +29,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
-from PIL import Image
-
 from _bench import machine, table, toolkit_command
+from PIL import Image
 
 HOSTS = 8  # 127.0.0.1 ... 127.0.0.8: loopback answers on all of 127/8 (Linux)
 PAGE = 20  # results per Bing page
@@ -133,7 +132,10 @@ def main() -> None:
     startup = time.perf_counter() - start
     rows = []
     try:
-        for threads in args.threads:
+        # the last run has no latency: what the toolkit itself costs, at the most threads
+        for threads, latency in [*((t, args.latency) for t in args.threads),
+                                 (max(args.threads), 0.0)]:
+            engine.latency = latency
             with tempfile.TemporaryDirectory() as root:
                 engine.requests = 0
                 command = toolkit_command("crawl", *labels, "--root", root, "--per-class",
@@ -142,25 +144,26 @@ def main() -> None:
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 start = time.perf_counter()
                 process = subprocess.run(command, env={**os.environ, "TOOLKIT_BING_URL": engine.url},
-                                         capture_output=True, text=True)
+                                         capture_output=True, text=True, check=False)
                 seconds = time.perf_counter() - start
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
                 if process.returncode != 0:
                     sys.exit(f"crawl failed:\n{process.stdout}\n{process.stderr}")
                 kept = sum(1 for _ in Path(root).glob("*/*.jpg"))
-                bound = engine.requests * args.latency / threads
                 crawling = seconds - startup
-                rows.append([threads, kept, engine.requests, f"{seconds:.1f}", f"{crawling:.1f}",
-                             f"{bound:.1f}", f"{crawling / bound:.2f}", f"{kept / crawling:.0f}",
-                             f"{cpu:.1f}"])
+                bound = engine.requests * latency / threads
+                rows.append([threads, f"{latency * 1000:.0f}", kept, engine.requests,
+                             f"{crawling:.1f}", f"{bound:.1f}",
+                             f"{crawling / bound:.2f}" if bound else "-",
+                             f"{kept / crawling:.0f}", f"{cpu:.1f}"])
     finally:
         engine.close()
     print(f"load after: {os.getloadavg()[0]:.2f} (1-minute average)")
-    print(f"\n{args.classes} classes x {args.per_class} images, {args.latency * 1000:.0f} ms per "
-          f"request, images on {HOSTS} hosts (per-host limit: the default)\n")
+    print(f"\n{args.classes} classes x {args.per_class} images, images on {HOSTS} hosts "
+          "(per-host limit: the default); crawl CPU = the crawl process's user + system time\n")
     print(f"start-up (importing the toolkit, subtracted): {startup:.1f} s\n")
-    print(table(["threads", "images kept", "requests", "total (s)", "crawling (s)",
+    print(table(["threads", "latency (ms)", "images kept", "requests", "crawling (s)",
                  "latency bound (s)", "crawling / bound", "images/s", "crawl CPU (s)"], rows))
 
 

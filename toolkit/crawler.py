@@ -266,10 +266,13 @@ class ClassFolder:
             self.reject_error = self.reject_error or e
 
     def _append(self, path: Path, record: dict) -> None:
+        """Append one line whole; sync it to disk outside the lock, so that the threads'
+        syncs overlap (the file system commits them together)."""
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        with self._lock, open(path, "ab") as f:
-            f.write(line)
-            f.flush()
+        with open(path, "ab") as f:
+            with self._lock:
+                f.write(line)
+                f.flush()
             os.fsync(f.fileno())
 
 
