@@ -191,14 +191,18 @@ def test_icrawler_log_lines_go_to_the_log_file(engine, tmp_path):
 def test_an_unreachable_engine_is_named_and_not_asked_again(engine, tmp_path, monkeypatch):
     engine.add_images("owl", range(0, 3))
     engine.add_images("hen", range(10, 13))
-    monkeypatch.setenv("TOOLKIT_BING_URL", "http://127.0.0.1:9")  # nothing listens there
+    for variable in ("TOOLKIT_BING_URL", "TOOLKIT_DDG_URL"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")  # nothing listens there
     report = crawl(["owl", "hen"], root=tmp_path, per_class=3, fetch=FAST,
-                   engines=["bing", "duckduckgo"])
+                   engines=["bing", "duckduckgo", "baidu"])
     assert report.complete
     for label in ("owl", "hen"):
         rows = engine_rows(report, label)
-        assert rows["bing"] == (0, 0, 0, "unreachable", "127.0.0.1: connection refused")
-    assert len(report.warnings) == 1 and "check the network" in report.warnings[0]
+        assert rows["bing"] == rows["duckduckgo"] == (0, 0, 0, "unreachable",
+                                                      "127.0.0.1: connection refused")
+        assert rows["baidu"][2:4] == (3, "enough")
+    assert len(report.warnings) == 2 and all("check the network" in w for w in report.warnings)
+    assert engine.page_hits["baidu"] == 2 and not engine.page_hits["bing"]
 
 
 def test_a_class_short_because_every_engine_failed_exits_non_zero(engine, tmp_path):

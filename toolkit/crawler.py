@@ -49,6 +49,7 @@ from .engines import (
     PageRefused,
     PageUnreachable,
     Result,
+    connection_problem,
     first_line,
     license_capable,
     search_engine,
@@ -370,7 +371,8 @@ class EngineRun:
 
     def advice(self, label: str) -> str:
         """One warning line: which engine, what happened, what to do."""
-        what = f"{self.engine} {self.describe()} for {label!r} after {self.pages} page(s)"
+        page = self.pages if self.stop == UNREADABLE else self.pages + 1
+        what = f"{self.engine} {self.describe()} on page {page} for {label!r}"
         if self.stop == REFUSED:
             return (f"{what}: it is blocking or rate-limiting this address; wait an hour and run "
                     "again, or use another --engine")
@@ -613,7 +615,7 @@ def download(url: str, session: requests.Session, max_bytes: int, options: Fetch
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.ContentDecodingError, urllib3.exceptions.HTTPError,
                 OSError) as e:
-            failure = DownloadFailed("connection", _connection_detail(e))
+            failure = DownloadFailed("connection", connection_problem(e))
         except requests.RequestException as e:
             raise DownloadFailed("bad_url", type(e).__name__) from None
         if attempt == options.retries:
@@ -655,16 +657,6 @@ def _retry_after(value: str | None, longest: float) -> float | None:
         return urllib3.util.Retry(retry_after_max=longest).parse_retry_after(value)
     except urllib3.exceptions.InvalidHeader:
         return None
-
-
-def _connection_detail(error: BaseException) -> str:
-    """What a user can act on: a name that did not resolve, a refused connection, or the type."""
-    text = str(error)
-    if "Failed to resolve" in text or "NameResolution" in text or "Name or service" in text:
-        return "host name not resolved"
-    if "Connection refused" in text:
-        return "connection refused"
-    return type(error).__name__
 
 
 # --------------------------------------------------------------------------- running an engine
@@ -730,6 +722,8 @@ def _run_engine(engine: Engine, job: ClassJob, threads: int) -> EngineRun:
         run.stop, run.detail = ENOUGH, ""
     elif job.stop_error:
         run.stop, run.detail = STOPPED, "cannot write"
+    log.info("%s for %r: %d pages, %d results, %d kept; %s", engine.name, job.result.keywords,
+             run.pages, run.results, run.kept, run.describe())
     return run
 
 

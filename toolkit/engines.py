@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
-from urllib.parse import quote, quote_plus, urlencode
+from urllib.parse import quote, quote_plus, urlencode, urlsplit
 
 #: License filters a user can ask for; "any" asks for none.
 LICENSES = ("any", "creative-commons", "public-domain", "commercial")
@@ -199,7 +199,8 @@ def _ddgs_engine(base_url: str, timeout: float):
             try:
                 response = self.http_client.request(*args, **kwargs)
             except DDGSException as e:
-                raise PageUnreachable(first_line(e)) from None
+                host = urlsplit(args[1] if len(args) > 1 else base_url).hostname
+                raise PageUnreachable(f"{host}: {connection_problem(e)}") from None
             if response.status_code != 200:
                 raise PageRefused(response.status_code)
             return response.text
@@ -216,6 +217,20 @@ class _Body:
 
 def _text(value) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def connection_problem(error: BaseException) -> str:
+    """What a user can act on in a connection failure: a name that did not resolve, a refused
+    connection, a timeout; else the error's type."""
+    text = str(error)
+    if any(s in text for s in ("Failed to resolve", "NameResolution", "Name or service",
+                               "DNSError", "resolving DNS")):
+        return "host name not resolved"
+    if "Connection refused" in text or "ConnectionRefused" in text:
+        return "connection refused"
+    if "timed out" in text.lower() or "Timeout" in type(error).__name__:
+        return "timed out"
+    return type(error).__name__
 
 
 def first_line(error: BaseException) -> str:
