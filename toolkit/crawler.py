@@ -67,6 +67,8 @@ ENOUGH, RAN_DRY, REFUSED, UNREACHABLE, UNREADABLE, SKIPPED, STOPPED = (
     "enough", "ran dry", "refused", "unreachable", "unreadable", "skipped", "stopped")
 #: Stops that mean the engine could not serve the class (rather than had nothing more).
 FAILURES = (REFUSED, UNREACHABLE, UNREADABLE)
+#: Why a first page that parsed to nothing is UNREADABLE: a captcha, or a new page format.
+NO_RESULTS = "no image results on the first page"
 
 #: Where the engines' and HTTP libraries' own log lines go, under the crawl's root.
 LOG_NAME = "crawl.log"
@@ -379,7 +381,8 @@ class EngineRun:
         if self.stop == UNREACHABLE:
             return (f"{what}: check the network connection, proxy or firewall, or use "
                     "--engine urls --urls FILE")
-        return (f"{what}: its page format has likely changed; upgrade the engines "
+        empty = " (or nothing matches the query)" if self.detail == NO_RESULTS else ""
+        return (f"{what}: its page format has likely changed{empty}; upgrade the engines "
                 "(pip install -U icrawler ddgs) or use another --engine")
 
 
@@ -701,7 +704,7 @@ def _run_engine(engine: Engine, job: ClassJob, threads: int) -> EngineRun:
                      job.result.keywords, len(found), len(new))
             if not new:
                 if run.pages == 1 and not isinstance(engine, _UrlList):
-                    run.stop, run.detail = UNREADABLE, "no image results on the first page"
+                    run.stop, run.detail = UNREADABLE, NO_RESULTS
                 else:
                     run.stop = RAN_DRY
                 break

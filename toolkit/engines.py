@@ -79,7 +79,9 @@ class Engine:
 
     def search(self, keywords: str, license: str, fetch: Fetch, timeout: float
                ) -> Iterator[list[Result]]:
-        """Yield one list of results per page, first page first."""
+        """Yield one list of results per page, first page first. `fetch(url)` gets a page's
+        bytes within the crawl's bounds and retries; an engine that brings its own HTTP
+        client (ddgs) uses `timeout` instead."""
         raise NotImplementedError
 
 
