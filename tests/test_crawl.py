@@ -241,20 +241,23 @@ def test_duckduckgo_through_ddgs_keeps_n_usable_images(engine, tmp_path):
     assert asked[0] == {"q": "fox"} and asked[1]["vqd"] == "4-3" and asked[1]["q"] == "fox"
 
 
-@pytest.mark.parametrize("license,bing,ddg", [
-    ("public-domain", "filterui:license-L1", "license:Public"),
-    ("creative-commons", "filterui:licenseType-Any", "license:Any"),
-    ("commercial", "filterui:license-L2_L3_L4", "license:ShareCommercially"),
+@pytest.mark.parametrize("license,bing,ddg,google", [
+    ("public-domain", "filterui:license-L1", "license:Public", None),
+    ("creative-commons", "filterui:licenseType-Any", "license:Any", "sur:f"),
+    ("commercial", "filterui:license-L2_L3_L4", "license:ShareCommercially", "sur:fc"),
 ])
-def test_a_license_filter_is_sent_and_recorded(engine, tmp_path, license, bing, ddg):
+def test_a_license_filter_is_sent_and_recorded(engine, tmp_path, license, bing, ddg, google):
     engine.add_images("cat", range(0, 2))
     report = crawl(["cat"], root=tmp_path, per_class=3, fetch=FAST, license=license,
-                   engines=["bing", "duckduckgo", "baidu"])
+                   engines=["bing", "duckduckgo", "baidu", "google"])
     sent = {name: q for name, q in engine.page_requests if name != "duckduckgo" or "vqd" in q}
     assert bing in sent["bing"]["qft"] and ddg in sent["duckduckgo"]["f"].split(",")
-    assert engine_rows(report, "cat")["baidu"] == (0, 0, 0, "skipped",
-                                                   f"cannot filter by license {license}")
-    assert report.warnings == ["baidu cannot filter by license; skipped"]
+    skipped = ["baidu"] if google else ["baidu", "google"]
+    assert (google is None and "google" not in sent) or sent["google"]["tbs"] == google
+    rows = engine_rows(report, "cat")
+    assert all(rows[e] == (0, 0, 0, "skipped", f"cannot filter by license {license}")
+               for e in skipped)
+    assert report.warnings == [f"{e} cannot filter by license; skipped" for e in skipped]
     assert not report.blocked and "baidu" not in engine.page_hits
     assert {e["license"] for e in assert_consistent(tmp_path, "cat")} == {license}
 
