@@ -375,6 +375,7 @@ def test_unsafe_labels_are_refused(tmp_path, query, message):
     (["cat", "--license", "mine"], "'mine' is not one of"),
     (["cat", "--license", "public-domain", "--engine", "baidu,google"],
      "can filter by license public-domain; use --engine bing,duckduckgo"),
+    (["cat", "--urls", "list.txt", "--license", "commercial"], "not a URL list"),
     (["cat", "--threads", "0"], "--threads"),
 ])
 def test_cli_crawl_errors_are_one_line(tmp_path, args, message):
