@@ -54,10 +54,9 @@ def test_crawl_backs_off_on_429_500_and_503_honouring_a_bounded_retry_after(engi
         assert len(times) == 3, f"{name}: tried, retried twice, left"
         return [b - a for a, b in zip(times, times[1:])]
 
-    assert 0.1 <= gaps("broken.jpg")[0] < 0.2                            # back-off 0.1 s ...
-    assert 0.2 <= gaps("broken.jpg")[1] < 0.45                           # ... then doubled
-    assert all(0.95 <= g < 1.15 for g in gaps("busy.jpg"))              # Retry-After: 1
-    assert all(1.15 <= g < 2.0 for g in gaps("down.jpg"))                # 3600, capped at 1.2
+    assert gaps("broken.jpg")[0] >= 0.1 and gaps("broken.jpg")[1] >= 0.2  # back-off, doubled
+    assert all(g >= 0.95 for g in gaps("busy.jpg"))    # Retry-After: 1 (back-off alone: 0.1, 0.2)
+    assert all(1.15 <= g < 3 for g in gaps("down.jpg"))  # Retry-After: 3600, capped at 1.2
     assert not (tmp_path / "cat.rejected.jsonl").exists()  # may work later: not refused for good
 
 
