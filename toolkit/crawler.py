@@ -895,16 +895,14 @@ def _crawl(parsed: list[Query], root: Path, per_class: int, engines: list[str],
     entries = {label: folder.reconcile(checks) for label, folder in folders.items()}
     for label in _other_classes(root, folders):  # pack sees them too: no duplicate of theirs
         entries[label] = ClassFolder(root, label).entries(checks)
-    index = _hash_index(entries, checks, threshold)
     usable = usable_counts(entries, checks, threshold)
     known_urls = {e["url"] for kept in entries.values() for e in kept if e.get("url")}
     for folder in folders.values():
         known_urls |= folder.refused_urls()
-    session = _session(threads, fetch)
+    chain = _Chain(license, threads)
+    report = CrawlReport(str(root), [], warnings=chain.warnings)
+    index, session = _hash_index(entries, checks, threshold), _session(threads, fetch)
     hosts = HostSlots(per_host)
-    report = CrawlReport(str(root), [])
-    unavailable: dict[str, EngineRun] = {}  # refused or unreachable: not asked again this crawl
-    warned: set[str] = set()
     for q in parsed:
         result = ClassResult(q.label, q.keywords, per_class, kept=usable[q.label])
         report.classes.append(result)
@@ -913,33 +911,10 @@ def _crawl(parsed: list[Query], root: Path, per_class: int, engines: list[str],
                   unit="img", disable=not progress, leave=True) as bar:
             job = ClassJob(folder, result, index, known_urls, checks, fetch, license, session,
                            hosts, bar)
-            for name in engines:
-                if job.full or job.stop_error:
-                    break
-                if name == "urls":
-                    if not url_lists.get(q.label):
-                        continue
-                    engine: Engine = _UrlList(url_lists[q.label])
-                else:
-                    engine = search_engine(name)
-                if not engine.can_filter(license):
-                    result.engines.append(EngineRun(name, stop=SKIPPED,
-                                                    detail=f"cannot filter by license {license}"))
-                    if name not in warned:
-                        warned.add(name)
-                        report.warnings.append(f"{name} cannot filter by license; skipped")
-                    continue
-                if name in unavailable:
-                    first = unavailable[name]
-                    result.engines.append(EngineRun(name, stop=first.stop, detail=first.detail))
-                    continue
-                run = _run_engine(engine, job, threads)
-                result.engines.append(run)
-                if run.failed and name not in warned:
-                    warned.add(name)
-                    report.warnings.append(run.advice(q.label))
-                if run.stop in (REFUSED, UNREACHABLE):
-                    unavailable[name] = run
+            if "urls" in engines:
+                chain.fill(job, [_UrlList(url_lists[q.label])] if url_lists.get(q.label) else [])
+            else:
+                chain.fill(job, [search_engine(name) for name in engines])
         result.top_hosts = top_hosts(_read_jsonl(folder.manifest))
         if folder.reject_error:
             report.warnings.append(
@@ -950,6 +925,43 @@ def _crawl(parsed: list[Query], root: Path, per_class: int, engines: list[str],
                                  f"{job.stop_error.strerror or job.stop_error}")
             break
     return report
+
+
+class _Chain:
+    """The fallback chain across a crawl's classes: an engine that cannot filter by the
+    license is skipped, one refused or unreachable is not asked again, and each engine's
+    first problem is one warning."""
+
+    def __init__(self, license: str, threads: int):
+        self.license, self.threads = license, threads
+        self.unavailable: dict[str, EngineRun] = {}
+        self.warnings: list[str] = []
+        self._warned: set[str] = set()
+
+    def fill(self, job: ClassJob, engines: list[Engine]) -> None:
+        """Try `engines` in turn until the job's class is full; record each in its result."""
+        for engine in engines:
+            if job.full or job.stop_error:
+                return
+            if not engine.can_filter(self.license):
+                run = EngineRun(engine.name, stop=SKIPPED,
+                                detail=f"cannot filter by license {self.license}")
+                self._warn(engine.name, f"{engine.name} cannot filter by license; skipped")
+            elif engine.name in self.unavailable:
+                first = self.unavailable[engine.name]
+                run = EngineRun(engine.name, stop=first.stop, detail=first.detail)
+            else:
+                run = _run_engine(engine, job, self.threads)
+                if run.failed:
+                    self._warn(engine.name, run.advice(job.result.label))
+                if run.stop in (REFUSED, UNREACHABLE):
+                    self.unavailable[engine.name] = run
+            job.result.engines.append(run)
+
+    def _warn(self, engine: str, message: str) -> None:
+        if engine not in self._warned:
+            self._warned.add(engine)
+            self.warnings.append(message)
 
 
 def _other_classes(root: Path, folders: dict[str, ClassFolder]) -> list[str]:
