@@ -143,7 +143,8 @@ def main() -> None:
                                           str(threads))
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 start = time.perf_counter()
-                process = subprocess.run(command, env={**os.environ, "TOOLKIT_BING_URL": engine.url},
+                env = {**os.environ, "TOOLKIT_BING_URL": engine.url}
+                process = subprocess.run(command, env=env,
                                          capture_output=True, text=True, check=False)
                 seconds = time.perf_counter() - start
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)

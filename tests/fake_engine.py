@@ -165,7 +165,8 @@ class FakeEngine:
         if mode == "garbled":
             return b"<html>not json</html>", "text/html"
         data = [{"objURL": baidu_encode(u)} for u, _ in found] + [{}]
-        return json.dumps({"items" if mode == "raises" else "data": data}).encode(), "application/json"
+        key = "items" if mode == "raises" else "data"  # icrawler's parser reads ["data"]
+        return json.dumps({key: data}).encode(), "application/json"
 
     @staticmethod
     def _google_page(found, mode):

@@ -94,8 +94,8 @@ def _engines(ctx, param, values: tuple[str, ...]) -> list[str]:
               help="Smallest usable image side, in pixels.")
 @click.option("--threshold", default=8, show_default=True, type=click.IntRange(0, 64),
               help="Perceptual-hash bits within which two images are the same picture.")
-@click.option("--threads", default=DEFAULT_THREADS, show_default=True, type=click.IntRange(1, 64),
-              help="Parallel downloads.")
+@click.option("--threads", default=DEFAULT_THREADS, show_default=True,
+              type=click.IntRange(1, 64), help="Parallel downloads.")
 @click.option("--per-host", default=DEFAULT_PER_HOST, show_default=True,
               type=click.IntRange(1, 64), help="Parallel downloads from any one host.")
 @click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1),

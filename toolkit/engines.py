@@ -134,8 +134,8 @@ class Baidu(_IcrawlerEngine):
 
     def page_urls(self, keywords, license):
         for pn in range(0, RESULT_LIMIT, 30):
-            yield (f"{self.base_url()}/search/acjson?tn=resultjson_com&ipn=rj&word={quote(keywords)}"
-                   f"&pn={pn}&rn=30")
+            yield (f"{self.base_url()}/search/acjson?tn=resultjson_com&ipn=rj"
+                   f"&word={quote(keywords)}&pn={pn}&rn=30")
 
     def parse(self, body):
         from icrawler.builtin.baidu import BaiduParser
