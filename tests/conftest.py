@@ -23,10 +23,11 @@ MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5
 
 @pytest.fixture
 def engine(monkeypatch):
-    """A fake Bing/Baidu/Google on 127.0.0.1; the crawler is pointed at it."""
+    """A fake Bing/DuckDuckGo/Baidu/Google on 127.0.0.1; the crawler is pointed at it."""
+    from toolkit.engines import SEARCH_ENGINES, search_engine
     server = FakeEngine()
-    for name in ("BING", "BAIDU", "GOOGLE"):
-        monkeypatch.setenv(f"TOOLKIT_{name}_URL", server.url)
+    for name in SEARCH_ENGINES:
+        monkeypatch.setenv(search_engine(name).env_var, server.url)
     yield server
     server.close()
 

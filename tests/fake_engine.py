@@ -1,8 +1,10 @@
-"""A loopback HTTP server that answers like Bing, Baidu and Google image search.
+"""A loopback HTTP server that answers like Bing, DuckDuckGo, Baidu and Google image search.
 
-It serves result pages in each engine's real format (so icrawler's own parsers read
-them) and the images they point to, some of them bad on purpose. Tests point the
-crawler at it with TOOLKIT_<ENGINE>_URL.
+It serves result pages in each engine's real format (so icrawler's parsers and ddgs read
+them) and the images they point to, some of them bad on purpose. An engine can be made to
+fail as real ones do (`modes`): refuse every page, answer a captcha, send markup its parser
+cannot read, or make the parser raise. Tests point the crawler at it with
+TOOLKIT_<ENGINE>_URL (TOOLKIT_DDG_URL for DuckDuckGo).
 """
 
 from __future__ import annotations
@@ -62,7 +64,11 @@ class Item:
     status: int = 200
     content_type: str = "image/jpeg"
     behaviour: str = ""  # "", "slow", "redirect_loop", "huge", "fail_once", "hang"
+    headers: dict[str, str] = field(default_factory=dict)  # sent with the answer (Retry-After)
+    page: str | None = None   # the page the image is "found on", as engines report it
+    title: str | None = None
     calls: int = 0
+    times: list[float] = field(default_factory=list)  # when each request arrived (monotonic)
 
 
 @dataclass
@@ -71,8 +77,13 @@ class FakeEngine:
     items: dict[str, Item] = field(default_factory=dict)
     hits: collections.Counter = field(default_factory=collections.Counter)
     page_hits: collections.Counter = field(default_factory=collections.Counter)
-    engines_down: set[str] = field(default_factory=set)
+    #: engine -> how it fails: "down" (503), "forbidden" (403), "captcha" (a 200 page with no
+    #: results), "garbled" (markup its parser cannot read), "raises" (its parser raises)
+    modes: dict[str, str] = field(default_factory=dict)
+    page_requests: list[tuple[str, dict]] = field(default_factory=list)  # (engine, query)
     slow_seconds: float = 0.0  # delay before answering any image (for interrupt tests)
+    in_flight: int = 0         # image requests being answered now, and the most at once
+    most_in_flight: int = 0
 
     def __post_init__(self):
         self.lock = threading.Lock()
@@ -88,7 +99,7 @@ class FakeEngine:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
@@ -111,45 +122,83 @@ class FakeEngine:
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         if parts.path.startswith("/img/"):
             return self._image(request, parts.path[5:])
-        engine = {"/images/async": "bing", "/search/acjson": "baidu", "/search": "google"}.get(parts.path)
+        engine = {"/images/async": "bing", "/search/acjson": "baidu", "/search": "google",
+                  "/": "duckduckgo", "/i.js": "duckduckgo"}.get(parts.path)
         if engine is None:
             return self._send(request, 404, b"not found", "text/plain")
         with self.lock:
             self.page_hits[engine] += 1
-        if engine in self.engines_down:
-            return self._send(request, 503, b"down", "text/plain")
+            self.page_requests.append((engine, query))
+        mode = self.modes.get(engine, "")
+        if mode in ("down", "forbidden"):
+            return self._send(request, 503 if mode == "down" else 403, b"go away", "text/plain")
+        if mode == "captcha":
+            body = b"<html><body><h1>Please verify you are a human</h1><form></form></body></html>"
+            return self._send(request, 200, body, "text/html")
         keyword = query.get("q") or query.get("word") or ""
-        offset = int(query.get("first") or query.get("pn") or query.get("start") or 0)
-        step = {"bing": 20, "baidu": 30, "google": 100}[engine]
+        if parts.path == "/":  # DuckDuckGo's search page, which carries the vqd token
+            return self._send(request, 200, f'<html><script>vqd="4-{len(keyword)}"</script></html>'
+                              .encode(), "text/html")
+        offset = int(query.get("first") or query.get("pn") or query.get("start")
+                     or query.get("s") or 0)
+        step = {"bing": 20, "baidu": 30, "google": 100, "duckduckgo": 100}[engine]
         names = self.results.get(keyword, [])[offset:offset + step]
-        urls = [f"{self.url}/img/{n}" for n in names]
-        body, ctype = getattr(self, f"_{engine}_page")(urls)
+        found = [(f"{self.url}/img/{n}", self.items[n]) for n in names]
+        body, ctype = getattr(self, f"_{engine}_page")(found, mode)
         self._send(request, 200, body, ctype)
 
     @staticmethod
-    def _bing_page(urls):
-        divs = "".join(
-            f'<div class="imgpt"><a class="iusc" m="{html.escape(json.dumps({"murl": u}, separators=(",", ":")))}" '
-            f'href="#"><img src="x"></a></div>' for u in urls)
+    def _bing_page(found, mode):
+        def meta(url, item):
+            m = {"murl": url, "purl": item.page or f"http://pages.example/{url.rsplit('/', 1)[1]}",
+                 "t": item.title or url.rsplit("/", 1)[1]}
+            return html.escape(json.dumps(m, separators=(",", ":")))
+        if mode == "garbled":  # a redesign: the results are there, but not where the parser looks
+            divs = "".join(f'<li class="tile" data-src="{u}"></li>' for u, _ in found)
+        else:
+            divs = "".join(f'<div class="imgpt"><a class="iusc" m="{meta(u, item)}" href="#">'
+                           '<img src="x"></a></div>' for u, item in found)
         return f"<html><body>{divs}</body></html>".encode(), "text/html; charset=utf-8"
 
     @staticmethod
-    def _baidu_page(urls):
-        data = [{"objURL": baidu_encode(u)} for u in urls] + [{}]
-        return json.dumps({"data": data}).encode(), "application/json"
+    def _baidu_page(found, mode):
+        if mode == "garbled":
+            return b"<html>not json</html>", "text/html"
+        data = [{"objURL": baidu_encode(u)} for u, _ in found] + [{}]
+        key = "items" if mode == "raises" else "data"  # icrawler's parser reads ["data"]
+        return json.dumps({key: data}).encode(), "application/json"
 
     @staticmethod
-    def _google_page(urls):
-        rows = ",".join(f'["{u}",300,200]' for u in urls)
+    def _google_page(found, mode):
+        rows = ",".join(f'["{u}",300,200]' for u, _ in found)
         script = f"<script>AF_initDataCallback({{key: 'ds:1', data:[{rows}]}});</script>"
         return f"<html><head>{script}</head><body></body></html>".encode(), "text/html"
+
+    @staticmethod
+    def _duckduckgo_page(found, mode):
+        if mode in ("garbled", "raises"):
+            return b"<html>we changed our API</html>", "text/html"
+        results = [{"title": item.title or u.rsplit("/", 1)[1], "image": u, "thumbnail": u,
+                    "url": item.page or f"http://ddg-pages.example/{u.rsplit('/', 1)[1]}",
+                    "height": 120, "width": 160, "source": "Bing"} for u, item in found]
+        return json.dumps({"results": results}).encode(), "application/json"
 
     def _image(self, request, name: str) -> None:
         with self.lock:
             self.hits[name] += 1
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
             item = self.items.get(name)
             if item is not None:
                 item.calls += 1
+                item.times.append(time.monotonic())
+        try:
+            self._answer_image(request, name, item)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _answer_image(self, request, name: str, item: Item | None) -> None:
         if self.slow_seconds:
             time.sleep(self.slow_seconds)
         if item is None:
@@ -202,12 +251,14 @@ class FakeEngine:
             except OSError:
                 pass
             return
-        self._send(request, item.status, item.body, item.content_type)
+        self._send(request, item.status, item.body, item.content_type, item.headers)
 
     @staticmethod
-    def _send(request, status: int, body: bytes, ctype: str) -> None:
+    def _send(request, status: int, body: bytes, ctype: str, headers: dict | None = None) -> None:
         try:
             request.send_response(status)
+            for key, value in (headers or {}).items():
+                request.send_header(key, value)
             request.send_header("Content-Type", ctype)
             request.send_header("Content-Length", str(len(body)))
             request.end_headers()

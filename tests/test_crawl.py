@@ -1,4 +1,4 @@
-"""toolkit crawl: icrawler's real feeders, parsers and downloaders against a loopback engine."""
+"""toolkit crawl: icrawler's real parsers and ddgs against a loopback engine."""
 
 import json
 import os
@@ -8,15 +8,15 @@ import sys
 import time
 
 import pytest
-from click.testing import CliRunner
 
 from conftest import distinct_image, near_copy, png_bomb
 from fake_engine import Item
+from helpers import assert_one_error_line, run_cli, tree
 from toolkit import images
 from toolkit.archive import pack
-from toolkit.cli import cli
 from toolkit.crawler import FetchOptions, crawl, parse_query
 from toolkit.errors import ToolkitError
+from toolkit.files import is_partial
 
 FAST = FetchOptions(timeout=2, total_timeout=3, retries=1, backoff=0.05)
 
@@ -37,8 +37,8 @@ def add_bad_responses(engine, keyword, slow=True):
 
 
 def folder_state(root, label):
-    """(files on disk, files in the manifest) for a class."""
-    on_disk = {p.name for p in (root / label).iterdir()}
+    """(files on disk but hidden ones, files in the manifest) for a class."""
+    on_disk = {p.name for p in (root / label).iterdir() if not p.name.startswith(".")}
     manifest = [json.loads(line) for line in (root / f"{label}.manifest.jsonl").read_text().splitlines()]
     return on_disk, manifest
 
@@ -46,7 +46,7 @@ def folder_state(root, label):
 def assert_consistent(root, label):
     on_disk, manifest = folder_state(root, label)
     assert on_disk == {e["file"] for e in manifest}, "manifest must match the folder"
-    assert not [n for n in on_disk if n.startswith(".")], "no partial files"
+    assert not [p for p in (root / label).iterdir() if is_partial(p.name)], "no partial files"
     for e in manifest:
         info, _ = images.decode((root / label / e["file"]).read_bytes())
         assert info.sha256 == e["sha256"] and (info.width, info.height) == (e["width"], e["height"])
@@ -124,19 +124,166 @@ def test_refused_urls_are_not_fetched_on_a_rerun(engine, tmp_path):
     assert set(engine.hits) == {"cat-500.jpg", "cat-slow.jpg"}
 
 
-def test_falls_back_to_the_next_engine_when_one_runs_dry(engine, tmp_path):
-    engine.add_images("owl", range(0, 4))
-    engine.engines_down.add("bing")
-    report = crawl(["owl"], root=tmp_path, per_class=4, fetch=FAST, engines=["bing", "baidu"])
-    assert report.classes[0].engines == ["bing", "baidu"] and report.complete
-    assert {e["engine"] for e in assert_consistent(tmp_path, "owl")} == {"baidu"}
+def engine_rows(report, label):
+    """{engine: (pages, results, kept, stop, detail)} for one class."""
+    runs = next(c for c in report.classes if c.label == label).engines
+    return {r.engine: (r.pages, r.results, r.kept, r.stop, r.detail) for r in runs}
+
+
+def test_falls_back_to_the_next_engine_and_says_why_each_stopped(engine, tmp_path):
+    engine.add_images("owl", range(0, 3))
+    engine.add_images("hen", range(10, 16))
+    report = crawl(["owl", "hen"], root=tmp_path, per_class=5, fetch=FAST,
+                   engines=["bing", "baidu"])
+    assert engine_rows(report, "owl") == {"bing": (2, 3, 3, "ran dry", ""),
+                                          "baidu": (2, 3, 0, "ran dry", "")}
+    assert engine_rows(report, "hen") == {"bing": (1, 6, 5, "enough", "")}
+    assert [c.kept for c in report.classes] == [3, 5] and not report.blocked
+    assert {e["engine"] for e in assert_consistent(tmp_path, "hen")} == {"bing"}
 
 
 def test_google_parser_through_the_fallback_chain(engine, tmp_path):
     engine.add_images("owl", range(0, 4))
-    engine.engines_down |= {"bing", "baidu"}
+    engine.modes.update(bing="down", duckduckgo="down", baidu="down")
     report = crawl(["owl"], root=tmp_path, per_class=4, fetch=FAST)
-    assert report.classes[0].engines == ["bing", "baidu", "google"] and report.complete
+    rows = engine_rows(report, "owl")
+    assert list(rows) == ["bing", "duckduckgo", "baidu", "google"] and report.complete
+    assert rows["bing"] == rows["baidu"] == (0, 0, 0, "refused", "HTTP 503")
+    assert rows["google"][2:4] == (4, "enough")
+    assert engine.page_hits["bing"] == 2  # a 503 page is retried once (FAST), then refused
+
+
+@pytest.mark.parametrize("failing,mode,stop,detail", [
+    ("bing", "forbidden", "refused", "HTTP 403"),
+    ("bing", "captcha", "unreadable", "no image results on the first page"),
+    ("bing", "garbled", "unreadable", "no image results on the first page"),
+    ("baidu", "garbled", "unreadable", "no image results on the first page"),
+    ("baidu", "raises", "unreadable", "KeyError: 'data'"),
+    ("duckduckgo", "forbidden", "refused", "HTTP 403"),
+    ("duckduckgo", "captcha", "unreadable", "ValueError: no vqd token on the search page"),
+    ("duckduckgo", "raises", "unreadable", "JSONDecodeError"),
+])
+def test_a_failing_engine_is_named_with_what_happened_and_the_next_one_serves(
+        engine, tmp_path, failing, mode, stop, detail):
+    engine.add_images("owl", range(0, 4))
+    engine.modes[failing] = mode
+    other = "google" if failing != "bing" else "duckduckgo"
+    result = run_cli("crawl", "owl", "--root", tmp_path, "--per-class", 4, "--engine",
+                     f"{failing},{other}", "--timeout", 2)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith(failing + " "))
+    assert row.split()[1:5] == ["owl", "0" if stop == "refused" else "1", "0", "0"]
+    assert f"{stop} ({detail}" in row
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {failing} {stop} ({detail}")
+    assert "--engine" in warnings[0]
+    assert {e["engine"] for e in assert_consistent(tmp_path, "owl")} == {other}
+    assert "Fail to parse" not in result.output and "Exception caught" not in result.output
+
+
+def test_icrawler_log_lines_go_to_the_log_file(engine, tmp_path):
+    engine.modes["baidu"] = "garbled"
+    result = run_cli("crawl", "owl", "--root", tmp_path, "--per-class", 2, "--engine", "baidu")
+    assert "Fail to parse the response in json format" in (tmp_path / "crawl.log").read_text()
+    assert "Fail to parse" not in result.output
+
+
+def test_an_unreachable_engine_is_named_and_not_asked_again(engine, tmp_path, monkeypatch):
+    engine.add_images("owl", range(0, 3))
+    engine.add_images("hen", range(10, 13))
+    for variable in ("TOOLKIT_BING_URL", "TOOLKIT_DDG_URL"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")  # nothing listens there
+    report = crawl(["owl", "hen"], root=tmp_path, per_class=3, fetch=FAST,
+                   engines=["bing", "duckduckgo", "baidu"])
+    assert report.complete
+    for label in ("owl", "hen"):
+        rows = engine_rows(report, label)
+        assert rows["bing"] == rows["duckduckgo"] == (0, 0, 0, "unreachable",
+                                                      "127.0.0.1: connection refused")
+        assert rows["baidu"][2:4] == (3, "enough")
+    assert len(report.warnings) == 2 and all("check the network" in w for w in report.warnings)
+    assert engine.page_hits["baidu"] == 2 and not engine.page_hits["bing"]
+
+
+def test_a_class_short_because_every_engine_failed_exits_non_zero(engine, tmp_path):
+    engine.add_images("owl", range(0, 4))
+    engine.modes.update(bing="forbidden", duckduckgo="captcha")
+    result = run_cli("crawl", "owl", "--root", tmp_path, "--per-class", 4, "--engine",
+                     "bing,duckduckgo")
+    assert_one_error_line(result, "no engine could serve them (owl)")
+    assert sum(line.startswith("warning: ") for line in result.output.splitlines()) == 2
+    assert assert_consistent(tmp_path, "owl") == []
+
+
+def test_bing_results_of_every_image_type_are_kept(engine, tmp_path):
+    engine.add("cat", "a.png", Item(distinct_image(1, fmt="PNG"), content_type="image/png"))
+    engine.add("cat", "b.webp", Item(distinct_image(2, fmt="WEBP"), content_type="image/webp"))
+    engine.add("cat", "c", Item(distinct_image(3)))                      # no extension
+    engine.add("cat", "d.jpeg", Item(distinct_image(4)))
+    engine.add("cat", "e.JPG", Item(distinct_image(5)))
+    report = crawl(["cat"], root=tmp_path, per_class=5, fetch=FAST, engines=["bing"])
+    assert report.complete
+    manifest = assert_consistent(tmp_path, "cat")
+    assert sorted(e["url"].rsplit("/", 1)[1] for e in manifest) == ["a.png", "b.webp", "c",
+                                                                    "d.jpeg", "e.JPG"]
+    assert sorted(e["file"].rsplit(".", 1)[1] for e in manifest) == ["jpg"] * 3 + ["png", "webp"]
+
+
+def test_duckduckgo_through_ddgs_keeps_n_usable_images(engine, tmp_path):
+    engine.add_images("fox", range(0, 8))
+    add_bad_responses(engine, "fox", slow=False)
+    report = crawl(["fox"], root=tmp_path, per_class=6, fetch=FAST, engines=["duckduckgo"])
+    assert report.complete and engine_rows(report, "fox")["duckduckgo"][3] == "enough"
+    manifest = assert_consistent(tmp_path, "fox")
+    assert len(manifest) == 6 and {e["engine"] for e in manifest} == {"duckduckgo"}
+    assert all(e["page"].startswith("http://ddg-pages.example/") and e["title"] for e in manifest)
+    asked = [q for name, q in engine.page_requests if name == "duckduckgo"]
+    assert asked[0] == {"q": "fox"} and asked[1]["vqd"] == "4-3" and asked[1]["q"] == "fox"
+
+
+@pytest.mark.parametrize("license,bing,ddg,google", [
+    ("public-domain", "filterui:license-L1", "license:Public", None),
+    ("creative-commons", "filterui:licenseType-Any", "license:Any", "sur:f"),
+    ("commercial", "filterui:license-L2_L3_L4", "license:ShareCommercially", "sur:fc"),
+])
+def test_a_license_filter_is_sent_and_recorded(engine, tmp_path, license, bing, ddg, google):
+    engine.add_images("cat", range(0, 2))
+    report = crawl(["cat"], root=tmp_path, per_class=3, fetch=FAST, license=license,
+                   engines=["bing", "duckduckgo", "baidu", "google"])
+    sent = {name: q for name, q in engine.page_requests if name != "duckduckgo" or "vqd" in q}
+    assert bing in sent["bing"]["qft"] and ddg in sent["duckduckgo"]["f"].split(",")
+    skipped = ["baidu"] if google else ["baidu", "google"]
+    assert (google is None and "google" not in sent) or sent["google"]["tbs"] == google
+    rows = engine_rows(report, "cat")
+    assert all(rows[e] == (0, 0, 0, "skipped", f"cannot filter by license {license}")
+               for e in skipped)
+    assert report.warnings == [f"{e} cannot filter by license; skipped" for e in skipped]
+    assert not report.blocked and "baidu" not in engine.page_hits
+    assert {e["license"] for e in assert_consistent(tmp_path, "cat")} == {license}
+
+
+def test_the_manifest_and_summary_say_where_images_come_from(engine, tmp_path):
+    for s in range(0, 5):
+        engine.add("cat", f"c{s}.jpg", Item(distinct_image(s), title=f"Cat number {s}",
+                                            page=f"https://{'ab'[s % 2]}.example/p{s}"))
+    report = crawl(["cat"], root=tmp_path, per_class=5, fetch=FAST, engines=["bing"])
+    manifest = {e["url"].rsplit("/", 1)[1]: e for e in assert_consistent(tmp_path, "cat")}
+    assert manifest["c3.jpg"]["page"] == "https://b.example/p3"
+    assert manifest["c3.jpg"]["title"] == "Cat number 3" and manifest["c3.jpg"]["license"] == "any"
+    assert report.classes[0].top_hosts == [("a.example", 3), ("b.example", 2)]
+    assert "top sources: cat: a.example 3, b.example 2" in report.table()
+
+
+def test_downloads_are_concurrent_but_at_most_per_host_at_once(engine, tmp_path):
+    engine.add_images("cat", range(0, 12))
+    engine.slow_seconds = 0.1
+    crawl(["cat"], root=tmp_path / "a", per_class=12, fetch=FAST, engines=["bing"], threads=8,
+          per_host=2)
+    assert engine.most_in_flight == 2
+    engine.most_in_flight = 0
+    crawl(["cat"], root=tmp_path / "b", per_class=12, fetch=FAST, engines=["bing"], threads=8,
+          per_host=8)
+    assert engine.most_in_flight > 2
 
 
 def test_labels_with_their_own_search_words_and_non_ascii_queries(engine, tmp_path):
@@ -163,16 +310,31 @@ def test_hand_added_files_and_kill_leftovers_are_reconciled(engine, tmp_path):
     engine.add_images("cat", range(0, 8))
     crawl(["cat"], root=tmp_path, per_class=3, fetch=FAST)
     folder = tmp_path / "cat"
-    (folder / "mine.jpg").write_bytes(distinct_image(500))          # added by hand
-    (folder / ".x.jpg.abc.part.jpg").write_bytes(b"\xff\xd8 half")  # left by a kill
     victim = sorted(folder.iterdir())[0]
     victim.unlink()                                                 # deleted by hand
+    (folder / "mine.jpg").write_bytes(distinct_image(500))          # added by hand
+    (folder / ".x.jpg.0123abcd.part.jpg").write_bytes(b"\xff\xd8 half")  # left by a kill
+    (folder / ".notes.part").write_text("mine")                     # the user's: kept
     with open(tmp_path / "cat.manifest.jsonl", "a") as f:
         f.write('{"file": "cut sho')                                # a line cut by a kill
     report = crawl(["cat"], root=tmp_path, per_class=5, fetch=FAST)
     manifest = assert_consistent(tmp_path, "cat")
     assert report.classes[0].kept == 5 and len(manifest) == 5
     assert [e["engine"] for e in manifest if e["file"] == "mine.jpg"] == ["local"]
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == [".notes.part"]
+
+
+def test_reconcile_touches_only_the_classes_being_crawled(engine, tmp_path):
+    engine.add_images("cat", range(0, 3))
+    other = tmp_path / "dog"
+    other.mkdir()
+    (other / "mine.jpg").write_bytes(distinct_image(0))             # = cat's first picture
+    (other / "broken.jpg").write_bytes(b"not an image")
+    (other / ".x.jpg.0123abcd.part.jpg").write_bytes(b"half")
+    before = tree(other)
+    report = crawl(["cat"], root=tmp_path, per_class=3, fetch=FAST)
+    assert tree(other) == before and not (tmp_path / "dog.manifest.jsonl").exists()
+    assert report.classes[0].kept == 2 and report.classes[0].duplicates == 1  # dog's is seen
 
 
 def test_url_list_never_fetches_other_schemes(engine, tmp_path):
@@ -196,13 +358,11 @@ def test_url_list_never_fetches_other_schemes(engine, tmp_path):
     (".hidden", "starts with '.'"), ("what?", "not allowed"), ("=words", "is empty"),
     ("x=", "no search words"), ("trailing.", "ends with a dot"),
 ])
-def test_unsafe_labels_are_refused(query, message):
+def test_unsafe_labels_are_refused(tmp_path, query, message):
     with pytest.raises(ToolkitError, match=message):
         parse_query(query)
-
-
-def run(*args, **kwargs):
-    return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
+    assert_one_error_line(run_cli("crawl", query, "--root", tmp_path / "d"), message)
+    assert tree(tmp_path) == {}
 
 
 @pytest.mark.parametrize("args,message", [
@@ -212,20 +372,27 @@ def run(*args, **kwargs):
     (["cat", "--engine", "altavista"], "unknown engine"),
     (["../etc"], "is a path"),
     (["cat", "--engine", "urls"], "needs --urls"),
+    (["cat", "--license", "mine"], "'mine' is not one of"),
+    (["cat", "--license", "public-domain", "--engine", "baidu,google"],
+     "can filter by license public-domain; use --engine bing,duckduckgo"),
+    (["cat", "--urls", "list.txt", "--license", "commercial"], "not a URL list"),
+    (["cat", "--threads", "0"], "--threads"),
 ])
 def test_cli_crawl_errors_are_one_line(tmp_path, args, message):
-    result = run("crawl", "--root", tmp_path / "d", *args)
-    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+    assert_one_error_line(run_cli("crawl", "--root", tmp_path / "d", *args), message)
+    assert tree(tmp_path) == {}
 
 
-def test_cli_crawl_prints_a_summary_and_fails_when_short(engine, tmp_path):
+def test_cli_crawl_prints_a_summary_and_counts_when_the_engines_run_dry(engine, tmp_path):
     engine.add_images("cat", range(0, 3))
     add_bad_responses(engine, "cat", slow=False)
-    result = run("crawl", "cat", "--root", tmp_path, "--per-class", 3, "--timeout", 2)
+    result = run_cli("crawl", "cat", "--root", tmp_path, "--per-class", 3, "--timeout", 2)
     assert result.exit_code == 0, result.output
-    assert "cat" in result.output and "kept" in result.output
-    result = run("crawl", "cat", "--root", tmp_path, "--per-class", 5, "--timeout", 2)
-    assert result.exit_code == 1 and "cat: 3/5" in result.output and "short of 5" in result.output
+    assert "cat" in result.output and "kept" in result.output and "warning" not in result.output
+    result = run_cli("crawl", "cat", "--root", tmp_path, "--per-class", 5, "--timeout", 2,
+                     "--engine", "bing,duckduckgo")
+    assert result.exit_code == 0 and "cat: 3/5 - bing ran dry, duckduckgo ran dry" in result.output
+    assert "ran out of results" in result.output and "Error" not in result.output
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -22,7 +22,7 @@ from test_train import write_archive
 from toolkit import images
 from toolkit.archive import load_archive, pack
 from toolkit.cli import cli
-from toolkit.crawler import crawl
+from toolkit.crawler import FetchOptions, crawl
 from toolkit.errors import ToolkitError
 
 
@@ -40,14 +40,35 @@ def one_error_line(result, message):
 
 # ---- crawl
 
-def test_crawl_backs_off_on_429_and_500_then_moves_on(engine, tmp_path):
+def test_crawl_backs_off_on_429_500_and_503_honouring_a_bounded_retry_after(engine, tmp_path):
     engine.add_images("cat", range(0, 2))
-    engine.add("cat", "busy.jpg", Item(b"", status=429))
-    engine.add("cat", "broken.jpg", Item(b"", status=503))
-    report = crawl(["cat"], root=tmp_path, per_class=5, fetch=FAST, engines=["bing"])
-    assert report.classes[0].failed == {"http_429": 1, "http_503": 1}
-    assert engine.hits["busy.jpg"] == 2 and engine.hits["broken.jpg"] == 2  # tried, retried, left
+    engine.add("cat", "busy.jpg", Item(b"", status=429, headers={"Retry-After": "1"}))
+    engine.add("cat", "broken.jpg", Item(b"", status=500))
+    engine.add("cat", "down.jpg", Item(b"", status=503, headers={"Retry-After": "3600"}))
+    fetch = FetchOptions(timeout=2, total_timeout=3, retries=2, backoff=0.1, max_wait=1.2)
+    report = crawl(["cat"], root=tmp_path, per_class=5, fetch=fetch, engines=["bing"])
+    assert report.classes[0].failed == {"http_429": 1, "http_500": 1, "http_503": 1}
+
+    def gaps(name):
+        times = engine.items[name].times
+        assert len(times) == 3, f"{name}: tried, retried twice, left"
+        return [b - a for a, b in zip(times, times[1:])]
+
+    assert gaps("broken.jpg")[0] >= 0.1 and gaps("broken.jpg")[1] >= 0.2  # back-off, doubled
+    assert all(g >= 0.95 for g in gaps("busy.jpg"))    # Retry-After: 1 (back-off alone: 0.1, 0.2)
+    assert all(1.15 <= g < 3 for g in gaps("down.jpg"))  # Retry-After: 3600, capped at 1.2
     assert not (tmp_path / "cat.rejected.jsonl").exists()  # may work later: not refused for good
+
+
+def test_crawl_warns_when_it_cannot_remember_refused_urls(engine, tmp_path):
+    engine.add_images("cat", range(0, 2))
+    engine.add("cat", "gone.jpg", Item(status=404))
+    (tmp_path / "cat.rejected.jsonl").mkdir()  # any write to it fails
+    report = crawl(["cat"], root=tmp_path, per_class=3, fetch=FAST, engines=["bing"])
+    assert report.classes[0].failed == {"http_404": 1}
+    assert [w for w in report.warnings if "cat.rejected.jsonl" in w] == [
+        "cannot write cat.rejected.jsonl (Is a directory): URLs refused for good will be "
+        "fetched again by the next run"]
 
 
 def test_crawl_caps_a_body_without_length(engine, tmp_path):

@@ -11,6 +11,7 @@ import warnings
 import click
 
 from . import __version__
+from .engines import DEFAULT_PER_HOST, DEFAULT_THREADS, ENGINES, LICENSES, SEARCH_ENGINES
 from .errors import ToolkitError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
@@ -66,7 +67,6 @@ def cli() -> None:
 # --------------------------------------------------------------------------- crawl
 
 def _engines(ctx, param, values: tuple[str, ...]) -> list[str]:
-    from .crawler import ENGINES, SEARCH_ENGINES
     engines = [e.strip().lower() for v in values for e in v.split(",") if e.strip()]
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
@@ -80,46 +80,63 @@ def _engines(ctx, param, values: tuple[str, ...]) -> list[str]:
 @click.option("--per-class", default=400, show_default=True, type=int,
               help="Usable, distinct images wanted per class (counting those already there).")
 @click.option("--engine", "engines", multiple=True, callback=_engines, metavar="NAME",
-              help="bing, baidu, google, or urls; repeat (or comma-separate) for a fallback "
-                   "chain.  [default: bing,baidu,google]")
+              help=f"{', '.join(ENGINES)}; repeat (or comma-separate) for a fallback chain.  "
+                   f"[default: {','.join(SEARCH_ENGINES)}]")
 @click.option("--urls", type=click.Path(dir_okay=False), default=None,
               help="File of image URLs (`URL` or `LABEL URL` per line); implies --engine urls.")
+@click.option("--license", "license_", default="any", show_default=True,
+              type=click.Choice(LICENSES),
+              help="Only images under this license, from the engines that can filter by it "
+                   "(the others are skipped).")
 @click.option("--root", default="datasets", show_default=True, type=click.Path(file_okay=False),
               help="Data root: one folder per class.")
 @click.option("--min-side", default=100, show_default=True, type=click.IntRange(1),
               help="Smallest usable image side, in pixels.")
 @click.option("--threshold", default=8, show_default=True, type=click.IntRange(0, 64),
               help="Perceptual-hash bits within which two images are the same picture.")
-@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64),
-              help="Parallel downloads.")
+@click.option("--threads", default=DEFAULT_THREADS, show_default=True,
+              type=click.IntRange(1, 64), help="Parallel downloads.")
+@click.option("--per-host", default=DEFAULT_PER_HOST, show_default=True,
+              type=click.IntRange(1, 64), help="Parallel downloads from any one host.")
 @click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds to wait on a server before giving up on it.")
 @user_errors
-def crawl(queries, per_class, engines, urls, root, min_side, threshold, threads, timeout):
+def crawl(queries, per_class, engines, urls, license_, root, min_side, threshold, threads,
+          per_host, timeout):
     """Download images for each QUERY into ROOT/<label>/.
 
     A QUERY is a class label, searched as it is (`poodle`), or a label with its own
     search words (`poodle="poodle dog"`). Running the same crawl again tops each class up
-    to --per-class without downloading anything twice. Set TOOLKIT_BING_URL (or _BAIDU_,
+    to --per-class without downloading anything twice. Prints a summary per class and per
+    engine, with a warning for each engine that refused, could not be reached or could not
+    be read; exits 1 only if a class is short because no engine could serve it. The
+    engines' own log lines go to ROOT/crawl.log. Set TOOLKIT_BING_URL (or _DDG_, _BAIDU_,
     _GOOGLE_) to reach an engine at another address.
     """
     from .crawler import FetchOptions, crawl as run_crawl
     from .images import Checks
 
     report = run_crawl(list(queries), root=root, per_class=per_class, engines=engines, urls=urls,
-                       checks=Checks(min_side=min_side), threshold=threshold, threads=threads,
-                       fetch=FetchOptions(timeout=timeout), progress=progress_enabled())
+                       license=license_, checks=Checks(min_side=min_side), threshold=threshold,
+                       threads=threads, per_host=per_host, fetch=FetchOptions(timeout=timeout),
+                       progress=progress_enabled())
     click.echo(report.table())
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if report.stopped_by:
         raise ToolkitError(f"crawl stopped: {report.stopped_by}; free some space and run the "
                            "same command again to top up")
-    short = [c for c in report.classes if not c.complete]
-    for c in short:
-        click.echo(c.why_short(), err=True)
-    if short:
-        raise ToolkitError(f"{len(short)} of {len(report.classes)} classes are short of "
-                           f"{per_class}: run again later to top up, add --engine, or pack "
-                           "with --allow-fewer")
+    for c in report.classes:
+        if not c.complete:
+            click.echo(c.why_short(), err=True)
+    if report.blocked:
+        raise ToolkitError(f"{len(report.blocked)} of {len(report.classes)} classes are short "
+                           f"of {per_class} because no engine could serve them "
+                           f"({', '.join(c.label for c in report.blocked)}): see the warnings "
+                           "above")
+    if not report.complete:
+        click.echo("The engines ran out of results: run again later to top up, add --engine, "
+                   "or pack with --allow-fewer.", err=True)
 
 
 # --------------------------------------------------------------------------- pack

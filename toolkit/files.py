@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,8 +67,12 @@ def glob_escape(name: str) -> str:
 
 
 def is_partial(name: str) -> bool:
-    """True for the temporary files :func:`atomic_path` leaves if the process is killed."""
-    return name.startswith(".") and ".part" in name
+    """True for the temporary files :func:`atomic_path` leaves if the process is killed
+    (`.<name>.<8 hex digits>.part<suffix>`), and for nothing else a user may keep."""
+    return _PARTIAL.fullmatch(name) is not None
+
+
+_PARTIAL = re.compile(r"\..+\.[0-9a-f]{8}\.part(\.[^./]*)?", re.DOTALL)
 
 
 def _fsync_file(path: Path) -> None:
