@@ -40,7 +40,7 @@ from icrawler.builtin.urllist import PseudoParser
 from icrawler.feeder import UrlListFeeder
 from tqdm import tqdm
 
-from . import dedupe, images
+from . import decisions, dedupe, images
 from .errors import ToolkitError
 from .files import atomic_path, is_partial, write_text
 
@@ -673,7 +673,10 @@ def crawl(queries: Sequence[str | Query], *, root: str | os.PathLike = "datasets
     folders = _all_folders(root, [q.label for q in parsed])
     entries = {label: folder.reconcile(checks) for label, folder in folders.items()}
     index, usable = _index_kept(entries, checks, threshold)
+    for label in usable:  # review: what was dropped (or moved away) does not count
+        usable[label] -= len(decisions.left_out(root, label) & {e["file"] for e in entries[label]})
     known_urls = {e["url"] for kept in entries.values() for e in kept if e.get("url")}
+    known_urls |= decisions.dropped_urls(root)  # review: a dropped image is never fetched again
     for folder in folders.values():
         known_urls |= folder.refused_urls()
     cancel = threading.Event()

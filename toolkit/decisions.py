@@ -77,7 +77,7 @@ def append(source: str | os.PathLike, decisions: Iterable[Decision]) -> list[Dec
     data = "".join(json.dumps(asdict(d), ensure_ascii=False) + "\n" for d in written).encode()
     path = source / DECISIONS_FILE
     with _write_lock:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":

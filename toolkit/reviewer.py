@@ -56,15 +56,16 @@ REASONS = {
     FINE: "",
 }
 
-#: The rules that turn probabilities and distances into verdicts (chosen on the benchmark,
-#: scripts/bench_review.py, and kept simple so that they carry to other data):
-#: mislabeled when another class is this likely out of fold...
-MISLABELED_PROBABILITY = 0.5
-#: ...off-topic when the distance to its nearest neighbours is this many robust standard
-#: deviations above the median...
-OFF_TOPIC_Z = 3.0
-#: ...and ambiguous when its own class is less likely than this.
-AMBIGUOUS_PROBABILITY = 0.3
+#: The rules that turn evidence into verdicts, chosen on the benchmark
+#: (scripts/bench_review.py) among round values, and kept simple so that they carry to
+#: other data. A class's evidence for an image is the mean of its out-of-fold probability
+#: and its share of the image's nearest neighbours. Off-topic: the distance to its nearest
+#: neighbours is this many robust standard deviations above the median...
+OFF_TOPIC_Z = 1.75
+#: ...mislabeled: another class has at least this evidence...
+MISLABELED_EVIDENCE = 0.6
+#: ...ambiguous: its own class has less than this.
+AMBIGUOUS_EVIDENCE = 0.25
 
 REVIEW_HTML = "review.html"
 HTML_THUMBNAIL = 96
@@ -122,7 +123,7 @@ class Review:
         return {"toolkit": __version__, "source": self.source, "class_names": self.class_names,
                 "backbone": self.backbone, "weights": self.weights,
                 "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                "seconds": self.seconds, "images": [asdict(v) for v in self.verdicts]}
+                "seconds": {k: round(v, 2) for k, v in self.seconds.items()}, "images": [asdict(v) for v in self.verdicts]}
 
 
 def review(source: str | os.PathLike = "datasets", *, backbone: str = DEFAULT_BACKBONE,
@@ -282,27 +283,27 @@ def _pooled_backbone(backbone: str, weights: str, size: int, seed: int):
 
 def judge(vectors: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
           files: Sequence[str], *, folds: int = FOLDS, seed: int = 0) -> list[Verdict]:
-    """Verdicts from embeddings: out-of-fold probabilities and nearest-neighbour distances."""
+    """Verdicts from embeddings: out-of-fold probabilities and nearest neighbours."""
     x = _normalised(vectors)
     probabilities = out_of_fold_probabilities(x, labels, folds, seed)
-    outlier = outlier_scores(x)
+    outlier, votes = neighbourhood(x, labels, len(class_names))
+    evidence = (probabilities + votes) / 2
     verdicts = []
-    for i, (p, y, z) in enumerate(zip(probabilities, labels, outlier)):
-        other = int(np.argmax(np.where(np.arange(len(p)) == y, -1.0, p)))
-        off_topic = z >= OFF_TOPIC_Z
-        if off_topic:
+    for i, (q, y, z) in enumerate(zip(evidence, labels, outlier)):
+        other = int(np.argmax(np.where(np.arange(len(q)) == y, -1.0, q)))
+        if z >= OFF_TOPIC_Z:
             reason = OFF_TOPIC
-        elif p[other] >= MISLABELED_PROBABILITY:
+        elif q[other] >= MISLABELED_EVIDENCE:
             reason = MISLABELED
-        elif p[y] < AMBIGUOUS_PROBABILITY:
+        elif q[y] < AMBIGUOUS_EVIDENCE:
             reason = AMBIGUOUS
         else:
             reason = FINE
-        # one scale for sorting: how unlikely its own class is, or how far out it lies
-        score = max(1.0 - float(p[y]), float(1.0 - np.exp(-max(z, 0.0) / OFF_TOPIC_Z)))
+        # one scale for sorting: how little evidence for its own class, or how far out it lies
+        score = max(1.0 - float(q[y]), float(1.0 - np.exp(-max(z, 0.0) / OFF_TOPIC_Z)))
         suggested = class_names[other] if reason in (MISLABELED, AMBIGUOUS) else None
         verdicts.append(Verdict(files[i], class_names[y], reason != FINE, reason,
-                                round(score, 4), suggested, round(float(p[y]), 4),
+                                round(score, 4), suggested, round(float(probabilities[i, y]), 4),
                                 round(float(z), 3)))
     return verdicts
 
@@ -319,17 +320,20 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, folds: int = FO
                              cv=StratifiedKFold(n_splits, shuffle=True, random_state=seed))
 
 
-def outlier_scores(x: np.ndarray, neighbours: int = NEIGHBOURS) -> np.ndarray:
-    """Robust z-score of each image's mean cosine distance to its nearest neighbours (of
-    any class): high for an image close to nothing else in the folder."""
+def neighbourhood(x: np.ndarray, labels: np.ndarray, n_classes: int,
+                  neighbours: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the robust z-score of its mean cosine distance to its nearest neighbours
+    (of any class; high for an image close to nothing else in the folder), and the share
+    of those neighbours in each class."""
     from sklearn.neighbors import NearestNeighbors
 
     k = min(neighbours, len(x) - 1)
-    distances, _ = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit(x).kneighbors(x)
-    spread = distances[:, 1:].mean(axis=1)
+    distances, index = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit(x).kneighbors(x)
+    spread = distances[:, 1:].mean(axis=1)  # the first neighbour is the image itself
     median = np.median(spread)
     mad = np.median(np.abs(spread - median)) * 1.4826 or 1e-9
-    return (spread - median) / mad
+    votes = np.stack([(labels[index[:, 1:]] == c).mean(axis=1) for c in range(n_classes)], 1)
+    return (spread - median) / mad, votes
 
 
 def _normalised(vectors: np.ndarray) -> np.ndarray:
