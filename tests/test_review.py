@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from browser import browser, console_errors  # noqa: F401 (a fixture)
-from conftest import distinct_image, make_class_folders
+from conftest import FLOWERS, MOBILENET_WEIGHTS, distinct_image, make_class_folders
 from helpers import assert_one_error_line, run_cli, tree
 from toolkit import decisions, reviewer
 from toolkit.archive import load_archive, pack
@@ -28,6 +28,8 @@ from toolkit.crawler import FetchOptions, crawl
 from toolkit.gallery import Gallery
 
 REPO = Path(__file__).resolve().parents[1]
+#: ../shared, or where TOOLKIT_SHARED says it is (a worktree elsewhere)
+SHARED = Path(os.environ.get("TOOLKIT_SHARED", FLOWERS.parents[1]))
 QUICK = dict(weights="none", size=32)  # MobileNetV2, random weights, 32 px: a second or two
 
 
@@ -206,16 +208,16 @@ def test_crawl_top_up_skips_dropped_images_and_their_urls(engine, tmp_path):
 @pytest.mark.slow
 def test_gallery_in_a_browser_drop_by_mouse_move_by_keyboard_then_pack(browser, tmp_path):  # noqa: F811
     from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    source = make_class_folders(tmp_path / "src", {"cat": range(0, 6), "dog": range(100, 106),
-                                                   "fox": range(200, 206)}, size=(240, 180))
+    source, options = gallery_folder(tmp_path / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "TOOLKIT_CACHE_DIR": str(tmp_path / "cache")}
     server = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "review", str(source),
-                               "--weights", "none", "--size", "32", "--serve", "--no-browser"],
+                               *options, "--serve", "--no-browser"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         url, seen, deadline = None, [], time.monotonic() + 180
@@ -228,28 +230,35 @@ def test_gallery_in_a_browser_drop_by_mouse_move_by_keyboard_then_pack(browser, 
             url = match and match.group(1)
         assert url, "".join(seen)
 
-        wait = WebDriverWait(browser, 20)
+        wait = WebDriverWait(browser, 20, ignored_exceptions=[StaleElementReferenceException])
         browser.get(url)
         cards = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .card"))
-        assert len(cards) == 6 and all(c.get_attribute("data-file").startswith("cat/") for c in cards)
+        classes = sorted(p.name for p in source.iterdir() if p.is_dir())
+        first, third = classes[0], classes[2]
+        n_first = len(list((source / first).iterdir()))
+        assert len(cards) == n_first and all(c.get_attribute("data-file").startswith(f"{first}/")
+                                       for c in cards)
         dropped = cards[0].get_attribute("data-file")
-        cards[0].find_element(By.CSS_SELECTOR, "button.drop").click()  # by mouse
+        card_of(browser, dropped).find_element(By.CSS_SELECTOR, "button.drop").click()  # by mouse
         wait.until(lambda d: "drop" in card_of(d, dropped).get_attribute("class"))
 
         ActionChains(browser).send_keys(Keys.ARROW_RIGHT).perform()  # by keyboard: focus the 2nd
-        focused = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#grid .card.focus"))
-        moved = focused.get_attribute("data-file")
+        moved = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#grid .card.focus")
+                           .get_attribute("data-file"))
         assert moved != dropped
-        ActionChains(browser).send_keys("3").perform()  # move to class 3, fox
+        ActionChains(browser).send_keys("3").perform()  # move to class 3
         wait.until(lambda d: "move" in card_of(d, moved).get_attribute("class"))
 
         browser.refresh()
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid .card")) == 6)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid .card")) == n_first)
         assert card_of(browser, dropped).find_element(By.CSS_SELECTOR, ".decision").text == "dropped"
-        assert card_of(browser, moved).find_element(By.CSS_SELECTOR, ".decision").text == "moved to fox"
+        assert card_of(browser, moved).find_element(By.CSS_SELECTOR, ".decision").text == f"moved to {third}"
         browser.find_element(By.CSS_SELECTOR, '#filters button[data-filter="decided"]').click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid .card")) == 2)
         browser.find_element(By.CSS_SELECTOR, '#filters button[data-filter="all"]').click()
+        browser.find_element(By.CSS_SELECTOR, f'#tabs button[data-klass="{third}"]').click()
+        wait.until(lambda d: all(c.get_attribute("data-file").startswith(f"{third}/")
+                                 for c in d.find_elements(By.CSS_SELECTOR, "#grid .card")))
         wait.until(lambda d: all(i.get_property("complete") and i.get_property("naturalWidth") > 0
                                  for i in d.find_elements(By.CSS_SELECTOR, "#grid img")))
         assert not console_errors(browser)
@@ -264,13 +273,31 @@ def test_gallery_in_a_browser_drop_by_mouse_move_by_keyboard_then_pack(browser, 
     assert server.returncode == 0, out
     assert "gallery stopped" in out
 
-    result = run_cli("pack", source, "--out", tmp_path / "a.npz", "--per-class", "6", "--size", "32",
+    result = run_cli("pack", source, "--out", tmp_path / "a.npz", "--per-class", "13", "--size", "32",
                      "--allow-fewer")
     assert result.exit_code == 0, result.output
     with np.load(tmp_path / "a.npz") as npz:
         rows = dict(zip([*npz["paths_train"], *npz["paths_test"]], [*npz["y_train"], *npz["y_test"]]))
-    assert dropped not in rows and rows[moved] == 2  # fox
+    assert dropped not in rows and rows[moved] == 2  # the third class
     assert "dropped_in_review" in result.output and "moved_in_review" in result.output
+
+
+def gallery_folder(root: Path) -> tuple[Path, list[str]]:
+    """Real photos with two off-topic ones and the real weights where ../shared has them
+    (the README's screenshot), else generated pictures and random weights."""
+    photos = {c: sorted((SHARED / "data" / "flowers" / c).glob("*.jpg"))[:10]
+              for c in ("rose", "sunflower", "tulip")}
+    objects = sorted((SHARED / "data" / "offtopic").glob("*.jpg"))[:3]
+    weights = SHARED / "weights" / MOBILENET_WEIGHTS.name
+    if all(len(p) == 10 for p in photos.values()) and len(objects) == 3 and weights.exists():
+        for c, paths in photos.items():
+            (root / c).mkdir(parents=True)
+            for path in paths + (objects if c == "tulip" else []):
+                (root / c / path.name).symlink_to(path)
+        return root, ["--weights", str(weights), "--size", "160"]
+    make_class_folders(root, {"cat": range(0, 6), "dog": range(100, 106), "fox": range(200, 206)},
+                       size=(240, 180))
+    return root, ["--weights", "none", "--size", "32"]
 
 
 def card_of(driver, file: str):

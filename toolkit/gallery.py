@@ -159,7 +159,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Content-Security-Policy",
-                         "default-src 'self'; img-src 'self'; style-src 'unsafe-inline'; "
+                         "default-src 'self'; img-src 'self' data:; style-src 'unsafe-inline'; "
                          "script-src 'unsafe-inline'")
         self.end_headers()
         self.wfile.write(body)
@@ -195,7 +195,7 @@ def _can_open_browser() -> bool:
 
 
 PAGE = r"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>toolkit review</title>
+<html lang="en"><head><meta charset="utf-8"><title>toolkit review</title><link rel="icon" href="data:,">
 <style>
 *{box-sizing:border-box} body{font:14px system-ui,sans-serif;margin:0;background:#f4f4f4}
 header{position:sticky;top:0;z-index:2;background:#fff;border-bottom:1px solid #ccc;padding:8px 16px}
