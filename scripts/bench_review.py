@@ -169,7 +169,7 @@ def main() -> None:
               f"{sum(v == FOUND for v in truth.values())} audited); review judged "
               f"{len(judged)} (the others are duplicates or label conflicts pack drops too)")
         print(f"review from an empty cache: {first.seconds:.1f} s (peak {first.peak_mib:.0f} MiB;"
-              f" phases {json.dumps({k: round(v, 1) for k, v in result['seconds'].items()})}); "
+              f" phases {json.dumps({k: round(v, 1) for k, v in phases.items()})}); "
               f"load average after: {' '.join(f'{x:.2f}' for x in load_after)}")
         print(f"review again (every embedding cached): {second.seconds:.1f} s\n")
         print(table(["noise", "images", "flagged", "recall", "precision"],

@@ -231,8 +231,8 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
     made = decisions.read(source)
     suspects = decisions.suspects(source) if drop_suspects else set()
     with tempfile.TemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".spill") as spill:
-        class_names, files = find_usable(source, checks=checks, threshold=threshold,
-                                         size=size, fit=fit, spill_fd=spill.fileno(), workers=workers,
+        class_names, files = find_usable(source, checks=checks, threshold=threshold, size=size,
+                                         fit=fit, spill_fd=spill.fileno(), workers=workers,
                                          progress=progress)
         report = PackReport(str(source), class_names, files, str(out), per_class)
         _apply_review(files, class_names, made, suspects)

@@ -115,7 +115,8 @@ class Review:
                      *(str(total[r]) for r in head[3:])])
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                           for i, (c, w) in enumerate(zip(cells, widths))) for cells in [head, *rows]]
+                           for i, (c, w) in enumerate(zip(cells, widths)))
+                 for cells in [head, *rows]]
         lines.insert(1, "  ".join("-" * w for w in widths))
         lines.insert(-1, lines[1])
         return "\n".join(lines)
@@ -124,7 +125,8 @@ class Review:
         return {"toolkit": __version__, "source": self.source, "class_names": self.class_names,
                 "backbone": self.backbone, "weights": self.weights,
                 "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                "seconds": {k: round(v, 2) for k, v in self.seconds.items()}, "images": [asdict(v) for v in self.verdicts]}
+                "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+                "images": [asdict(v) for v in self.verdicts]}
 
 
 def review(source: str | os.PathLike = "datasets", *, backbone: str = DEFAULT_BACKBONE,
@@ -210,7 +212,7 @@ def embed(files: Sequence[InputFile], *, backbone: str = DEFAULT_BACKBONE,
 
 
 def cache_root(cache_dir: str | os.PathLike | None) -> Path:
-    """The cache folder the trainer uses too: --cache-dir, $TOOLKIT_CACHE_DIR or ~/.cache/toolkit."""
+    """The trainer's cache folder: --cache-dir, $TOOLKIT_CACHE_DIR or ~/.cache/toolkit."""
     return Path(cache_dir or os.environ.get("TOOLKIT_CACHE_DIR")
                 or os.path.join(os.path.expanduser("~"), ".cache", "toolkit"))
 
@@ -378,7 +380,8 @@ def write_html(result: Review, files: Sequence[InputFile], path: Path,
                 f'<figure class="{"suspect" if v.suspect else "fine"}">'
                 f'<img src="data:image/jpeg;base64,{inlined[v.file]}" alt="">'
                 f'<figcaption><b>{html.escape(v.reason)}</b> {v.score:.2f}<br>'
-                f'{html.escape(note)}<br><small>{html.escape(v.file)}</small></figcaption></figure>')
+                f'{html.escape(note)}<br><small>{html.escape(v.file)}</small>'
+                '</figcaption></figure>')
         n_suspects = sum(v.suspect for v in mine)
         sections.append(f'<h2>{html.escape(name)} <small>{len(mine)} images, {n_suspects} '
                         f'suspects</small></h2><div class="grid">{"".join(cards)}</div>')
