@@ -62,6 +62,7 @@ def test_decisions_last_wins_and_a_damaged_last_line_is_read_up_to_it(tmp_path):
 
 # ---- review
 
+@pytest.mark.slow
 def test_review_judges_what_pack_would_pack_and_a_second_review_computes_nothing(folder, monkeypatch):
     (folder / "cat" / "junk.jpg").write_bytes(b"<html>not an image</html>")
     (folder / "dog" / "copy.jpg").write_bytes(distinct_image(100))  # a duplicate
@@ -92,6 +93,7 @@ def test_review_of_one_class_is_one_line(tmp_path):
     assert tree(source) == before
 
 
+@pytest.mark.slow
 def test_review_offline_with_imagenet_says_how_to_pass_weights(folder, monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setattr(keras.src.applications.mobilenet_v2, "BASE_WEIGHT_PATH",
@@ -124,6 +126,7 @@ def fetch(url: str, data: bytes | None = None, headers: dict | None = None) -> t
         return e.code, e.read()
 
 
+@pytest.mark.slow
 def test_gallery_refuses_paths_outside_source_and_writes_only_decisions(gallery, folder):
     (folder.parent / "secret.txt").write_text("root:x:0:0")
     before = tree(folder)
@@ -153,6 +156,7 @@ def test_gallery_refuses_paths_outside_source_and_writes_only_decisions(gallery,
 
 # ---- pack and crawl honour decisions
 
+@pytest.mark.slow
 def test_pack_honours_decisions_and_drop_suspects(folder, tmp_path):
     reviewer.review(folder, **QUICK)
     suspects = decisions.suspects(folder)
