@@ -17,11 +17,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from PIL import Image
-
 from browser import browser, console_errors  # noqa: F401 (a fixture)
 from conftest import FLOWERS, MOBILENET_WEIGHTS, distinct_image, make_class_folders
 from helpers import assert_one_error_line, run_cli, tree
+from PIL import Image
+
 from toolkit import decisions, reviewer
 from toolkit.archive import load_archive, pack
 from toolkit.crawler import FetchOptions, crawl
@@ -30,14 +30,14 @@ from toolkit.gallery import Gallery
 REPO = Path(__file__).resolve().parents[1]
 #: ../shared, or where TOOLKIT_SHARED says it is (a worktree elsewhere)
 SHARED = Path(os.environ.get("TOOLKIT_SHARED", FLOWERS.parents[1]))
-QUICK = dict(weights="none", size=32)  # MobileNetV2, random weights, 32 px: a second or two
+QUICK = {"weights": "none", "size": 32}  # MobileNetV2, random weights, 32 px: a second or two
 
 
 @pytest.fixture
 def folder(tmp_path, monkeypatch):
     """3 classes x 8 distinct images; the embedding cache in tmp_path."""
     monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
-    return make_class_folders(tmp_path / "src", {"cat": range(0, 8), "dog": range(100, 108),
+    return make_class_folders(tmp_path / "src", {"cat": range(8), "dog": range(100, 108),
                                                  "fox": range(200, 208)})
 
 
@@ -87,7 +87,7 @@ def test_review_judges_what_pack_would_pack_and_a_second_review_computes_nothing
 
 
 def test_review_of_one_class_is_one_line(tmp_path):
-    source = make_class_folders(tmp_path / "src", {"cat": range(0, 6)})
+    source = make_class_folders(tmp_path / "src", {"cat": range(6)})
     before = tree(source)
     assert_one_error_line(run_cli("review", source, "--weights", "none"), "one class folder")
     assert tree(source) == before
@@ -192,7 +192,7 @@ def test_pack_drop_suspects_without_a_review_is_one_line(folder, tmp_path):
 
 def test_crawl_top_up_skips_dropped_images_and_their_urls(engine, tmp_path):
     fast = FetchOptions(timeout=2, total_timeout=3, retries=1, backoff=0.05)
-    urls = engine.add_images("cat", range(0, 6))
+    urls = engine.add_images("cat", range(6))
     crawl(["cat"], root=tmp_path, per_class=3, fetch=fast, threads=1)
     manifest = [json.loads(line) for line in (tmp_path / "cat.manifest.jsonl").read_text().splitlines()]
     dropped = manifest[0]
@@ -211,8 +211,8 @@ def test_crawl_top_up_skips_dropped_images_and_their_urls(engine, tmp_path):
 
 @pytest.mark.slow
 def test_gallery_in_a_browser_drop_by_mouse_move_by_keyboard_then_pack(browser, tmp_path):  # noqa: F811
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -299,7 +299,7 @@ def gallery_folder(root: Path) -> tuple[Path, list[str]]:
             for path in paths + (objects if c == "tulip" else []):
                 (root / c / path.name).symlink_to(path)
         return root, ["--weights", str(weights), "--size", "160"]
-    make_class_folders(root, {"cat": range(0, 6), "dog": range(100, 106), "fox": range(200, 206)},
+    make_class_folders(root, {"cat": range(6), "dog": range(100, 106), "fox": range(200, 206)},
                        size=(240, 180))
     return root, ["--weights", "none", "--size", "32"]
 
