@@ -185,7 +185,11 @@ def embed(files: Sequence[InputFile], *, backbone: str = DEFAULT_BACKBONE,
         executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
 
         def pixels(f: InputFile) -> np.ndarray:
-            return images.decode(images.read_file(f.path, checks), checks, size, "crop")[1]
+            try:
+                return images.decode(images.read_file(f.path, checks), checks, size, "crop")[1]
+            except images.Unusable as e:
+                raise ToolkitError(f"{f.name} changed during the review ({e}); run "
+                                   "`toolkit review` again") from None
 
         try:
             with tqdm(total=len(todo), desc=f"embed ({backbone})", unit="img",
