@@ -149,6 +149,12 @@ def test_gallery_refuses_paths_outside_source_and_writes_only_decisions(gallery,
     assert fetch(gallery.url + "api/decisions", bad, {**post, "Origin": "http://evil.test"})[0] == 403
     good = json.dumps({"decisions": [{"file": "cat/img0001.jpg", "action": "drop"}]}).encode()
     assert fetch(gallery.url + "api/decisions", good, post)[0] == 200
+    restarted = Gallery(folder)  # a restart of the server shows the decision
+    try:
+        assert restarted.state()["decisions"] == {"cat/img0001.jpg": {"action": "drop",
+                                                                      "label": None}}
+    finally:
+        restarted.server_close()
     after = tree(folder)
     assert set(after) - set(before) == {decisions.DECISIONS_FILE}
     assert {k: v for k, v in after.items() if k != decisions.DECISIONS_FILE} == before
@@ -255,6 +261,8 @@ def test_gallery_in_a_browser_drop_by_mouse_move_by_keyboard_then_pack(browser, 
 
         browser.refresh()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid .card")) == n_first)
+        browser.find_element(By.CSS_SELECTOR, f'#tabs button[data-klass="{third}"]').click()
+        browser.find_element(By.CSS_SELECTOR, f'#tabs button[data-klass="{first}"]').click()
         assert card_of(browser, dropped).find_element(By.CSS_SELECTOR, ".decision").text == "dropped"
         assert card_of(browser, moved).find_element(By.CSS_SELECTOR, ".decision").text == f"moved to {third}"
         browser.find_element(By.CSS_SELECTOR, '#filters button[data-filter="decided"]').click()
