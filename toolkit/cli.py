@@ -208,8 +208,11 @@ def review(source, backbone, weights, size, min_side, threshold, cache_dir, serv
     self-contained SOURCE/review.html. With --serve, a local gallery records keep / drop /
     move decisions in SOURCE/decisions.jsonl, which `pack` honours.
     """
-    load_tensorflow()
+    from .archive import class_folders
     from .images import Checks
+
+    class_folders(source)  # a missing or one-class SOURCE fails before TensorFlow starts
+    load_tensorflow()
     from .reviewer import review as run_review
 
     result = run_review(source, backbone=backbone, weights=weights, size=size,
