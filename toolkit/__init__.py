@@ -2,15 +2,16 @@
 
 The library API, which the `toolkit` command is a thin layer over::
 
-    from toolkit import crawl, pack, train, evaluate, predict, compare
+    from toolkit import crawl, review, pack, train, evaluate, predict, compare
 
     crawl(["hedgehog", "hamster", "poodle"], per_class=400)
+    review("datasets").table()
     pack("datasets", "animal.npz")
     run = train("animal.npz", strategy="finetune")
 
 TensorFlow is imported only when a training function is first used. (Modules are named
-apart from the functions - `crawler`, `training`, `inference` - so that importing one never
-shadows the function of the same name.)
+apart from the functions - `crawler`, `reviewer`, `training`, `inference` - so that
+importing one never shadows the function of the same name.)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 _API = {
     "crawl": "toolkit.crawler",
+    "review": "toolkit.reviewer",
     "pack": "toolkit.archive",
     "load_archive": "toolkit.archive",
     "train": "toolkit.training",

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__, dedupe, images
+from . import __version__, decisions, dedupe, images
 from .errors import ToolkitError
 from .files import atomic_path, write_json, write_text
 
@@ -37,12 +37,17 @@ REQUIRED_KEYS = (*IMAGE_KEYS, *LABEL_KEYS)
 #: Status of an input file in the pack report, besides the reasons in images.REASONS.
 PACKED, SURPLUS, HIDDEN = "packed", "surplus", "hidden"
 DUPLICATE, LABEL_CONFLICT = "duplicate", "label_conflict"
+DROPPED_IN_REVIEW, SUSPECT = "dropped_in_review", "suspect"
+#: Not a status: a column of the report counting files a review moved into a class.
+MOVED_IN_REVIEW = "moved_in_review"
 STATUS_WORDS = {
     PACKED: "in the archive",
     SURPLUS: "usable, not picked (over --per-class)",
     HIDDEN: "hidden file, skipped",
     DUPLICATE: "duplicate of a kept image",
     LABEL_CONFLICT: "same picture under another class (label noise), dropped from both",
+    DROPPED_IN_REVIEW: "dropped in review (decisions.jsonl)",
+    SUSPECT: "undecided suspect of review.json, left out by --drop-suspects",
     **images.REASONS,
 }
 
@@ -59,6 +64,7 @@ class InputFile:
     status: str = ""
     detail: str = ""
     info: images.ImageInfo | None = None
+    moved_from: str = ""  # the class folder it is in, when a review moved it to `label`
 
 
 def class_folders(source: str | os.PathLike) -> list[tuple[str, Path]]:
@@ -139,9 +145,12 @@ class PackReport:
     test_counts: list[int] = field(default_factory=list)
 
     def counts(self) -> list[collections.Counter]:
+        """Per class (after review's moves): files by status, and `moved_in_review`."""
         by_class = [collections.Counter() for _ in self.class_names]
         for f in self.files:
             by_class[f.label][f.status] += 1
+            if f.moved_from:
+                by_class[f.label][MOVED_IN_REVIEW] += 1
         return by_class
 
     def usable_counts(self) -> list[int]:
@@ -150,20 +159,26 @@ class PackReport:
     def table(self) -> str:
         """The report as a plain-text table, one row per class, a column per outcome."""
         counts = self.counts()
-        outcomes = [s for s in STATUS_WORDS if any(c[s] for c in counts)]
+        outcomes = [s for s in (*STATUS_WORDS, MOVED_IN_REVIEW) if any(c[s] for c in counts)]
         head = ["class", "found", *outcomes]
-        rows = [[name, str(sum(c.values())), *(str(c[s]) for s in outcomes)]
+
+        def found(c: collections.Counter) -> str:
+            return str(sum(c.values()) - c[MOVED_IN_REVIEW])
+
+        rows = [[name, found(c), *(str(c[s]) for s in outcomes)]
                 for name, c in zip(self.class_names, counts)]
         total = collections.Counter()
         for c in counts:
             total.update(c)
-        rows.append(["total", str(sum(total.values())), *(str(total[s]) for s in outcomes)])
+        rows.append(["total", found(total), *(str(total[s]) for s in outcomes)])
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in
                            enumerate(zip(cells, widths))) for cells in [head, *rows]]
         lines.insert(1, "  ".join("-" * w for w in widths))
         lines.insert(-1, lines[1])
-        legend = [f"  {s}: {STATUS_WORDS[s]}" for s in outcomes]
+        words = {**STATUS_WORDS, MOVED_IN_REVIEW: "moved into this class in review (also "
+                                                  "counted under its outcome)"}
+        legend = [f"  {s}: {words[s]}" for s in outcomes]
         return "\n".join([*lines, "", *legend])
 
     def to_json(self) -> dict:
@@ -177,6 +192,7 @@ class PackReport:
             "counts": {name: dict(c) for name, c in zip(self.class_names, self.counts())},
             "files": [{"class": self.class_names[f.label], "path": f.name, "status": f.status,
                        **({"detail": f.detail} if f.detail else {}),
+                      **({"moved_from": f.moved_from} if f.moved_from else {}),
                        **({"sha256": f.info.sha256, "width": f.info.width,
                            "height": f.info.height} if f.info else {})}
                       for f in self.files],
@@ -196,9 +212,13 @@ class NotEnoughImages(ToolkitError):
 def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 400,
          test_size: float = 0.2, size: int = 224, fit: str = "crop", seed: int = 42,
          checks: images.Checks = images.Checks(), threshold: int = dedupe.DEFAULT_THRESHOLD,
-         allow_fewer: bool = False, force: bool = False, workers: int | None = None,
-         progress: bool = False) -> PackReport:
+         allow_fewer: bool = False, force: bool = False, drop_suspects: bool = False,
+         workers: int | None = None, progress: bool = False) -> PackReport:
     """Clean, dedupe, resize and split SOURCE's class folders into the archive `out`.
+
+    Decisions made in `toolkit review` (SOURCE/decisions.jsonl) are honoured: a dropped
+    image is left out, a moved one is packed under its new class; with `drop_suspects`,
+    every suspect of SOURCE/review.json that no decision kept is left out too.
 
     Writes `out` and, beside it, `<stem>.report.txt` and `<stem>.report.json`, all
     atomically. Raises :class:`ToolkitError` (nothing written) on bad arguments, and
@@ -207,18 +227,15 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
     """
     out = Path(out)
     _check_pack_arguments(out, per_class, test_size, size, fit, threshold, force)
-    folders = class_folders(source)
-    files = [InputFile(label, path, printable(str(path.relative_to(source))))
-             for label, (_, folder) in enumerate(folders) for path in list_files(folder)]
-    report = PackReport(str(source), [name for name, _ in folders], files, str(out), per_class)
-    for f in files:
-        if f.path.name.startswith("."):
-            f.status = HIDDEN
-
-    row_bytes = size * size * 3
+    class_folders(source)  # a missing or empty SOURCE is the first error
+    made = decisions.read(source)
+    suspects = decisions.suspects(source) if drop_suspects else set()
     with tempfile.TemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".spill") as spill:
-        _decode_all(files, spill.fileno(), row_bytes, checks, size, fit, workers, progress)
-        _drop_duplicates(files, threshold)
+        class_names, files = find_usable(source, checks=checks, threshold=threshold, size=size,
+                                         fit=fit, spill_fd=spill.fileno(), workers=workers,
+                                         progress=progress)
+        report = PackReport(str(source), class_names, files, str(out), per_class)
+        _apply_review(files, class_names, made, suspects)
         chosen = _choose(report, per_class, seed, allow_fewer)
         train, test = _split(chosen, test_size, seed, report)
         for f in chosen:
@@ -226,13 +243,55 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
         meta = {"toolkit": __version__, "created": datetime.datetime.now().astimezone().isoformat(
                     timespec="seconds"), "source": str(source), "size": size, "fit": fit,
                 "seed": seed, "test_size": test_size, "per_class": per_class,
-                "min_side": checks.min_side, "threshold": threshold}
+                "min_side": checks.min_side, "threshold": threshold,
+                "drop_suspects": drop_suspects}
         _write_archive(out, report.class_names, train, test, files, spill.fileno(), size, meta)
 
     stem = out.with_suffix("")
     write_text(f"{stem}.report.txt", report.table() + "\n")
     write_json(f"{stem}.report.json", report.to_json())
     return report
+
+
+def find_usable(source: str | os.PathLike, *, checks: images.Checks = images.Checks(),
+                threshold: int = dedupe.DEFAULT_THRESHOLD, size: int | None = None,
+                fit: str = "crop", spill_fd: int | None = None, workers: int | None = None,
+                progress: bool = False) -> tuple[list[str], list[InputFile]]:
+    """Find, verify and dedupe every file under SOURCE's class folders: what pack considers.
+
+    Returns the class names and every file found; a file whose `status` is still "" is
+    usable and unique. `pack` picks from exactly these and `review` judges exactly these.
+    With `spill_fd`, each usable file's pixels (`size`, `fit`) are written there at
+    row = its index in the list.
+    """
+    folders = class_folders(source)
+    files = [InputFile(label, path, printable(str(path.relative_to(source))))
+             for label, (_, folder) in enumerate(folders) for path in list_files(folder)]
+    for f in files:
+        if f.path.name.startswith("."):
+            f.status = HIDDEN
+    _decode_all(files, spill_fd, size * size * 3 if size else 0, checks, size, fit, workers,
+                progress)
+    _drop_duplicates(files, threshold)
+    return [name for name, _ in folders], files
+
+
+def _apply_review(files: list[InputFile], class_names: list[str],
+                  made: dict[str, decisions.Decision], suspects: set[str]) -> None:
+    """Leave out what review dropped and the undecided `suspects`; relabel what it moved."""
+    for f in files:
+        if f.status:
+            continue
+        decision = made.get(f.name)
+        if decision is None:
+            if f.name in suspects:
+                f.status = SUSPECT
+        elif decision.action == decisions.DROP:
+            f.status = DROPPED_IN_REVIEW
+        elif decision.action == decisions.MOVE and decision.label in class_names:
+            label = class_names.index(decision.label)
+            if label != f.label:
+                f.moved_from, f.label = class_names[f.label], label
 
 
 def _check_pack_arguments(out: Path, per_class: int, test_size: float, size: int, fit: str,
@@ -257,9 +316,10 @@ def _check_pack_arguments(out: Path, per_class: int, test_size: float, size: int
         raise ToolkitError(f"--threshold {threshold}: perceptual-hash distance is 0..64 bits")
 
 
-def _decode_all(files: list[InputFile], spill_fd: int, row_bytes: int, checks: images.Checks,
-                size: int, fit: str, workers: int | None, progress: bool) -> None:
-    """Verify every file and stream its pixels into the spill file, at row = file index.
+def _decode_all(files: list[InputFile], spill_fd: int | None, row_bytes: int,
+                checks: images.Checks, size: int | None, fit: str, workers: int | None,
+                progress: bool) -> None:
+    """Verify every file and stream its pixels into the spill file (if any), at row = file index.
 
     Pillow decodes and resizes outside the GIL, so threads use every core without
     copying pixels between processes.
@@ -267,10 +327,12 @@ def _decode_all(files: list[InputFile], spill_fd: int, row_bytes: int, checks: i
     def work(index: int) -> tuple[int, str, str, images.ImageInfo | None]:
         f = files[index]
         try:
-            info, pixels = images.decode(images.read_file(f.path, checks), checks, size, fit)
+            info, pixels = images.decode(images.read_file(f.path, checks), checks,
+                                         size if spill_fd is not None else None, fit)
         except images.Unusable as e:
             return index, e.reason, e.detail, None
-        os.pwrite(spill_fd, pixels.tobytes(), index * row_bytes)
+        if spill_fd is not None:
+            os.pwrite(spill_fd, pixels.tobytes(), index * row_bytes)
         return index, "", "", info
 
     todo = [i for i, f in enumerate(files) if not f.status]

@@ -59,6 +59,7 @@ def cli() -> None:
 
     \b
       toolkit crawl hedgehog hamster poodle     # 400 usable images per class into datasets/
+      toolkit review --serve                    # flag off-topic and mislabeled images, decide
       toolkit pack --out animal.npz             # clean, dedupe, resize, stratified split
       toolkit train --strategy finetune         # cnn | extract | finetune | augment
     """
@@ -161,14 +162,17 @@ def crawl(queries, per_class, engines, urls, license_, root, min_side, threshold
               help="Perceptual-hash bits within which two images are the same picture.")
 @click.option("--allow-fewer", is_flag=True, help="Pack classes that have fewer than --per-class.")
 @click.option("--force", is_flag=True, help="Replace an existing archive.")
+@click.option("--drop-suspects", is_flag=True,
+              help="Also leave out the suspects of SOURCE/review.json that no review decision kept.")
 @click.option("--workers", default=None, type=click.IntRange(1), help="Decoding threads [default: all cores].")
 @user_errors
 def pack(source, out, per_class, test_size, size, fit, seed, min_side, threshold, allow_fewer,
-         force, workers):
+         force, drop_suspects, workers):
     """Clean SOURCE's class folders into a train/test archive.
 
     Every file is decoded and checked; broken, tiny, oversized, duplicate and
-    cross-class (label-noise) images are left out, and the report - printed and saved as
+    cross-class (label-noise) images are left out, and so are images dropped in
+    `toolkit review` (moved ones are packed under their new class). The report - printed and saved as
     <out>.report.txt/.json - says what happened to each file.
     """
     from .archive import NotEnoughImages, pack as run_pack
@@ -178,7 +182,8 @@ def pack(source, out, per_class, test_size, size, fit, seed, min_side, threshold
         report = run_pack(source, out, per_class=per_class, test_size=test_size, size=size,
                           fit=fit, seed=seed, checks=Checks(min_side=min_side),
                           threshold=threshold, allow_fewer=allow_fewer, force=force,
-                          workers=workers, progress=progress_enabled())
+                          drop_suspects=drop_suspects, workers=workers,
+                          progress=progress_enabled())
     except NotEnoughImages as e:
         click.echo(e.report.table(), err=True)
         raise
@@ -188,6 +193,56 @@ def pack(source, out, per_class, test_size, size, fit, seed, min_side, threshold
     if size < 32:
         click.echo(f"warning: --size {size} is below 32, the smallest input of the pretrained "
                    "backbones; only --strategy cnn can train on it", err=True)
+
+
+# --------------------------------------------------------------------------- review
+
+@cli.command()
+@click.argument("source", default="datasets", type=click.Path(file_okay=False))
+@click.option("--backbone", default="mobilenet_v2", show_default=True,
+              type=click.Choice(["vgg16", "vgg19", "mobilenet_v2", "resnet50", "efficientnet_b0"]),
+              help="Frozen pretrained base that embeds the images.")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet (Keras' download and cache), none (random), or a weights file.")
+@click.option("--size", default=224, show_default=True, type=click.IntRange(32),
+              help="Side of the square the backbone sees.")
+@click.option("--min-side", default=100, show_default=True, type=click.IntRange(1),
+              help="Smallest usable image side, in pixels (as for pack).")
+@click.option("--threshold", default=8, show_default=True, type=click.IntRange(0, 64),
+              help="Perceptual-hash bits within which two images are the same picture (as for pack).")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+              help="Where embeddings are cached.  [default: $TOOLKIT_CACHE_DIR or ~/.cache/toolkit]")
+@click.option("--serve", is_flag=True, help="Then open the gallery: keep, drop or move images.")
+@click.option("--port", default=0, type=click.IntRange(0, 65535),
+              help="Gallery port on 127.0.0.1.  [default: a free one]")
+@click.option("--no-browser", is_flag=True, help="Serve without opening a browser.")
+@user_errors
+def review(source, backbone, weights, size, min_side, threshold, cache_dir, serve, port,
+           no_browser):
+    """Find off-topic and mislabeled images in SOURCE before `pack`.
+
+    Judges exactly the images pack would use and writes SOURCE/review.json and a
+    self-contained SOURCE/review.html. With --serve, a local gallery records keep / drop /
+    move decisions in SOURCE/decisions.jsonl, which `pack` honours.
+    """
+    from .archive import class_folders
+    from .images import Checks
+
+    class_folders(source)  # a missing or one-class SOURCE fails before TensorFlow starts
+    load_tensorflow()
+    from .reviewer import review as run_review
+
+    result = run_review(source, backbone=backbone, weights=weights, size=size,
+                        checks=Checks(min_side=min_side), threshold=threshold,
+                        cache_dir=cache_dir, progress=progress_enabled())
+    click.echo(result.table())
+    click.echo(f"\nwrote {os.path.join(source, 'review.json')} and "
+               f"{os.path.join(source, 'review.html')} in {result.seconds['total']:.0f} s")
+    if serve:
+        from .gallery import serve as run_gallery
+
+        run_gallery(source, port=port, open_browser=not no_browser, checks=Checks(min_side=min_side),
+                    echo=click.echo)
 
 
 # --------------------------------------------------------------------------- train

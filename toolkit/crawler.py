@@ -38,7 +38,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from . import dedupe, images
+from . import decisions, dedupe, images
 from .engines import (
     DEFAULT_PER_HOST,
     DEFAULT_THREADS,
@@ -896,7 +896,10 @@ def _crawl(parsed: list[Query], root: Path, per_class: int, engines: list[str],
     for label in _other_classes(root, folders):  # pack sees them too: no duplicate of theirs
         entries[label] = ClassFolder(root, label).entries(checks)
     usable = usable_counts(entries, checks, threshold)
+    for label in usable:  # review: what was dropped (or moved away) does not count
+        usable[label] -= len(decisions.left_out(root, label) & {e["file"] for e in entries[label]})
     known_urls = {e["url"] for kept in entries.values() for e in kept if e.get("url")}
+    known_urls |= decisions.dropped_urls(root)  # review: a dropped image is never fetched again
     for folder in folders.values():
         known_urls |= folder.refused_urls()
     chain = _Chain(license, threads)

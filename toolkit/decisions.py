@@ -1,0 +1,155 @@
+"""What a person decided in `toolkit review`: keep, drop, or move an image to another class.
+
+Decisions are data, never changes on disk: nothing is deleted or moved. They live in
+`SOURCE/decisions.jsonl`, one JSON line per decision, each appended in one write and
+fsynced before the call returns, so a crash or a closed tab loses nothing. The last
+decision about a file wins; a last line cut short by a kill is skipped on reading.
+
+`pack` honours them, and `crawl` neither counts a dropped image nor downloads its URL again.
+This module also reads the suspects of `SOURCE/review.json`, for `pack --drop-suspects`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import ToolkitError
+
+DECISIONS_FILE = "decisions.jsonl"
+REVIEW_FILE = "review.json"
+
+KEEP, DROP, MOVE = "keep", "drop", "move"
+ACTIONS = (KEEP, DROP, MOVE)
+
+_write_lock = threading.Lock()  # the gallery's server handles requests on several threads
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision about one image (`file` is its path relative to SOURCE)."""
+
+    file: str
+    action: str
+    label: str | None = None  # the class a `move` puts it in
+    url: str | None = None    # where a crawl found it, so that a top-up never fetches it again
+    time: str = ""
+
+
+def read(source: str | os.PathLike) -> dict[str, Decision]:
+    """The decision in force for each file: the last one written about it."""
+    path = Path(source) / DECISIONS_FILE
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return {}
+    made: dict[str, Decision] = {}
+    for line in text.splitlines():
+        decision = _parse(line)
+        if decision is not None:
+            made[decision.file] = decision
+    return made
+
+
+def append(source: str | os.PathLike, decisions: Iterable[Decision]) -> list[Decision]:
+    """Record `decisions` at the end of SOURCE/decisions.jsonl; return them as written.
+
+    All of them go in one write of whole lines, flushed and fsynced before returning.
+    """
+    source = Path(source)
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    urls = _ManifestUrls(source)
+    written = []
+    for d in decisions:
+        if d.action not in ACTIONS:
+            raise ToolkitError(f"decision {d.action!r}: choose from {', '.join(ACTIONS)}")
+        if (d.action == MOVE) != bool(d.label):
+            raise ToolkitError("a move needs the class to move to, and only a move has one")
+        written.append(Decision(d.file, d.action, d.label if d.action == MOVE else None,
+                                d.url or urls.get(d.file), d.time or now))
+    if not written:
+        return []
+    data = "".join(json.dumps(asdict(d), ensure_ascii=False) + "\n" for d in written).encode()
+    path = source / DECISIONS_FILE
+    with _write_lock:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # end a line a kill cut short, so this one stands alone
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return written
+
+
+def suspects(source: str | os.PathLike) -> set[str]:
+    """Files that SOURCE/review.json marks as suspects."""
+    path = Path(source) / REVIEW_FILE
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["images"]
+        return {e["file"] for e in entries if e.get("suspect")}
+    except FileNotFoundError:
+        raise ToolkitError(f"--drop-suspects needs {path}: run `toolkit review {source}` "
+                           "first") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ToolkitError(f"{path} is damaged ({type(e).__name__}); run `toolkit review "
+                           f"{source}` again") from None
+
+
+def left_out(root: str | os.PathLike, label: str) -> set[str]:
+    """Names of the files in `root/label/` that review dropped or moved to another class:
+    a crawl top-up does not count them."""
+    prefix = f"{label}/"
+    return {d.file[len(prefix):] for d in read(root).values()
+            if d.file.startswith(prefix) and (d.action == DROP
+                                              or (d.action == MOVE and d.label != label))}
+
+
+def dropped_urls(root: str | os.PathLike) -> set[str]:
+    """URLs of every image review dropped: a crawl never downloads them again."""
+    return {d.url for d in read(root).values() if d.action == DROP and d.url}
+
+
+def _parse(line: str) -> Decision | None:
+    try:
+        record = json.loads(line)
+        decision = Decision(str(record["file"]), str(record["action"]), record.get("label"),
+                            record.get("url"), str(record.get("time", "")))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # a line cut short by a kill, or not ours
+    if decision.action not in ACTIONS or (decision.action == MOVE and not decision.label):
+        return None
+    return decision
+
+
+class _ManifestUrls:
+    """The URL a crawl recorded for a file, from `SOURCE/<class>.manifest.jsonl`."""
+
+    def __init__(self, source: Path):
+        self.source = source
+        self.by_class: dict[str, dict[str, str]] = {}
+
+    def get(self, file: str) -> str | None:
+        label, _, name = file.partition("/")
+        if label not in self.by_class:
+            self.by_class[label] = {}
+            try:
+                lines = (self.source / f"{label}.manifest.jsonl").read_text(
+                    encoding="utf-8", errors="replace").splitlines()
+            except OSError:
+                lines = []
+            for line in lines:
+                try:
+                    entry = json.loads(line)
+                    if isinstance(entry.get("url"), str):
+                        self.by_class[label][str(entry["file"])] = entry["url"]
+                except (ValueError, KeyError, AttributeError):
+                    continue
+        return self.by_class[label].get(name)
