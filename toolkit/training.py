@@ -195,6 +195,7 @@ def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = 
             progress: bool = False, **options) -> Comparison:
     """Train several strategies on one archive; one table and one plot of the results."""
     from .report import plot_comparison
+    from .report_html import write_comparison_page
 
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
@@ -213,6 +214,7 @@ def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = 
     write_text(folder / "comparison.txt", comparison.table() + "\n")
     write_json(folder / "comparison.json", rows)
     plot_comparison(rows, folder / "comparison.png")
+    write_comparison_page(folder, rows)
     return comparison
 
 
