@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from _bench import machine, table, toolkit_command
 
 SHARED = Path(os.environ.get("TOOLKIT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
@@ -52,13 +51,10 @@ def main() -> None:
     off_share = np.mean([p.label == "unknown" for p in off_topic if not p.error])
     classifier = load_classifier(args.run)
     archive = load_archive(args.archive)
-    probabilities, embeddings = zip(*(classifier(np.asarray(archive.X_test[i:i + 32]))
-                                      for i in range(0, len(archive.y_test), 32)))
+    embeddings = np.concatenate([classifier(np.asarray(archive.X_test[i:i + 32]))[1]
+                                 for i in range(0, len(archive.y_test), 32)])
     calibration = classifier.calibration
-    calibrated = calibration.probabilities(np.concatenate(probabilities))
-    embeddings = np.concatenate(embeddings)
-    rejected = calibration.unknown(calibrated, embeddings)
-    by_distance = calibration.distances(embeddings) > calibration.distance_threshold
+    rejected = calibration.unknown(embeddings)
     metrics = json.loads((Path(args.run) / "metrics.json").read_text())
     c = metrics["calibration"]
     print(f"{args.run}: extract / mobilenet_v2 (ImageNet weights), pool head, on {args.archive}; "
@@ -69,9 +65,8 @@ def main() -> None:
         ["test ECE before / after", f"{c['test_ece_before']:.3f} / {c['test_ece_after']:.3f}"],
         ["off-topic photos answered unknown", f"{off_share:.1%} of {len(off_topic)}"],
         ["in-class test images answered unknown", f"{rejected.mean():.1%} of {len(rejected)}"],
-        ["... of which by embedding distance alone", f"{by_distance.mean():.1%}"],
-        ["thresholds (distance, probability)",
-         f"{calibration.distance_threshold:.4f}, {calibration.probability_threshold:.3f}"],
+        ["unknown threshold (cosine distance to the k-th nearest training image)",
+         f"{calibration.distance_threshold:.4f} (k = {calibration.neighbours})"],
     ]))
 
 

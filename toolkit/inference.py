@@ -123,7 +123,7 @@ def predict(run_or_model: str | os.PathLike, inputs: list[str | os.PathLike], *,
         if calibration is not None:
             probabilities = calibration.probabilities(probabilities)
             if unknown:
-                rejected = calibration.unknown(probabilities, embeddings)
+                rejected = calibration.unknown(embeddings)
         for (name, _), p, out in zip(batch, probabilities, rejected):
             k = int(np.argmax(p))
             results.append(Prediction(name, UNKNOWN if out else names[k], float(p[k]),

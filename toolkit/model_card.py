@@ -20,16 +20,16 @@ def write_model_card(facts: RunFacts) -> Path:
         "",
         "## What it does",
         "",
-        f"Labels a photo as one of {len(names)} classes: {', '.join(f'`{n}`' for n in names)}. "
-        f"It is the `{m.get('strategy')}` strategy on {backbone}, and takes a {size}x{size} RGB "
-        f"image (0-255; `toolkit predict` makes it from any photo the way `pack` did: "
-        f"{facts.pack.get('fit', 'crop')}). `toolkit predict` answers `unknown` for a photo "
-        "unlike every class (see Calibration).",
+        (f"Labels a photo as one of {len(names)} classes: {', '.join(f'`{n}`' for n in names)}. "
+         f"It is the `{m.get('strategy')}` strategy on {backbone}, and takes a {size}x{size} RGB "
+         f"image (0-255; `toolkit predict` makes it from any photo the way `pack` did: "
+         f"{facts.pack.get('fit', 'crop')}). `toolkit predict` answers `unknown` for a photo "
+         "unlike every class (see Calibration)."),
         "",
         "## Data",
         "",
-        f"- Archive `{facts.archive}`, packed from `{facts.pack.get('source', '?')}` "
-        f"(seed {facts.pack.get('seed', '?')}, test share {facts.pack.get('test_size', '?')}).",
+        (f"- Archive `{facts.archive}`, packed from `{facts.pack.get('source', '?')}` "
+         f"(seed {facts.pack.get('seed', '?')}, test share {facts.pack.get('test_size', '?')})."),
         *(f"- `{n}`: {a} training images, {b} test images" for n, a, b in
           zip(names, facts.train_counts, facts.test_counts)),
     ]
@@ -43,13 +43,13 @@ def write_model_card(facts: RunFacts) -> Path:
         lines.append("- No crawl manifests were found beside the source: where the images came "
                      "from is not recorded here.")
     lines += [
-        f"- Validation: a seeded, stratified {config.get('validation_split', '?')} of the training "
-        "images; the test set was used once, at the end.",
+        (f"- Validation: a seeded, stratified {config.get('validation_split', '?')} of the training "
+         "images; the test set was used once, at the end."),
         "",
         "## Metrics (test set)",
         "",
-        f"- {m.get('test_images')} test images: accuracy **{m.get('accuracy', 0):.3f}**, "
-        f"macro F1 **{m.get('macro_f1', 0):.3f}**.",
+        (f"- {m.get('test_images')} test images: accuracy **{m.get('accuracy', 0):.3f}**, "
+         f"macro F1 **{m.get('macro_f1', 0):.3f}**."),
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
@@ -61,13 +61,13 @@ def write_model_card(facts: RunFacts) -> Path:
     ]
     if cal:
         lines += [
-            f"- Temperature {cal['temperature']:.3f}, fitted on {cal['validation_images']} "
-            f"validation images. Expected calibration error on the test set: "
-            f"{cal['test_ece_before']:.3f} before, {cal['test_ece_after']:.3f} after.",
-            f"- `unknown`: embedding distance above {_number(cal['distance_threshold'])} or "
-            f"calibrated top probability below {_number(cal['probability_threshold'])} "
-            f"(thresholds from validation data); {cal['test_rejected_as_unknown']:.1%} of the "
-            "in-class test images are answered `unknown`.",
+            (f"- Temperature {cal['temperature']:.3f}, fitted on {cal['validation_images']} "
+             f"validation images. Expected calibration error on the test set: "
+             f"{cal['test_ece_before']:.3f} before, {cal['test_ece_after']:.3f} after."),
+            (f"- `unknown`: an image whose embedding is farther than "
+             f"{_number(cal['distance_threshold'])} (cosine) from its {cal['neighbours']}th nearest "
+             f"training image (threshold from validation data); {cal['test_rejected_as_unknown']:.1%} "
+             "of the in-class test images are answered `unknown`."),
         ]
     else:
         lines.append("- Not calibrated (no validation split).")
@@ -79,12 +79,12 @@ def write_model_card(facts: RunFacts) -> Path:
         "",
         "## Not for",
         "",
-        f"- Anything outside these {len(names)} classes: it has seen nothing else, and `unknown` "
-        "catches only part of what is unlike them.",
-        "- Decisions about people, safety, health or money: it was trained on "
-        f"{sum(facts.train_counts)} web images, with the label noise and the biases of their sources.",
-        "- Photos unlike the training data (other cameras, drawings, night shots) without "
-        "checking on a sample first (`toolkit evaluate --data`).",
+        (f"- Anything outside these {len(names)} classes: it has seen nothing else, and `unknown` "
+         "catches only part of what is unlike them."),
+        ("- Decisions about people, safety, health or money: it was trained on "
+         f"{sum(facts.train_counts)} web images, with the label noise and the biases of their sources."),
+        ("- Photos unlike the training data (other cameras, drawings, night shots) without "
+         "checking on a sample first (`toolkit evaluate --data`)."),
         "",
     ]
     path = facts.folder / "MODEL_CARD.md"

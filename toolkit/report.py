@@ -6,7 +6,9 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot: no global backend or state, nothing to close
+from matplotlib.figure import (
+    Figure,  # no pyplot: no global backend or state, nothing to close
+)
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import classification_report, confusion_matrix
 
@@ -28,7 +30,7 @@ def evaluate_predictions(y_true: np.ndarray, probabilities: np.ndarray,
                       for name in class_names},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "class_names": list(class_names),
-        "test_images": int(len(y_true)),
+        "test_images": len(y_true),
     }
 
 

@@ -35,9 +35,9 @@ th{background:#f6f6f6} td.l,th.l{text-align:left}
 .cm button{min-width:64px;padding:8px;border:0;cursor:pointer;font:inherit}
 .cm button:disabled{cursor:default}
 .gallery{display:flex;flex-wrap:wrap;gap:8px;margin:10px 0}
-figure{margin:0;width:%dpx;font-size:12px} figure img{width:%dpx;height:%dpx;display:block}
-.muted{color:#777} img.plot{max-width:100%%}
-""" % (THUMBNAIL + 20, THUMBNAIL + 20, THUMBNAIL + 20)
+figure{margin:0;width:SIDEpx;font-size:12px} figure img{width:SIDEpx;height:SIDEpx;display:block}
+.muted{color:#777} img.plot{max-width:min(100%,760px)}
+""".replace("SIDE", str(THUMBNAIL + 20))
 
 SCRIPT = """
 document.querySelectorAll('[data-cell]').forEach(function (button) {
@@ -172,7 +172,7 @@ def _settings(facts: RunFacts) -> str:
     if "seconds" in m:
         c["seconds"] = ", ".join(f"{k} {v:.0f}" for k, v in m["seconds"].items())
     cal = m.get("calibration") or {}
-    for key in ("temperature", "distance_threshold", "probability_threshold", "validation_images"):
+    for key in ("temperature", "distance_threshold", "neighbours", "validation_images"):
         if key in cal:
             c[f"calibration: {key}"] = cal[key]
     return _key_values(c)
