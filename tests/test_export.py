@@ -10,7 +10,7 @@ from PIL import Image
 from test_train import NAMES, write_archive
 
 from toolkit.calibration import expected_calibration_error, fit_temperature
-from toolkit.export import TOLERANCE
+from toolkit.exporter import TOLERANCE
 from toolkit.inference import evaluate, predict
 from toolkit.training import train
 

@@ -9,9 +9,8 @@ model (`calibration.json` and `calibration.npz` in the run folder, copied into a
 - the unknown detector: an image is `unknown` when its embedding is far from the training
   images' (the cosine distance to its k-th nearest training embedding, Sun et al. 2022).
   The threshold is a quantile of the validation images' distances, so about 2% of
-  in-class images are rejected. (A threshold on the calibrated top probability was tried
-  too: on the flowers benchmark it rejected 1% more flowers and caught 1% more off-topic
-  photos, so it is not used; see scripts/bench_unknown.py.)
+  in-class images are rejected. (The calibrated top probability is not used: off-topic
+  photos often get a confident class, so a threshold on it mostly rejects in-class images.)
 """
 
 from __future__ import annotations

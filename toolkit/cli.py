@@ -12,7 +12,7 @@ import click
 
 from . import __version__
 from .errors import ToolkitError
-from .export import FORMATS as EXPORT_FORMATS, QUANTIZATIONS
+from .exporter import FORMATS as EXPORT_FORMATS, QUANTIZATIONS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -353,7 +353,7 @@ def export(run, fmt, quantize, data):
     and export.json (input, outputs, calibration, parity with Keras) come with it.
     """
     load_tensorflow()
-    from .export import export as run_export
+    from .exporter import export as run_export
 
     result = run_export(run, fmt, quantize, data=data, progress=progress_enabled())
     click.echo(result.summary())

@@ -35,7 +35,7 @@ def load_classifier(run_or_model: str | os.PathLike):
     an export runs in its own runtime (LiteRT, TensorFlow, onnxruntime), the rest in Keras."""
     from . import models
     from .calibration import Calibration
-    from .export import is_export, load_export
+    from .exporter import is_export, load_export
     from .serving import keras_classifier
 
     if is_export(run_or_model):

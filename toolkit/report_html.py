@@ -32,7 +32,7 @@ h1{margin:24px 0 4px} h2{margin-top:36px;border-bottom:1px solid #ddd;padding-bo
 .headline b{display:block;font-size:28px}
 table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ddd;padding:4px 10px;text-align:right}
 th{background:#f6f6f6} td.l,th.l{text-align:left}
-.cm button{min-width:64px;padding:8px;border:0;cursor:pointer;font:inherit}
+.cm button{width:100%;min-width:64px;padding:8px;border:0;cursor:pointer;font:inherit}
 .cm button:disabled{cursor:default}
 .gallery{display:flex;flex-wrap:wrap;gap:8px;margin:10px 0}
 figure{margin:0;width:SIDEpx;font-size:12px} figure img{width:SIDEpx;height:SIDEpx;display:block}
