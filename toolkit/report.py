@@ -6,9 +6,9 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.figure import (
-    Figure,  # no pyplot: no global backend or state, nothing to close
-)
+
+# matplotlib's Figure API, not pyplot: no global backend or figure state, nothing to close
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import classification_report, confusion_matrix
 
