@@ -147,7 +147,7 @@ def test_temperature_and_ece_on_known_answers():
 @pytest.mark.slow
 def test_augment_run_exports_without_its_augmentation_layers(tmp_path):
     data = write_archive(tmp_path / "shapes.npz", n_per_class=20)
-    run = train(data, "augment", out=tmp_path / "run", backbone="mobilenet_v2", epochs=1,
+    run = train(data, "augment", out=tmp_path / "run", backbone="vgg16", epochs=1,
                 views=1, weights="none", batch_size=16, head="pool", verbose=0,
                 cache_dir=str(tmp_path / "cache"))
     assert "augment" in [layer.name for layer in run.model.layers]
@@ -155,7 +155,7 @@ def test_augment_run_exports_without_its_augmentation_layers(tmp_path):
     assert result.exit_code == 0, result.output
     info = json.loads((run.folder / "export" / "export.json").read_text())
     assert info["input"]["augmentation_included"] is False
-    assert info["input"]["preprocessing"] == "tf"  # MobileNetV2's, inside the model
+    assert info["input"]["preprocessing"] == "caffe"  # VGG16's, inside the model
     # the served model (augmentation left out) scores what the trained model scored
     assert info["parity"]["keras_accuracy"] == pytest.approx(run.metrics["accuracy"], abs=1e-4)
     assert info["parity"]["max_probability_difference"] < 1e-3
