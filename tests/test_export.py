@@ -1,6 +1,7 @@
 """toolkit export / calibration / unknown: a real tiny run, real converters and runtimes."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -95,6 +96,16 @@ def test_export_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
         assert tree(moved) == before and not list(moved.glob(".export*"))
     finally:
         shutil.move(tmp_path / "elsewhere.npz", config["data"])
+
+
+def test_an_export_that_drifts_is_an_error_naming_both_accuracies(tiny_run, tmp_path, monkeypatch):
+    run, _ = fresh_copy(tiny_run, tmp_path)
+    monkeypatch.setitem(TOLERANCE, "none", -1.0)  # any export now drifts "too far"
+    before = tree(run)
+    result = run_cli("export", run, "--format", "onnx")
+    assert_one_error_line(result, "but the Keras model")
+    assert re.search(r"test accuracy \d\.\d{4} but the Keras model \d\.\d{4}", result.output)
+    assert tree(run) == before and not list(run.glob(".export*"))
 
 
 def test_predict_answers_unknown_unless_told_not_to(tiny_run, tmp_path):

@@ -113,8 +113,8 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
             raise ToolkitError(
                 f"the {format} export ({quantize}) has test accuracy {parity['exported_accuracy']:.4f} "
                 f"but the Keras model {parity['keras_accuracy']:.4f}: a drift of {parity['drift']:.4f} "
-                f"is beyond {parity['tolerance']}; nothing was exported (try --quantize "
-                f"{'float16' if quantize == 'int8' else 'none'})")
+                f"is beyond {parity['tolerance']}; nothing was exported ("
+                + ("try --quantize float16)" if quantize == "int8" else "try another --format)"))
         write_text(work / "labels.txt", "".join(f"{n}\n" for n in archive.class_names))
         if calibration is not None:
             calibration.save(work)
