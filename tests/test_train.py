@@ -279,6 +279,8 @@ def test_cli_compare(shapes, tmp_path):
     assert result.exit_code == 0, result.output
     assert "extract" in result.output and "finetune" in result.output and "accuracy" in result.output
     assert (tmp_path / "cmp" / "comparison.png").exists()
+    page = (tmp_path / "cmp" / "report.html").read_text()
+    assert "extract" in page and "finetune" in page and "extract/report.html" in page
     rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert [r["strategy"] for r in rows] == ["extract", "finetune"]
 

@@ -271,7 +271,7 @@ def _report_run(start) -> None:
     m = run.metrics
     click.echo(f"accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f} after "
                f"{m['epochs_run']} epochs (best {m['best_epoch']}) in {m['seconds']['total']:.0f} s")
-    click.echo(f"run folder: {run.folder}" if run.folder else
+    click.echo(f"run folder: {run.folder} (open report.html)" if run.folder else
                "run folder: written by the chief worker (this is another worker)")
 
 
@@ -375,7 +375,7 @@ def compare(strategies, data, out, **options):
     result = run_compare(data, chosen, out=out, verbose=_fit_verbosity(),
                          progress=progress_enabled(), **_train_options(options))
     click.echo(result.table())
-    click.echo(f"comparison: {result.folder / 'comparison.png'}")
+    click.echo(f"comparison: {result.folder / 'report.html'}")
 
 
 def main() -> None:
