@@ -17,7 +17,6 @@ import keras
 import numpy as np
 
 AUGMENTATION_LAYER = "augment"  # the name models.augmentation() gives its Sequential
-OUTPUTS = ("probabilities", "embedding")
 
 
 def with_embedding(model: keras.Model, input_dtype: str | None = None) -> keras.Model:
@@ -32,8 +31,8 @@ def with_embedding(model: keras.Model, input_dtype: str | None = None) -> keras.
     layers = [layer for layer in model.layers[1:] if layer.name != AUGMENTATION_LAYER]
     for layer in layers[:-1]:
         x = layer(x)
-    embedding = keras.layers.GlobalAveragePooling2D(name="embedding")(x) if len(x.shape) == 4 \
-        else keras.layers.Identity(name="embedding")(x)
+    pool = keras.layers.GlobalAveragePooling2D if len(x.shape) == 4 else keras.layers.Identity
+    embedding = pool(name="embedding")(x)
     probabilities = layers[-1](x)
     return keras.Model(inputs, {"probabilities": probabilities, "embedding": embedding},
                        name=f"{model.name}_served")
