@@ -276,9 +276,9 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
         clock.start("evaluation")
         probabilities = fitted.predict(Batches([Rows(test_source, None)], None, global_batch),
                                        verbose=0)
-        calibration = calibrate(fitted, Batches(train_data.views[:1], None, global_batch), val_data,
-                                archive.y_train[val_rows], Batches([Rows(test_source, None)], None,
-                                global_batch), archive.y_test, seed=config.seed)
+        calibrated = calibrate(fitted, Batches(train_data.views[:1], None, global_batch), val_data,
+                               archive.y_train[val_rows], Batches([Rows(test_source, None)], None,
+                               global_batch), archive.y_test, seed=config.seed)
     evaluation = evaluate_predictions(archive.y_test, probabilities, archive.class_names)
 
     metrics = {
@@ -297,14 +297,14 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
         "augment_mode": ("online" if online else "cached") if config.strategy == "augment" else None,
         "device": "GPU" if gpu else "CPU",
         "seconds": clock.totals(),
-        "calibration": calibration.summary,
+        "calibration": calibrated.summary,
     }
     report = ""
     if chief:
         report = _save_run(folder, config, archive, split.model, evaluation, metrics,
                            checkpoints.history)
-        calibration.calibration.save(folder)
-        write_pages(folder, archive, calibration.test_probabilities)
+        calibrated.calibration.save(folder)
+        write_pages(folder, archive, calibrated.test_probabilities)
         checkpoints.finish()
     return Run(folder, config, metrics, checkpoints.history, report, split.model)
 
