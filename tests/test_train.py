@@ -262,13 +262,14 @@ def test_cli_train_evaluate_predict(shapes, tmp_path):
     for i in range(3):
         Image.fromarray(x[i]).resize((64, 64)).save(pictures / f"p{i}.png")
     (pictures / "broken.jpg").write_bytes(b"not an image")
-    result = invoke("predict", tmp_path / "run", pictures, "--format", "csv")
+    result = invoke("predict", tmp_path / "run", pictures, "--format", "csv", "--no-unknown")
     assert result.exit_code == 0, result.output
     rows = result.output.strip().splitlines()
     assert rows[0] == "image,label,probability,error" and len(rows) == 5
     assert sum(1 for r in rows[1:] if r.split(",")[1] in NAMES) == 3
     assert "not an image" in result.output
-    result = invoke("predict", tmp_path / "run" / "model.keras", pictures / "p0.png", "--format", "json")
+    result = invoke("predict", tmp_path / "run" / "model.keras", pictures / "p0.png", "--format", "json",
+                    "--no-unknown")
     assert json.loads(result.output)[0]["label"] in NAMES
 
 
@@ -278,6 +279,8 @@ def test_cli_compare(shapes, tmp_path):
     assert result.exit_code == 0, result.output
     assert "extract" in result.output and "finetune" in result.output and "accuracy" in result.output
     assert (tmp_path / "cmp" / "comparison.png").exists()
+    page = (tmp_path / "cmp" / "report.html").read_text()
+    assert "extract" in page and "finetune" in page and "extract/report.html" in page
     rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert [r["strategy"] for r in rows] == ["extract", "finetune"]
 

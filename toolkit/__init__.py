@@ -10,8 +10,8 @@ The library API, which the `toolkit` command is a thin layer over::
     run = train("animal.npz", strategy="finetune")
 
 TensorFlow is imported only when a training function is first used. (Modules are named
-apart from the functions - `crawler`, `reviewer`, `training`, `inference` - so that
-importing one never shadows the function of the same name.)
+apart from the functions - `crawler`, `reviewer`, `training`, `inference`, `exporter` - so
+that importing one never shadows the function of the same name.)
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ _API = {
     "compare": "toolkit.training",
     "evaluate": "toolkit.inference",
     "predict": "toolkit.inference",
+    "export": "toolkit.exporter",
     "ToolkitError": "toolkit.errors",
 }
 

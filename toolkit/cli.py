@@ -13,6 +13,7 @@ import click
 from . import __version__
 from .engines import DEFAULT_PER_HOST, DEFAULT_THREADS, ENGINES, LICENSES, SEARCH_ENGINES
 from .errors import ToolkitError
+from .exporter import FORMATS as EXPORT_FORMATS, QUANTIZATIONS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -342,7 +343,7 @@ def _report_run(start) -> None:
     m = run.metrics
     click.echo(f"accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f} after "
                f"{m['epochs_run']} epochs (best {m['best_epoch']}) in {m['seconds']['total']:.0f} s")
-    click.echo(f"run folder: {run.folder}" if run.folder else
+    click.echo(f"run folder: {run.folder} (open report.html)" if run.folder else
                "run folder: written by the chief worker (this is another worker)")
 
 
@@ -354,7 +355,7 @@ def _report_run(start) -> None:
               help="Also write the report files into this folder.")
 @user_errors
 def evaluate(run_or_model, data, out):
-    """Print the test-set report of a run folder or a .keras model."""
+    """Print the test-set report of a run folder, a .keras model or an export folder."""
     load_tensorflow()
     from .inference import evaluate as run_evaluate
 
@@ -367,12 +368,16 @@ def evaluate(run_or_model, data, out):
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", default="table", show_default=True,
               type=click.Choice(["table", "csv", "json"]), help="Output format.")
+@click.option("--unknown/--no-unknown", default=True, show_default=True,
+              help="Answer `unknown` for an image unlike every class (its scores are still "
+                   "given); --no-unknown always names a class.")
 @user_errors
-def predict(model, images, fmt):
+def predict(model, images, fmt, unknown):
     """Label images (files or folders) with a trained model.
 
-    MODEL is a run folder or a .keras file. Each image is decoded and resized as `pack`
-    does; one that is not a usable image gets a warning instead of a label.
+    MODEL is a run folder, a .keras file or an export folder (`toolkit export`, run in its
+    own runtime). Each image is decoded and resized as `pack` does; one that is not a
+    usable image gets a warning instead of a label. Probabilities are calibrated.
     """
     import csv
     import json
@@ -380,7 +385,7 @@ def predict(model, images, fmt):
     load_tensorflow()
     from .inference import predict as run_predict
 
-    results = run_predict(model, list(images))
+    results = run_predict(model, list(images), unknown=unknown)
     good = [r for r in results if not r.error]
     if fmt == "json":
         click.echo(json.dumps([r.__dict__ for r in results], indent=2, ensure_ascii=False))
@@ -392,14 +397,38 @@ def predict(model, images, fmt):
                              f"{r.probability:.4f}", r.error])
     else:
         width = max([5, *(len(r.path) for r in results)])
-        click.echo(f"{'image':<{width}}  {'label':<16} probability")
+        click.echo(f"{'image':<{width}}  {'label':<16} probability  closest")
         for r in good:
-            click.echo(f"{r.path:<{width}}  {r.label:<16} {r.probability:.3f}")
+            click.echo(f"{r.path:<{width}}  {r.label:<16} {r.probability:11.3f}  {r.closest}")
     for r in results:
         if r.error and fmt == "table":
             click.echo(f"warning: {r.path}: {r.error}", err=True)
     if not good:
         raise ToolkitError("none of the inputs is a usable image")
+
+
+@cli.command("export")
+@click.argument("run", type=click.Path())
+@click.option("--format", "fmt", default="litert", show_default=True,
+              type=click.Choice(list(EXPORT_FORMATS)),
+              help="litert: phones (.tflite); saved_model: TensorFlow Serving; onnx: onnxruntime.")
+@click.option("--quantize", default="none", show_default=True,
+              type=click.Choice(QUANTIZATIONS),
+              help="litert only: float16 weights, or int8 calibrated on the run's training images.")
+@click.option("--data", default=None, type=click.Path(dir_okay=False),
+              help="The run's archive, if it moved.  [default: the one the run trained on]")
+@user_errors
+def export(run, fmt, quantize, data):
+    """Export RUN's model into RUN/export/, checked on the test set with its runtime.
+
+    The exported model takes raw 0-255 RGB (uint8) with the preprocessing inside; labels.txt
+    and export.json (input, outputs, calibration, parity with Keras) come with it.
+    """
+    load_tensorflow()
+    from .exporter import export as run_export
+
+    result = run_export(run, fmt, quantize, data=data, progress=progress_enabled())
+    click.echo(result.summary())
 
 
 @cli.command()
@@ -418,7 +447,7 @@ def compare(strategies, data, out, **options):
     result = run_compare(data, chosen, out=out, verbose=_fit_verbosity(),
                          progress=progress_enabled(), **_train_options(options))
     click.echo(result.table())
-    click.echo(f"comparison: {result.folder / 'comparison.png'}")
+    click.echo(f"comparison: {result.folder / 'report.html'}")
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ from . import images
 from .archive import list_files, load_archive, printable, row_reader
 from .errors import ToolkitError
 
+UNKNOWN = "unknown"  # the label of an image unlike every class
+
 
 def find_model(run_or_model: str | os.PathLike) -> Path:
     """A run folder's model.keras, or the .keras file itself."""
@@ -19,12 +21,28 @@ def find_model(run_or_model: str | os.PathLike) -> Path:
     if path.is_dir():
         path = path / "model.keras"
         if not path.exists():
-            raise ToolkitError(f"{run_or_model} holds no model.keras; is the run finished? "
-                               f"(an interrupted run continues with `toolkit train --resume "
-                               f"{run_or_model}`)")
+            raise ToolkitError(f"{run_or_model} holds no model.keras (nor export.json); is the "
+                               f"run finished? (an interrupted run continues with `toolkit train "
+                               f"--resume {run_or_model}`)")
     elif not path.exists():
-        raise ToolkitError(f"{run_or_model} does not exist; give a run folder or a .keras file")
+        raise ToolkitError(f"{run_or_model} does not exist; give a run folder, an export "
+                           "folder or a .keras file")
     return path
+
+
+def load_classifier(run_or_model: str | os.PathLike):
+    """A run folder, a .keras file or an export folder, as a :class:`serving.Classifier`:
+    an export runs in its own runtime (LiteRT, TensorFlow, onnxruntime), the rest in Keras."""
+    from . import models
+    from .calibration import Calibration
+    from .exporter import is_export, load_export
+    from .serving import keras_classifier
+
+    if is_export(run_or_model):
+        return load_export(run_or_model)
+    model_path = find_model(run_or_model)
+    model, info = models.load_model(model_path)
+    return keras_classifier(str(model_path), model, info, Calibration.load(model_path.parent))
 
 
 @dataclass
@@ -37,32 +55,28 @@ class Evaluation:
 
 def evaluate(run_or_model: str | os.PathLike, data: str | os.PathLike | None = None, *,
              batch_size: int = 64, out: str | os.PathLike | None = None) -> Evaluation:
-    """The test-set report of a saved model on `data` (default: the archive it trained on).
+    """The test-set report of a saved or exported model on `data` (default: the archive it
+    trained on).
 
     With `out`, the report files (classification_report.txt, metrics.json,
     confusion_matrix.png) are written into that folder.
     """
-    from . import models
     from .report import evaluate_predictions, write_run_report
 
-    model_path = find_model(run_or_model)
-    model, info = models.load_model(model_path)
-    data = data or info.get("data")
+    classifier = load_classifier(run_or_model)
+    data = data or classifier.data
     if not data:
-        raise ToolkitError(f"{model_path} does not say which archive it was trained on; "
+        raise ToolkitError(f"{classifier.source} does not say which archive it was trained on; "
                            "pass --data ARCHIVE")
     archive = load_archive(data)
-    _check_input(model, archive.image_shape, str(data))
-    names = info.get("class_names")
+    _check_input(classifier.image_shape, archive.image_shape, str(data))
+    names = classifier.class_names
     if names and list(names) != archive.class_names:
         raise ToolkitError(f"{data} has classes {', '.join(archive.class_names)} but the model "
                            f"was trained on {', '.join(names)}")
-    if model.output_shape[-1] != len(archive.class_names):
-        raise ToolkitError(f"the model predicts {model.output_shape[-1]} classes; {data} has "
-                           f"{len(archive.class_names)}")
-    probabilities = _predict_batches(model, archive.X_test, batch_size)
+    probabilities = _predict_batches(classifier, archive.X_test, batch_size)
     evaluation = evaluate_predictions(archive.y_test, probabilities, archive.class_names)
-    title = f"{model_path} on {Path(str(data)).name} (test set)"
+    title = f"{classifier.source} on {Path(str(data)).name} (test set)"
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         text = write_run_report(out, evaluation, {}, evaluation, title)
@@ -70,31 +84,32 @@ def evaluate(run_or_model: str | os.PathLike, data: str | os.PathLike | None = N
         from .report import classification_text, confusion_text
         text = (f"{title}\n\n{classification_text(evaluation)}\n\nconfusion matrix\n"
                 f"{confusion_text(evaluation)}\n")
-    return Evaluation(str(model_path), str(data), evaluation, text)
+    return Evaluation(classifier.source, str(data), evaluation, text)
 
 
 @dataclass
 class Prediction:
     path: str
-    label: str | None
-    probability: float | None
+    label: str | None          # a class, or "unknown"
+    probability: float | None  # the top class's (calibrated) probability
     probabilities: dict[str, float] | None
     error: str = ""
+    closest: str | None = None  # the top class, also when the label is "unknown"
 
 
 def predict(run_or_model: str | os.PathLike, inputs: list[str | os.PathLike], *,
-            batch_size: int = 32) -> list[Prediction]:
+            batch_size: int = 32, unknown: bool = True) -> list[Prediction]:
     """Label every image in `inputs` (files, or folders searched recursively).
 
     Images are decoded, oriented, converted and resized exactly as `pack` does; a file
     that is not a usable image gets a Prediction with `error` set instead of a label.
+    Probabilities are calibrated (the run's temperature); with `unknown`, an image unlike
+    every class is labelled "unknown" (its scores are still given).
     """
-    from . import models
-
-    model, info = models.load_model(find_model(run_or_model))
-    size = int(model.input_shape[1])
-    fit = info.get("fit", "crop")
-    names = info.get("class_names") or [str(i) for i in range(model.output_shape[-1])]
+    classifier = load_classifier(run_or_model)
+    size = int(classifier.image_shape[0])
+    names = classifier.class_names
+    calibration = classifier.calibration
     paths = _expand(inputs)
     checks = images.Checks(min_side=1)
     results: list[Prediction] = []
@@ -103,17 +118,23 @@ def predict(run_or_model: str | os.PathLike, inputs: list[str | os.PathLike], *,
     def flush() -> None:
         if not batch:
             return
-        probabilities = model.predict_on_batch(np.stack([pixels for _, pixels in batch]))
-        for (name, _), p in zip(batch, np.asarray(probabilities)):
+        probabilities, embeddings = classifier(np.stack([pixels for _, pixels in batch]))
+        rejected = np.zeros(len(batch), dtype=bool)
+        if calibration is not None:
+            probabilities = calibration.probabilities(probabilities)
+            if unknown:
+                rejected = calibration.unknown(embeddings)
+        for (name, _), p, out in zip(batch, probabilities, rejected):
             k = int(np.argmax(p))
-            results.append(Prediction(name, names[k], float(p[k]),
-                                      {n: float(v) for n, v in zip(names, p)}))
+            results.append(Prediction(name, UNKNOWN if out else names[k], float(p[k]),
+                                      {n: float(v) for n, v in zip(names, p)}, closest=names[k]))
         batch.clear()
 
     for path in paths:
         name = printable(str(path))
         try:
-            _, pixels = images.decode(images.read_file(path, checks), checks, size=size, fit=fit)
+            _, pixels = images.decode(images.read_file(path, checks), checks, size=size,
+                                      fit=classifier.fit)
         except images.Unusable as e:
             flush()
             results.append(Prediction(name, None, None, None, str(e)))
@@ -140,15 +161,13 @@ def _expand(inputs: list[str | os.PathLike]) -> list[Path]:
     return paths
 
 
-def _check_input(model, image_shape: tuple[int, int, int], data: str) -> None:
-    expected = tuple(model.input_shape[1:])
-    if expected != tuple(image_shape):
+def _check_input(expected: tuple, image_shape: tuple[int, int, int], data: str) -> None:
+    if tuple(expected) != tuple(image_shape):
         raise ToolkitError(f"the model takes {expected[0]}x{expected[1]} images but {data} holds "
                            f"{image_shape[0]}x{image_shape[1]}; pack with --size {expected[0]}")
 
 
-def _predict_batches(model, x: np.ndarray, batch_size: int) -> np.ndarray:
+def _predict_batches(classifier, x: np.ndarray, batch_size: int) -> np.ndarray:
     x = row_reader(x)
-    out = [np.asarray(model.predict_on_batch(np.asarray(x[i:i + batch_size])))
-           for i in range(0, len(x), batch_size)]
+    out = [classifier(np.asarray(x[i:i + batch_size]))[0] for i in range(0, len(x), batch_size)]
     return np.concatenate(out)

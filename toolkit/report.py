@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
+# matplotlib's Figure API, not pyplot: no global backend or figure state, nothing to close
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import classification_report, confusion_matrix
 
-from .files import atomic_path, write_json, write_text  # noqa: E402
+from .files import atomic_path, write_json, write_text
 
 
 def evaluate_predictions(y_true: np.ndarray, probabilities: np.ndarray,
@@ -31,7 +30,7 @@ def evaluate_predictions(y_true: np.ndarray, probabilities: np.ndarray,
                       for name in class_names},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "class_names": list(class_names),
-        "test_images": int(len(y_true)),
+        "test_images": len(y_true),
     }
 
 
@@ -65,7 +64,8 @@ def confusion_text(evaluation: dict) -> str:
 def plot_curves(history: dict[str, list[float]], path: str | os.PathLike, title: str = "") -> None:
     """Accuracy and loss per epoch, train against validation."""
     epochs = range(1, len(history.get("loss", [])) + 1)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    axes = figure.subplots(1, 2)
     for axis, metric in zip(axes, ("accuracy", "loss")):
         for prefix, label in (("", "train"), ("val_", "validation")):
             if history.get(prefix + metric):
@@ -83,7 +83,8 @@ def plot_confusion(evaluation: dict, path: str | os.PathLike, title: str = "") -
     names = evaluation["class_names"]
     matrix = np.array(evaluation["confusion_matrix"])
     size = max(4, 0.6 * len(names) + 2)
-    figure, axis = plt.subplots(figsize=(size + 1, size))
+    figure = Figure(figsize=(size + 1, size))
+    axis = figure.subplots()
     image = axis.imshow(matrix, cmap="Blues")
     axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
     axis.set_yticks(range(len(names)), names)
@@ -101,7 +102,8 @@ def plot_comparison(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Accuracy and macro F1 per strategy, and the training time beside them."""
     names = [r["strategy"] for r in rows]
     x = np.arange(len(rows))
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    figure = Figure(figsize=(11, 4))
+    left, right = figure.subplots(1, 2)
     left.bar(x - 0.2, [r["accuracy"] for r in rows], 0.4, label="accuracy")
     left.bar(x + 0.2, [r["macro_f1"] for r in rows], 0.4, label="macro F1")
     left.set_xticks(x, names)
@@ -128,8 +130,7 @@ def write_run_report(folder: str | os.PathLike, evaluation: dict, history: dict,
     return text
 
 
-def _save(figure, path: str | os.PathLike) -> None:
+def _save(figure: Figure, path: str | os.PathLike) -> None:
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=110, format="png")
-    plt.close(figure)

@@ -195,6 +195,7 @@ def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = 
             progress: bool = False, **options) -> Comparison:
     """Train several strategies on one archive; one table and one plot of the results."""
     from .report import plot_comparison
+    from .report_html import write_comparison_page
 
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
@@ -213,6 +214,7 @@ def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = 
     write_text(folder / "comparison.txt", comparison.table() + "\n")
     write_json(folder / "comparison.json", rows)
     plot_comparison(rows, folder / "comparison.png")
+    write_comparison_page(folder, rows)
     return comparison
 
 
@@ -222,6 +224,8 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
     import tensorflow as tf
 
     from . import models
+    from .calibration import calibrate
+    from .pages import write_pages
     from .report import evaluate_predictions
 
     clock = Clock(state.get("seconds", {}))
@@ -272,6 +276,9 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
         clock.start("evaluation")
         probabilities = fitted.predict(Batches([Rows(test_source, None)], None, global_batch),
                                        verbose=0)
+        calibrated = calibrate(fitted, Batches(train_data.views[:1], None, global_batch), val_data,
+                               archive.y_train[val_rows], Batches([Rows(test_source, None)], None,
+                               global_batch), archive.y_test, seed=config.seed)
     evaluation = evaluate_predictions(archive.y_test, probabilities, archive.class_names)
 
     metrics = {
@@ -290,11 +297,14 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
         "augment_mode": ("online" if online else "cached") if config.strategy == "augment" else None,
         "device": "GPU" if gpu else "CPU",
         "seconds": clock.totals(),
+        "calibration": calibrated.summary,
     }
     report = ""
     if chief:
         report = _save_run(folder, config, archive, split.model, evaluation, metrics,
                            checkpoints.history)
+        calibrated.calibration.save(folder)
+        write_pages(folder, archive, calibrated.test_probabilities)
         checkpoints.finish()
     return Run(folder, config, metrics, checkpoints.history, report, split.model)
 

@@ -1,0 +1,74 @@
+"""How often `predict` answers `unknown` for photos of no class, and for photos of a class.
+
+Packs ../shared/data/flowers (3 x 400 at 224 px, seed 42) unless the archive exists, trains
+`extract` on MobileNetV2 with the real ImageNet weights in ../shared/weights (pool head; the
+frozen features are cached, so a rerun takes seconds), then labels the 150 off-topic object
+photos in ../shared/data/offtopic and the 240 flower test images. The thresholds were chosen
+on the validation split at training time; the test set and the off-topic photos are never
+seen before this measurement.
+
+    python scripts/bench_unknown.py [--archive runs/flowers.npz] [--run runs/flowers-unknown]
+
+(TOOLKIT_SHARED names the shared folder when it is not at ../shared, e.g. from a worktree.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from _bench import machine, table, toolkit_command
+
+SHARED = Path(os.environ.get("TOOLKIT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archive", default="runs/flowers.npz")
+    parser.add_argument("--run", default="runs/flowers-unknown")
+    args = parser.parse_args()
+    if not WEIGHTS.exists():
+        sys.exit(f"{WEIGHTS} is absent")
+    Path(args.archive).parent.mkdir(parents=True, exist_ok=True)
+    if not Path(args.archive).exists():
+        subprocess.run(toolkit_command("pack", str(SHARED / "data" / "flowers"), "--out",
+                                       args.archive), check=True)
+    if not (Path(args.run) / "model.keras").exists():
+        subprocess.run(toolkit_command("train", "--strategy", "extract", "--data", args.archive,
+                                       "--backbone", "mobilenet_v2", "--weights", str(WEIGHTS),
+                                       "--head", "pool", "--out", args.run), check=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from toolkit.archive import load_archive
+    from toolkit.inference import load_classifier, predict
+
+    off_topic = predict(args.run, [SHARED / "data" / "offtopic"])
+    off_share = np.mean([p.label == "unknown" for p in off_topic if not p.error])
+    classifier = load_classifier(args.run)
+    archive = load_archive(args.archive)
+    embeddings = np.concatenate([classifier(np.asarray(archive.X_test[i:i + 32]))[1]
+                                 for i in range(0, len(archive.y_test), 32)])
+    calibration = classifier.calibration
+    rejected = calibration.unknown(embeddings)
+    metrics = json.loads((Path(args.run) / "metrics.json").read_text())
+    c = metrics["calibration"]
+    print(f"{args.run}: extract / mobilenet_v2 (ImageNet weights), pool head, on {args.archive}; "
+          f"{machine()}; load {os.getloadavg()[0]:.2f}")
+    print(table(["measure", "value"], [
+        ["test accuracy", f"{metrics['accuracy']:.3f}"],
+        ["temperature (fitted on validation)", f"{c['temperature']:.3f}"],
+        ["test ECE before / after", f"{c['test_ece_before']:.3f} / {c['test_ece_after']:.3f}"],
+        ["off-topic photos answered unknown", f"{off_share:.1%} of {len(off_topic)}"],
+        ["in-class test images answered unknown", f"{rejected.mean():.1%} of {len(rejected)}"],
+        ["unknown threshold (cosine distance to the k-th nearest training image)",
+         f"{calibration.distance_threshold:.4f} (k = {calibration.neighbours})"],
+    ]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Screenshot a run's report.html in headless Chromium (the picture in the README).
+
+    python scripts/screenshot_report.py runs/flowers-unknown docs/run-report.png
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from browser import make_driver
+
+
+def main() -> None:
+    run, out = Path(sys.argv[1]), Path(sys.argv[2])
+    driver = make_driver(width=1100, height=1000)
+    try:
+        driver.get((run / "report.html").resolve().as_uri())
+        # open the largest confusion (off the diagonal) and show the matrix with its images
+        driver.execute_script("""
+            var cells = Array.from(document.querySelectorAll('[data-cell]:not([disabled])'))
+                .filter(function (b) { var ij = b.dataset.cell.split('-'); return ij[0] !== ij[1]; });
+            cells.sort(function (a, b) { return b.textContent - a.textContent; });
+            (cells[0] || document.querySelector('[data-cell]:not([disabled])')).click();
+            document.querySelector('.cm').previousElementSibling.previousElementSibling
+                .scrollIntoView();""")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(out))
+    finally:
+        driver.quit()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""toolkit export / calibration / unknown: a real tiny run, real converters and runtimes."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from helpers import assert_one_error_line, run_cli, tree
+from PIL import Image
+from test_train import NAMES, write_archive
+
+from toolkit.calibration import expected_calibration_error, fit_temperature
+from toolkit.exporter import TOLERANCE
+from toolkit.inference import evaluate, predict
+from toolkit.training import train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 32 px CNN that has learnt the toy shapes a little (3 epochs)."""
+    root = tmp_path_factory.mktemp("export")
+    data = write_archive(root / "shapes.npz", n_per_class=30)
+    run = train(data, "cnn", out=root / "run", epochs=3, weights="none", batch_size=16,
+                learning_rate=1e-3, verbose=0, cache_dir=str(root / "cache"))
+    return run.folder, data
+
+
+def fresh_copy(tiny_run, tmp_path):
+    folder, data = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("export"))
+    return copy, data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt,quantize,model_file", [
+    ("litert", "none", "model.tflite"), ("litert", "float16", "model.tflite"),
+    ("litert", "int8", "model.tflite"), ("saved_model", "none", "saved_model"),
+    ("onnx", "none", "model.onnx")])
+def test_every_format_exports_and_matches_keras(tiny_run, tmp_path, fmt, quantize, model_file):
+    run, data = fresh_copy(tiny_run, tmp_path)
+    result = run_cli("export", run, "--format", fmt, "--quantize", quantize)
+    assert result.exit_code == 0, result.output
+    folder = run / "export"
+    assert {"export.json", "labels.txt", "calibration.json", "calibration.npz"} <= set(tree(folder)) | {
+        p.name for p in folder.iterdir()}
+    assert (folder / model_file).exists()
+    assert (folder / "labels.txt").read_text().splitlines() == list(NAMES)
+    info = json.loads((folder / "export.json").read_text())
+    assert (info["format"], info["quantization"]) == (fmt, quantize)
+    assert info["input"] == {"name": "image", "shape": [None, 32, 32, 3], "dtype": "uint8",
+                             "range": "raw 0-255 RGB", "fit": "crop", "preprocessing_included": True,
+                             "preprocessing": "unit", "augmentation_included": False}
+    parity = info["parity"]
+    assert parity["test_images"] == 18 and parity["drift"] <= TOLERANCE[quantize]
+    assert parity["max_probability_difference"] < (0.05 if quantize == "int8" else 1e-3)
+    assert info["toolkit"] and info["size_bytes"] > 0
+    if quantize == "int8":
+        assert info["int8_representative"]["images"] == 72
+    # the export folder is a model for evaluate and predict, run by its own runtime
+    again = evaluate(folder)
+    assert again.metrics["accuracy"] == pytest.approx(parity["exported_accuracy"], abs=1e-4)
+    images = np.load(data)["X_test"][:3]
+    for i, pixels in enumerate(images):
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    keras_labels = [p.closest for p in predict(run, paths)]
+    assert [p.closest for p in predict(folder, paths)] == keras_labels
+
+
+def test_export_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
+    run, data = fresh_copy(tiny_run, tmp_path)
+    before = tree(run)
+    cases = [
+        ((tmp_path / "nothing",), "is not a run folder"),
+        ((run, "--format", "coreml"), "--format"),
+        ((run, "--format", "onnx", "--quantize", "int8"), "is for --format litert"),
+    ]
+    for args, message in cases:
+        assert_one_error_line(run_cli("export", *args), message)
+    assert tree(run) == before
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    (damaged / "model.keras").write_bytes(b"not a zip")
+    assert_one_error_line(run_cli("export", damaged), "is not a Keras model")
+    assert "export" not in {p.name for p in damaged.iterdir()}
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    config = json.loads((moved / "config.json").read_text())
+    shutil.move(data, tmp_path / "elsewhere.npz")  # the run's archive is gone
+    try:
+        before = tree(moved)
+        assert_one_error_line(run_cli("export", moved, "--quantize", "int8"),
+                              "int8 is calibrated on its training images")
+        assert tree(moved) == before and not list(moved.glob(".export*"))
+    finally:
+        shutil.move(tmp_path / "elsewhere.npz", config["data"])
+
+
+def test_an_export_that_drifts_is_an_error_naming_both_accuracies(tiny_run, tmp_path, monkeypatch):
+    run, _ = fresh_copy(tiny_run, tmp_path)
+    monkeypatch.setitem(TOLERANCE, "none", -1.0)  # any export now drifts "too far"
+    before = tree(run)
+    result = run_cli("export", run, "--format", "onnx")
+    assert_one_error_line(result, "but the Keras model")
+    assert re.search(r"test accuracy \d\.\d{4} but the Keras model \d\.\d{4}", result.output)
+    assert tree(run) == before and not list(run.glob(".export*"))
+
+
+def test_predict_answers_unknown_unless_told_not_to(tiny_run, tmp_path):
+    run, data = tiny_run
+    x = np.load(data)["X_test"]
+    for i in range(len(x)):
+        Image.fromarray(x[i]).save(tmp_path / f"shape{i:02d}.png")
+    rng = np.random.default_rng(0)
+    off_topic = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),   # noise
+                 np.kron(np.indices((8, 8)).sum(0) % 2, np.ones((4, 4)))[..., None].repeat(3, 2)
+                 .astype(np.uint8) * 255]                              # a checkerboard
+    for i, pixels in enumerate(off_topic):
+        Image.fromarray(pixels).save(tmp_path / f"odd{i}.png")
+    odd = [tmp_path / f"odd{i}.png" for i in range(2)]
+    answers = predict(run, odd)
+    assert [a.label for a in answers] == ["unknown"] * 2
+    assert all(a.closest in NAMES and abs(sum(a.probabilities.values()) - 1) < 1e-4 for a in answers)
+    result = run_cli("predict", run, *odd, "--no-unknown", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert {r["label"] for r in json.loads(result.output)} <= set(NAMES)
+    # the whole test set, as files: predict rejects what training measured it would
+    in_class = predict(run, sorted(tmp_path.glob("shape*.png")))
+    rejected = np.mean([a.label == "unknown" for a in in_class])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert rejected == pytest.approx(metrics["calibration"]["test_rejected_as_unknown"])
+
+
+def test_calibration_is_fitted_and_recorded(tiny_run):
+    run, _ = tiny_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    c = metrics["calibration"]
+    assert c["temperature"] > 0 and c["validation_images"] == 15
+    assert 0 <= c["test_ece_before"] <= 1 and 0 <= c["test_ece_after"] <= 1
+    assert c["distance_threshold"] > 0 and c["neighbours"] == 4  # 57 training images in 3 classes
+    assert json.loads((run / "calibration.json").read_text())["temperature"] == c["temperature"]
+
+
+def test_temperature_and_ece_on_known_answers():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (4000, 3))
+    true_p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(3, p=p) for p in true_p])
+    overconfident = np.exp(logits * 2.5)
+    overconfident /= overconfident.sum(1, keepdims=True)
+    assert fit_temperature(overconfident, labels) == pytest.approx(2.5, rel=0.1)
+    assert expected_calibration_error(true_p, labels) < 0.03
+    assert expected_calibration_error(overconfident, labels) > 0.1
+
+
+@pytest.mark.slow
+def test_augment_run_exports_without_its_augmentation_layers(tmp_path):
+    data = write_archive(tmp_path / "shapes.npz", n_per_class=20)
+    run = train(data, "augment", out=tmp_path / "run", backbone="vgg16", epochs=1,
+                views=1, weights="none", batch_size=16, head="pool", verbose=0,
+                cache_dir=str(tmp_path / "cache"))
+    assert "augment" in [layer.name for layer in run.model.layers]
+    result = run_cli("export", run.folder, "--format", "litert")
+    assert result.exit_code == 0, result.output
+    info = json.loads((run.folder / "export" / "export.json").read_text())
+    assert info["input"]["augmentation_included"] is False
+    assert info["input"]["preprocessing"] == "caffe"  # VGG16's, inside the model
+    # the served model (augmentation left out) scores what the trained model scored
+    assert info["parity"]["keras_accuracy"] == pytest.approx(run.metrics["accuracy"], abs=1e-4)
+    assert info["parity"]["max_probability_difference"] < 1e-3

@@ -1,0 +1,188 @@
+"""Probabilities that mean what they say, and an answer for "none of these".
+
+Both are fitted at the end of training on the validation split only, and stored with the
+model (`calibration.json` and `calibration.npz` in the run folder, copied into an export):
+
+- temperature scaling (Guo et al. 2017): one number T that divides the log-probabilities
+  before the softmax, chosen to minimise the validation log-loss; it changes confidences,
+  never the predicted class;
+- the unknown detector: an image is `unknown` when its embedding is far from the training
+  images' (the cosine distance to its k-th nearest training embedding, Sun et al. 2022).
+  The threshold is a quantile of the validation images' distances, so about 2% of
+  in-class images are rejected. (The calibrated top probability is not used: off-topic
+  photos often get a confident class, so a threshold on it mostly rejects in-class images.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ToolkitError
+from .files import atomic_path, write_json
+
+NEIGHBOURS = 20            # k of the k-th nearest training embedding
+REFERENCE_ROWS = 2000      # training embeddings kept (seeded sample) for the distances
+DISTANCE_QUANTILE = 0.98   # of validation distances: ~2% of in-class images rejected
+ECE_BINS = 15
+FILES = ("calibration.json", "calibration.npz")
+
+
+@dataclass
+class Calibration:
+    """A temperature and the unknown detector's threshold (None: never unknown)."""
+
+    temperature: float = 1.0
+    distance_threshold: float | None = None
+    neighbours: int = NEIGHBOURS
+    reference: np.ndarray | None = field(default=None, repr=False)  # unit rows, float16
+
+    def probabilities(self, probabilities: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities: softmax(log p / T)."""
+        return _softmax(np.log(np.clip(probabilities, 1e-12, 1.0)) / self.temperature)
+
+    def distances(self, embeddings: np.ndarray) -> np.ndarray:
+        """Cosine distance of each embedding to its k-th nearest training embedding."""
+        if self.reference is None or not len(self.reference):
+            return np.zeros(len(embeddings), dtype="float32")
+        similarity = _unit(embeddings) @ self.reference.astype("float32").T
+        k = min(self.neighbours, similarity.shape[1])
+        kth = -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
+        return (1.0 - kth).astype("float32")
+
+    def unknown(self, embeddings: np.ndarray) -> np.ndarray:
+        """True where an image is unlike every class."""
+        if self.distance_threshold is None:
+            return np.zeros(len(embeddings), dtype=bool)
+        return self.distances(embeddings) > self.distance_threshold
+
+    def settings(self) -> dict:
+        """What export.json and metrics.json record (no arrays)."""
+        return {k: v for k, v in asdict(self).items() if k != "reference"}
+
+    def save(self, folder: str | os.PathLike) -> None:
+        folder = Path(folder)
+        write_json(folder / FILES[0], self.settings())
+        if self.reference is not None:
+            with atomic_path(folder / FILES[1]) as tmp:
+                np.savez(tmp, reference=self.reference)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> Calibration | None:
+        """The calibration stored in a run or export folder, or None (an older run)."""
+        folder = Path(folder)
+        if not (folder / FILES[0]).exists():
+            return None
+        try:
+            settings = json.loads((folder / FILES[0]).read_text())
+            calibration = cls(**{k: settings[k] for k in ("temperature", "distance_threshold",
+                                                          "neighbours")})
+            if (folder / FILES[1]).exists():
+                with np.load(folder / FILES[1], allow_pickle=False) as data:
+                    calibration.reference = data["reference"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ToolkitError(f"{folder / FILES[0]} is damaged ({e}); train the run again or "
+                               "delete calibration.json to predict without calibration") from None
+        return calibration
+
+
+@dataclass
+class Fitted:
+    """What `fit` gives training: the calibration, and the numbers for metrics.json."""
+
+    calibration: Calibration
+    summary: dict
+    test_probabilities: np.ndarray  # calibrated
+
+
+def fit(train_embeddings: np.ndarray, val_probabilities: np.ndarray | None,
+        val_embeddings: np.ndarray | None, val_labels: np.ndarray | None,
+        test_probabilities: np.ndarray, test_embeddings: np.ndarray, test_labels: np.ndarray,
+        *, seed: int = 0) -> Fitted:
+    """Fit the temperature and the threshold on validation data; measure on the test set.
+
+    Without a validation split nothing is fitted (T = 1, never unknown).
+    """
+    calibration = Calibration()
+    if val_probabilities is not None and len(val_labels):
+        calibration.temperature = fit_temperature(val_probabilities, val_labels)
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.permutation(len(train_embeddings))[:REFERENCE_ROWS])
+        calibration.reference = _unit(train_embeddings[rows]).astype("float16")
+        # the k-th neighbour should lie within the image's own class, even for small classes
+        calibration.neighbours = max(1, min(NEIGHBOURS, len(rows) // (4 * val_probabilities.shape[1])))
+        calibration.distance_threshold = float(np.quantile(
+            calibration.distances(val_embeddings), DISTANCE_QUANTILE))
+    calibrated = calibration.probabilities(test_probabilities)
+    summary = {
+        **calibration.settings(),
+        "validation_images": 0 if val_labels is None else len(val_labels),
+        "test_ece_before": expected_calibration_error(test_probabilities, test_labels),
+        "test_ece_after": expected_calibration_error(calibrated, test_labels),
+        "test_rejected_as_unknown": float(np.mean(calibration.unknown(test_embeddings)))
+        if len(test_labels) else 0.0,
+    }
+    return Fitted(calibration, summary, calibrated)
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The T in [0.05, 20] that minimises the log-loss of softmax(log p / T)."""
+    from scipy.optimize import minimize_scalar
+
+    logits = np.log(np.clip(probabilities.astype("float64"), 1e-12, 1.0))
+    labels = np.asarray(labels, dtype=int)
+
+    def loss(log_t: float) -> float:
+        p = _softmax(logits / np.exp(log_t))
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, 1.0))))
+
+    best = minimize_scalar(loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return round(float(np.exp(best.x)), 4)
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
+                               bins: int = ECE_BINS) -> float:
+    """The gap between confidence and accuracy, averaged over equal-width confidence bins."""
+    if not len(labels):
+        return 0.0
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(labels)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return round(float(error), 5)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype("float32")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype="float32").reshape(len(x), -1)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def calibrate(model, train_inputs, validation_inputs, validation_labels: np.ndarray | None,
+              test_inputs, test_labels: np.ndarray, *, seed: int = 0) -> Fitted:
+    """`fit` on a trained Keras model's outputs; inputs are anything `model.predict` reads
+    (the training run passes its batches of images, or of cached frozen features)."""
+    from .serving import run_batches, with_embedding
+
+    served = with_embedding(model)
+    train_embeddings = run_batches(served, train_inputs)[1]
+    val_p = val_e = None
+    if validation_inputs is not None:
+        val_p, val_e = run_batches(served, validation_inputs)
+    test_p, test_e = run_batches(served, test_inputs)
+    return fit(train_embeddings, val_p, val_e, validation_labels, test_p, test_e, test_labels,
+               seed=seed)

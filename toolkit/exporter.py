@@ -1,0 +1,304 @@
+"""Export a run's model for phones and servers, checked with the runtime that will run it.
+
+`RUN/export/` gets the model (LiteRT `model.tflite`, a TensorFlow `saved_model/`, or
+`model.onnx`), `labels.txt` (one class per line, in label order), the calibration files,
+and `export.json`, which says what goes in and out and how well the export agrees with
+the Keras model on the run's test set. The exported model takes raw 0-255 RGB pixels as
+uint8 (the backbone's preprocessing is inside; the augmentation layers are not) and gives
+`probabilities` and `embedding` (what the unknown detector compares).
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from .errors import ToolkitError
+from .files import write_json, write_text
+
+#: format -> the model's file (or folder) in the export folder
+FORMATS = {"litert": "model.tflite", "saved_model": "saved_model", "onnx": "model.onnx"}
+QUANTIZATIONS = ("none", "float16", "int8")
+#: largest test-accuracy drift from the Keras model that an export may show
+TOLERANCE = {"none": 0.01, "float16": 0.01, "int8": 0.03}
+RUNTIMES = {"litert": "ai-edge-litert", "saved_model": "tensorflow", "onnx": "onnxruntime"}
+REPRESENTATIVE_IMAGES = 200  # training images that calibrate int8 (seeded sample)
+EXPORT_FOLDER = "export"
+INFO_FILE = "export.json"
+BATCH = 32
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+@dataclass
+class Exported:
+    folder: Path
+    info: dict
+
+    def summary(self) -> str:
+        p = self.info["parity"]
+        return (f"{self.info['format']} ({self.info['quantization']}) in {self.folder}: "
+                f"{self.info['size_bytes'] / 2**20:.1f} MiB; test accuracy {p['exported_accuracy']:.4f} "
+                f"({p['runtime']}) against Keras {p['keras_accuracy']:.4f}, largest probability "
+                f"difference {p['max_probability_difference']:.4f}")
+
+
+def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none", *,
+           data: str | os.PathLike | None = None, seed: int = 42,
+           progress: bool = False) -> Exported:
+    """Export RUN's model into RUN/export/ and check it on the test set with its runtime.
+
+    Nothing is written unless the export passes the check; an earlier export is replaced
+    only then.
+    """
+    from . import models
+    from .archive import load_archive
+    from .calibration import Calibration
+    from .serving import with_embedding
+
+    if format not in FORMATS:
+        raise ToolkitError(f"--format {format}: choose from {', '.join(FORMATS)}")
+    if quantize not in QUANTIZATIONS:
+        raise ToolkitError(f"--quantize {quantize}: choose from {', '.join(QUANTIZATIONS)}")
+    if quantize != "none" and format != "litert":
+        raise ToolkitError(f"--quantize {quantize} is for --format litert; {format} exports "
+                           "float32 (use --quantize none)")
+    folder = Path(run)
+    if not folder.is_dir():
+        raise ToolkitError(f"{run} is not a run folder; give the folder `toolkit train` wrote")
+    if not (folder / "model.keras").exists():
+        raise ToolkitError(f"{run} holds no model.keras; is the run finished?")
+    model, info = models.load_model(folder / "model.keras")
+    calibration = Calibration.load(folder)
+    archive_path = data or info.get("data")
+    if not archive_path or not Path(archive_path).is_file():
+        need = ("int8 is calibrated on its training images" if quantize == "int8" else
+                "the export is checked on its test set")
+        raise ToolkitError(f"the run's archive {archive_path or '(unknown)'} is missing and "
+                           f"{need}; pass --data ARCHIVE (the archive the run trained on)")
+    archive = load_archive(archive_path)
+    names = info.get("class_names") or archive.class_names
+    if list(names) != archive.class_names or tuple(model.input_shape[1:]) != archive.image_shape:
+        raise ToolkitError(f"{archive_path} is not the archive {run} trained on (classes or "
+                           "image size differ); pass --data with the right one")
+    runtime_name = RUNTIMES[format]
+    _require(runtime_name)
+
+    served = with_embedding(model, input_dtype="uint8")
+    keras_probabilities = np.concatenate([np.asarray(served.predict_on_batch(x)["probabilities"])
+                                          for x in _uint8_batches(archive.X_test)])
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
+    try:
+        work.chmod(0o777 & ~_UMASK)  # mkdtemp makes it private; an export is meant to be shared
+        target = work / FORMATS[format]
+        _convert(served, target, format, quantize, archive.X_train, seed)
+        runner = load_runner(target, format)
+        exported = np.concatenate([
+            runner(np.asarray(x))[0]
+            for x in tqdm(_uint8_batches(archive.X_test), desc=f"checking {format}",
+                          unit="batch", disable=not progress)])
+        parity = _parity(keras_probabilities, exported, archive.y_test, quantize,
+                         f"{runtime_name} {importlib.metadata.version(runtime_name)}")
+        if parity["drift"] > parity["tolerance"]:
+            raise ToolkitError(
+                f"the {format} export ({quantize}) has test accuracy {parity['exported_accuracy']:.4f} "
+                f"but the Keras model {parity['keras_accuracy']:.4f}: a drift of {parity['drift']:.4f} "
+                f"is beyond {parity['tolerance']}; nothing was exported ("
+                + ("try --quantize float16)" if quantize == "int8" else "try another --format)"))
+        write_text(work / "labels.txt", "".join(f"{n}\n" for n in archive.class_names))
+        if calibration is not None:
+            calibration.save(work)
+        details = {
+            "format": format,
+            "quantization": quantize,
+            "model": FORMATS[format],
+            "labels": "labels.txt",
+            "input": {"name": "image", "shape": [None, *archive.image_shape], "dtype": "uint8",
+                      "range": "raw 0-255 RGB", "fit": info.get("fit", "crop"),
+                      "preprocessing_included": True,
+                      "preprocessing": _preprocessing(model), "augmentation_included": False},
+            "outputs": {"probabilities": [None, len(archive.class_names)],
+                        "embedding": [None, int(served.output["embedding"].shape[-1])]},
+            "class_names": archive.class_names,
+            "calibration": None if calibration is None else calibration.settings(),
+            "int8_representative": ({"images": min(REPRESENTATIVE_IMAGES, len(archive.y_train)),
+                                     "from": "X_train", "seed": seed} if quantize == "int8" else None),
+            "parity": parity,
+            "size_bytes": _size(target),
+            "run": str(folder.resolve()),
+            "data": str(Path(archive_path).resolve()),
+            "strategy": info.get("strategy"),
+            "backbone": info.get("backbone"),
+            "toolkit": __version__,
+            "tensorflow": importlib.metadata.version("tensorflow"),
+            "keras": importlib.metadata.version("keras"),
+            "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+        write_json(work / INFO_FILE, details)
+        _replace(work, folder / EXPORT_FOLDER)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return Exported(folder / EXPORT_FOLDER, details)
+
+
+def is_export(path: str | os.PathLike) -> bool:
+    return (Path(path) / INFO_FILE).is_file()
+
+
+def load_export(path: str | os.PathLike):
+    """An export folder as a :class:`serving.Classifier` (for predict and evaluate)."""
+    import json
+
+    from .calibration import Calibration
+    from .serving import Classifier
+
+    folder = Path(path)
+    try:
+        info = json.loads((folder / INFO_FILE).read_text())
+        names = (folder / info["labels"]).read_text(encoding="utf-8").splitlines()
+        fmt, target = info["format"], folder / info["model"]
+        shape = tuple(info["input"]["shape"][1:])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ToolkitError(f"{folder} is not a complete export ({e}); run `toolkit export` "
+                           "again") from None
+    if fmt not in FORMATS:
+        raise ToolkitError(f"{folder} holds a {fmt} export, which this toolkit cannot run")
+    _require(RUNTIMES[fmt])
+    runner = load_runner(target, fmt)
+    return Classifier(str(folder), names, shape, info["input"].get("fit", "crop"),
+                      info.get("data"), Calibration.load(folder), runner)
+
+
+def load_runner(target: Path, format: str):
+    """A function from a uint8 batch to (probabilities, embeddings), in the deploy runtime."""
+    try:
+        if format == "litert":
+            from ai_edge_litert.interpreter import Interpreter
+
+            interpreter = Interpreter(model_path=str(target))
+            signature = interpreter.get_signature_runner()
+
+            def run(x):
+                out = signature(image=np.ascontiguousarray(x, dtype="uint8"))
+                return out["probabilities"], out["embedding"]
+        elif format == "saved_model":
+            import tensorflow as tf
+
+            loaded = tf.saved_model.load(str(target))
+
+            def run(x):
+                out = loaded.serve(np.asarray(x, dtype="uint8"))
+                return np.asarray(out["probabilities"]), np.asarray(out["embedding"])
+        else:
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+            order = [o.name for o in session.get_outputs()]
+
+            def run(x):
+                out = dict(zip(order, session.run(None, {"image": np.asarray(x, dtype="uint8")})))
+                return out["probabilities"], out["embedding"]
+    except ToolkitError:
+        raise
+    except Exception as e:  # noqa: BLE001 (each runtime raises its own types for a damaged file)
+        raise ToolkitError(f"{target} cannot be loaded by {RUNTIMES[format]} "
+                           f"({_first_line(e)}); run `toolkit export` again") from None
+
+    def outputs(x):
+        p, e = run(x)
+        return np.asarray(p, dtype="float32"), np.asarray(e, dtype="float32")
+    return outputs
+
+
+def _convert(served, target: Path, format: str, quantize: str, train_images, seed: int) -> None:
+    """Keras' own model.export, with the converter settings of the quantization."""
+    import tensorflow as tf
+
+    options: dict = {}
+    if quantize == "float16":
+        options = {"optimizations": [tf.lite.Optimize.DEFAULT],
+                   "target_spec": {"supported_types": [tf.float16]}}
+    elif quantize == "int8":
+        rows = np.sort(np.random.default_rng(seed).permutation(len(train_images))
+                       [:REPRESENTATIVE_IMAGES])
+
+        def representative():
+            for row in rows:
+                yield [np.asarray(train_images[row:row + 1], dtype="uint8")]
+        options = {"optimizations": [tf.lite.Optimize.DEFAULT],
+                   "representative_dataset": representative}
+    keras_format = {"saved_model": "tf_saved_model"}.get(format, format)
+    try:
+        with warnings.catch_warnings():  # Keras' tf2onnx shim probes np.object
+            warnings.simplefilter("ignore", FutureWarning)
+            served.export(str(target), format=keras_format, verbose=False, **options)
+    except Exception as e:  # noqa: BLE001 (the converters raise many types)
+        raise ToolkitError(f"Keras could not export the model as {format} ({_first_line(e)})") from None
+
+
+def _parity(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray, quantize: str,
+            runtime: str) -> dict:
+    keras_accuracy = float(np.mean(reference.argmax(1) == labels))
+    exported_accuracy = float(np.mean(exported.argmax(1) == labels))
+    return {"test_images": len(labels), "runtime": runtime,
+            "keras_accuracy": round(keras_accuracy, 4),
+            "exported_accuracy": round(exported_accuracy, 4),
+            "drift": round(abs(keras_accuracy - exported_accuracy), 4),
+            "tolerance": TOLERANCE[quantize],
+            "same_label": round(float(np.mean(reference.argmax(1) == exported.argmax(1))), 4),
+            "max_probability_difference": round(float(np.abs(reference - exported).max()), 5)}
+
+
+def _uint8_batches(images) -> list[np.ndarray]:
+    from .archive import row_reader
+
+    rows = row_reader(images)
+    return [np.asarray(rows[i:i + BATCH], dtype="uint8") for i in range(0, len(rows), BATCH)]
+
+
+def _preprocessing(model) -> str:
+    try:
+        return model.get_layer("preprocess").mode
+    except ValueError:
+        return "none"
+
+
+def _replace(new: Path, old: Path) -> None:
+    """Put `new` where `old` is; an earlier export disappears only once `new` is whole."""
+    if old.exists():
+        trash = Path(tempfile.mkdtemp(prefix=".export-old-", dir=old.parent))
+        os.replace(old, trash / "export")
+        os.replace(new, old)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(new, old)
+
+
+def _size(target: Path) -> int:
+    if target.is_file():
+        return target.stat().st_size
+    return sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+
+
+def _require(package: str) -> None:
+    try:
+        importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise ToolkitError(f"this format runs with {package}, which is not installed; "
+                           f"pip install {package}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]

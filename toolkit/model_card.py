@@ -1,0 +1,96 @@
+"""MODEL_CARD.md: what the model does, on what data, how well, and what not to use it for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .files import write_text
+from .pages import RunFacts, known_confusions
+
+
+def write_model_card(facts: RunFacts) -> Path:
+    """Write `MODEL_CARD.md` beside report.html; return its path."""
+    m, config = facts.metrics, facts.config
+    names = facts.class_names
+    backbone = f"{m['backbone']} ({m.get('weights')} weights)" if m.get("backbone") else "a small CNN trained from scratch"
+    size = facts.pack.get("size") or "?"
+    cal = m.get("calibration") or {}
+    lines = [
+        f"# Model card: {', '.join(names)}",
+        "",
+        "## What it does",
+        "",
+        (f"Labels a photo as one of {len(names)} classes: {', '.join(f'`{n}`' for n in names)}. "
+         f"It is the `{m.get('strategy')}` strategy on {backbone}, and takes a {size}x{size} RGB "
+         f"image (0-255; `toolkit predict` makes it from any photo the way `pack` did: "
+         f"{facts.pack.get('fit', 'crop')}). `toolkit predict` answers `unknown` for a photo "
+         "unlike every class (see Calibration)."),
+        "",
+        "## Data",
+        "",
+        (f"- Archive `{facts.archive}`, packed from `{facts.pack.get('source', '?')}` "
+         f"(seed {facts.pack.get('seed', '?')}, test share {facts.pack.get('test_size', '?')})."),
+        *(f"- `{n}`: {a} training images, {b} test images" for n, a, b in
+          zip(names, facts.train_counts, facts.test_counts)),
+    ]
+    if facts.crawl:
+        for name, s in facts.crawl.items():
+            hosts = ", ".join(h for h, _ in s["top_hosts"])
+            lines.append(f"- `{name}` was crawled with {', '.join(s['engines'])} for "
+                         f"{'; '.join(repr(q) for q in s['queries']) or 'its label'} "
+                         f"({s['first']} to {s['last']}); top sources: {hosts}")
+    else:
+        lines.append("- No crawl manifests were found beside the source: where the images came "
+                     "from is not recorded here.")
+    lines += [
+        (f"- Validation: a seeded, stratified {config.get('validation_split', '?')} of the training "
+         "images; the test set was used once, at the end."),
+        "",
+        "## Metrics (test set)",
+        "",
+        (f"- {m.get('test_images')} test images: accuracy **{m.get('accuracy', 0):.3f}**, "
+         f"macro F1 **{m.get('macro_f1', 0):.3f}**."),
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+        *(f"| {n} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
+          for n, s in m.get("per_class", {}).items()),
+        "",
+        "## Calibration",
+        "",
+    ]
+    if cal:
+        lines += [
+            (f"- Temperature {cal['temperature']:.3f}, fitted on {cal['validation_images']} "
+             f"validation images. Expected calibration error on the test set: "
+             f"{cal['test_ece_before']:.3f} before, {cal['test_ece_after']:.3f} after."),
+            (f"- `unknown`: an image whose embedding is farther than "
+             f"{_number(cal['distance_threshold'])} (cosine) from its {cal['neighbours']}th nearest "
+             f"training image (threshold from validation data); {cal['test_rejected_as_unknown']:.1%} "
+             "of the in-class test images are answered `unknown`."),
+        ]
+    else:
+        lines.append("- Not calibrated (no validation split).")
+    confusions = known_confusions(m)
+    lines += ["", "## Known confusions", ""]
+    lines += [f"- `{t}` taken for `{p}`: {c} test images ({share:.0%} of `{t}`)"
+              for t, p, c, share in confusions] or ["- none on the test set"]
+    lines += [
+        "",
+        "## Not for",
+        "",
+        (f"- Anything outside these {len(names)} classes: it has seen nothing else, and `unknown` "
+         "catches only part of what is unlike them."),
+        ("- Decisions about people, safety, health or money: it was trained on "
+         f"{sum(facts.train_counts)} web images, with the label noise and the biases of their sources."),
+        ("- Photos unlike the training data (other cameras, drawings, night shots) without "
+         "checking on a sample first (`toolkit evaluate --data`)."),
+        "",
+    ]
+    path = facts.folder / "MODEL_CARD.md"
+    write_text(path, "\n".join(lines))
+    return path
+
+
+def _number(value) -> str:
+    return "(none)" if value is None else f"{value:.4g}"

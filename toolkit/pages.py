@@ -1,0 +1,134 @@
+"""A run's pages for people - report.html and MODEL_CARD.md - and the facts they show.
+
+The facts are gathered once (:class:`RunFacts`): the run's metrics, settings and history
+from its folder, the test images and their predictions, and where the data came from
+(the archive's pack settings and, when the crawl's manifests are still beside the
+source folder, the engines, queries, dates and source hosts).
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+TOP_HOSTS = 5
+
+
+@dataclass
+class RunFacts:
+    folder: Path
+    metrics: dict
+    config: dict
+    history: dict[str, list[float]]
+    class_names: list[str]
+    train_counts: list[int]
+    test_counts: list[int]
+    archive: str
+    pack: dict                       # the archive's meta: source, size, fit, seed, ...
+    crawl: dict[str, dict] = field(default_factory=dict)  # class -> manifest summary
+    y_test: np.ndarray | None = None
+    probabilities: np.ndarray | None = None  # calibrated, on the test set
+    test_images: object = None       # the archive's X_test (read lazily)
+    test_paths: list[str] = field(default_factory=list)
+
+
+def gather(folder: str | os.PathLike, archive, test_probabilities: np.ndarray | None) -> RunFacts:
+    """Everything the pages show about the finished run in `folder`."""
+    folder = Path(folder)
+    metrics = _read_json(folder / "metrics.json")
+    n = len(archive.class_names)
+    return RunFacts(
+        folder=folder, metrics=metrics, config=_read_json(folder / "config.json"),
+        history=read_history(folder / "history.csv"), class_names=list(archive.class_names),
+        train_counts=np.bincount(archive.y_train, minlength=n).tolist(),
+        test_counts=np.bincount(archive.y_test, minlength=n).tolist(),
+        archive=archive.path, pack=dict(archive.meta),
+        crawl=crawl_provenance(archive.meta.get("source"), archive.class_names),
+        y_test=np.asarray(archive.y_test), probabilities=test_probabilities,
+        test_images=archive.X_test, test_paths=_test_paths(archive.path, len(archive.y_test)))
+
+
+def write_pages(folder: str | os.PathLike, archive, test_probabilities: np.ndarray) -> None:
+    """Write report.html and MODEL_CARD.md into a finished run's folder."""
+    from .model_card import write_model_card
+    from .report_html import write_run_page
+
+    facts = gather(folder, archive, test_probabilities)
+    write_run_page(facts)
+    write_model_card(facts)
+
+
+def crawl_provenance(source: str | None, class_names: list[str]) -> dict[str, dict]:
+    """Per class: images, engines, queries, first and last date, top hosts, from the crawl's
+    manifests (`<source>/<class>.manifest.jsonl`) when they are there."""
+    out: dict[str, dict] = {}
+    if not source or not Path(source).is_dir():
+        return out
+    for name in class_names:
+        manifest = Path(source) / f"{name}.manifest.jsonl"
+        if not manifest.is_file():
+            continue
+        entries = []
+        with open(manifest, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict):
+                    entries.append(entry)
+        hosts = collections.Counter(urlparse(str(e.get("url") or "")).hostname or "(local)"
+                                    for e in entries)
+        times = sorted(str(e["time"]) for e in entries if e.get("time"))
+        out[name] = {
+            "images": len(entries),
+            "engines": dict(collections.Counter(str(e.get("engine")) for e in entries)),
+            "queries": sorted({str(e["query"]) for e in entries if e.get("query")}),
+            "first": times[0][:10] if times else None, "last": times[-1][:10] if times else None,
+            "top_hosts": hosts.most_common(TOP_HOSTS),
+        }
+    return out
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = [n for n in (rows[0] if rows else {}) if n != "epoch"]
+    return {n: [float(r[n]) for r in rows] for n in names}
+
+
+def known_confusions(metrics: dict, limit: int = 3) -> list[tuple[str, str, int, float]]:
+    """The largest off-diagonal cells: (true, predicted, count, share of the true class)."""
+    names, matrix = metrics["class_names"], np.array(metrics["confusion_matrix"])
+    cells = [(matrix[i, j], i, j) for i in range(len(names)) for j in range(len(names))
+             if i != j and matrix[i, j]]
+    cells.sort(reverse=True)
+    return [(names[i], names[j], int(c), float(c / max(1, matrix[i].sum())))
+            for c, i, j in cells[:limit]]
+
+
+def _test_paths(archive: str, n: int) -> list[str]:
+    try:
+        with np.load(archive, allow_pickle=False) as data:
+            if "paths_test" in data.files:
+                return [str(p) for p in data["paths_test"]][:n]
+    except (OSError, ValueError):
+        pass
+    return [f"test image {i}" for i in range(n)]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,75 @@
+"""The model as it is served: probabilities and an embedding, never the augmentation.
+
+A saved model is a chain (input, [augment], preprocess, backbone, head; or the small CNN's
+layers, then the head). Rebuilding that chain gives one model with two outputs: the
+class probabilities and the embedding the head sees (global-average-pooled when it is a
+feature map), which the unknown detector compares with the training images'. The
+augmentation layers are left out: they do nothing at inference, and they break the
+LiteRT converter (keras-team/keras#19108).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+AUGMENTATION_LAYER = "augment"  # the name models.augmentation() gives its Sequential
+
+
+def with_embedding(model: keras.Model, input_dtype: str | None = None) -> keras.Model:
+    """`model` rebuilt with outputs {"probabilities", "embedding"}, sharing its weights.
+
+    `input_dtype` "uint8" makes the served model take raw 0-255 pixels as bytes (phones
+    hand images over as bytes); None keeps the model's own input type.
+    """
+    shape = tuple(model.inputs[0].shape[1:])
+    inputs = keras.Input(shape, dtype=input_dtype or model.inputs[0].dtype, name="image")
+    x = inputs
+    layers = [layer for layer in model.layers[1:] if layer.name != AUGMENTATION_LAYER]
+    for layer in layers[:-1]:
+        x = layer(x)
+    pool = keras.layers.GlobalAveragePooling2D if len(x.shape) == 4 else keras.layers.Identity
+    embedding = pool(name="embedding")(x)
+    probabilities = layers[-1](x)
+    return keras.Model(inputs, {"probabilities": probabilities, "embedding": embedding},
+                       name=f"{model.name}_served")
+
+
+def run_batches(model: keras.Model, batches) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, embeddings) of a two-output model over a Keras-readable input."""
+    out = model.predict(batches, verbose=0)
+    return (np.asarray(out["probabilities"], dtype="float32"),
+            np.asarray(out["embedding"], dtype="float32"))
+
+
+@dataclass
+class Classifier:
+    """A trained model ready to label pixels, whatever runs it (Keras, LiteRT, TF, ONNX)."""
+
+    source: str                          # the .keras file or the export folder
+    class_names: list[str]
+    image_shape: tuple[int, int, int]
+    fit: str                             # how pack made images square (crop, pad, stretch)
+    data: str | None                     # the archive it was trained on
+    calibration: object | None           # calibration.Calibration, or None (older run)
+    outputs: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] = field(repr=False)
+
+    def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, embeddings) of a batch of raw 0-255 RGB images."""
+        return self.outputs(pixels)
+
+
+def keras_classifier(path: str, model: keras.Model, info: dict, calibration) -> Classifier:
+    served = with_embedding(model)
+
+    def outputs(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = served.predict_on_batch(pixels)
+        return (np.asarray(out["probabilities"], dtype="float32"),
+                np.asarray(out["embedding"], dtype="float32"))
+
+    names = info.get("class_names") or [str(i) for i in range(model.output_shape[-1])]
+    return Classifier(path, list(names), tuple(model.input_shape[1:]), info.get("fit", "crop"),
+                      info.get("data"), calibration, outputs)
