@@ -19,7 +19,8 @@ from toolkit import models
 from toolkit.cli import cli
 from toolkit.errors import ToolkitError
 from toolkit.inference import evaluate
-from toolkit.training import Batches, Rows, resume, train, validation_split
+from toolkit.batches import Batches, Rows, validation_split
+from toolkit.training import resume, train
 
 NAMES = np.array(["square", "disc", "bar"])
 
