@@ -8,17 +8,13 @@ import sys
 import time
 
 import pytest
-from click.testing import CliRunner
 
 from conftest import distinct_image, near_copy, png_bomb
 from fake_engine import Item
-from toolkit import images
+from helpers import FAST, assert_consistent, run_cli
 from toolkit.archive import pack
-from toolkit.cli import cli
-from toolkit.crawler import FetchOptions, crawl, parse_query
+from toolkit.crawler import crawl, parse_query
 from toolkit.errors import ToolkitError
-
-FAST = FetchOptions(timeout=2, total_timeout=3, retries=1, backoff=0.05)
 
 
 def add_bad_responses(engine, keyword, slow=True):
@@ -34,23 +30,6 @@ def add_bad_responses(engine, keyword, slow=True):
     engine.add(keyword, f"{keyword}-huge.jpg", Item(behaviour="huge"))
     if slow:
         engine.add(keyword, f"{keyword}-slow.jpg", Item(b"\xff\xd8" * 150, behaviour="slow"))
-
-
-def folder_state(root, label):
-    """(files on disk, files in the manifest) for a class."""
-    on_disk = {p.name for p in (root / label).iterdir()}
-    manifest = [json.loads(line) for line in (root / f"{label}.manifest.jsonl").read_text().splitlines()]
-    return on_disk, manifest
-
-
-def assert_consistent(root, label):
-    on_disk, manifest = folder_state(root, label)
-    assert on_disk == {e["file"] for e in manifest}, "manifest must match the folder"
-    assert not [n for n in on_disk if n.startswith(".")], "no partial files"
-    for e in manifest:
-        info, _ = images.decode((root / label / e["file"]).read_bytes())
-        assert info.sha256 == e["sha256"] and (info.width, info.height) == (e["width"], e["height"])
-    return manifest
 
 
 def test_crawl_keeps_exactly_n_usable_distinct_images_per_class(engine, tmp_path):
@@ -88,8 +67,8 @@ def test_bad_responses_are_refused_and_recorded(engine, tmp_path):
                              "too_large": 2, "too_small": 1, "redirects": 1, "timeout": 1}
     assert engine.hits["cat-retry.jpg"] == 2 and engine.hits["cat-500.jpg"] == 2  # retried once
     assert "cat: 4/20" in result.why_short()
-    refused = {json.loads(l)["url"].rsplit("/", 1)[1]: json.loads(l)["reason"]
-               for l in (tmp_path / "cat.rejected.jsonl").read_text().splitlines()}
+    refused = {json.loads(line)["url"].rsplit("/", 1)[1]: json.loads(line)["reason"]
+               for line in (tmp_path / "cat.rejected.jsonl").read_text().splitlines()}
     assert refused["cat-404.jpg"] == "http_404" and "cat-500.jpg" not in refused  # 5xx may heal
     assert_consistent(tmp_path, "cat")
 
@@ -201,10 +180,6 @@ def test_unsafe_labels_are_refused(query, message):
         parse_query(query)
 
 
-def run(*args, **kwargs):
-    return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
-
-
 @pytest.mark.parametrize("args,message", [
     ([], "no query given"),
     (["cat", "Cat"], "given twice"),
@@ -214,17 +189,17 @@ def run(*args, **kwargs):
     (["cat", "--engine", "urls"], "needs --urls"),
 ])
 def test_cli_crawl_errors_are_one_line(tmp_path, args, message):
-    result = run("crawl", "--root", tmp_path / "d", *args)
+    result = run_cli("crawl", "--root", tmp_path / "d", *args)
     assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
 
 
 def test_cli_crawl_prints_a_summary_and_fails_when_short(engine, tmp_path):
     engine.add_images("cat", range(0, 3))
     add_bad_responses(engine, "cat", slow=False)
-    result = run("crawl", "cat", "--root", tmp_path, "--per-class", 3, "--timeout", 2)
+    result = run_cli("crawl", "cat", "--root", tmp_path, "--per-class", 3, "--timeout", 2)
     assert result.exit_code == 0, result.output
     assert "cat" in result.output and "kept" in result.output
-    result = run("crawl", "cat", "--root", tmp_path, "--per-class", 5, "--timeout", 2)
+    result = run_cli("crawl", "cat", "--root", tmp_path, "--per-class", 5, "--timeout", 2)
     assert result.exit_code == 1 and "cat: 3/5" in result.output and "short of 5" in result.output
 
 

@@ -10,8 +10,6 @@ pickle: `np.load(path)` reads it as it is.
 from __future__ import annotations
 
 import collections
-import contextlib
-import datetime
 import json
 import math
 import os
@@ -22,13 +20,15 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
 
 from . import __version__, dedupe, images
-from .errors import ToolkitError
+from .errors import OptionError, ToolkitError, first_line
 from .files import atomic_path, write_json, write_text
+from .text import text_table, timestamp
 
 IMAGE_KEYS = ("X_train", "X_test")
 LABEL_KEYS = ("y_train", "y_test")
@@ -151,20 +151,15 @@ class PackReport:
         """The report as a plain-text table, one row per class, a column per outcome."""
         counts = self.counts()
         outcomes = [s for s in STATUS_WORDS if any(c[s] for c in counts)]
-        head = ["class", "found", *outcomes]
-        rows = [[name, str(sum(c.values())), *(str(c[s]) for s in outcomes)]
+        rows = [[name, sum(c.values()), *(c[s] for s in outcomes)]
                 for name, c in zip(self.class_names, counts)]
         total = collections.Counter()
         for c in counts:
             total.update(c)
-        rows.append(["total", str(sum(total.values())), *(str(total[s]) for s in outcomes)])
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-        lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in
-                           enumerate(zip(cells, widths))) for cells in [head, *rows]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        lines.insert(-1, lines[1])
+        table = text_table(["class", "found", *outcomes], rows,
+                           total=["total", sum(total.values()), *(total[s] for s in outcomes)])
         legend = [f"  {s}: {STATUS_WORDS[s]}" for s in outcomes]
-        return "\n".join([*lines, "", *legend])
+        return "\n".join([table, "", *legend])
 
     def to_json(self) -> dict:
         return {
@@ -223,9 +218,8 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
         train, test = _split(chosen, test_size, seed, report)
         for f in chosen:
             f.status = PACKED
-        meta = {"toolkit": __version__, "created": datetime.datetime.now().astimezone().isoformat(
-                    timespec="seconds"), "source": str(source), "size": size, "fit": fit,
-                "seed": seed, "test_size": test_size, "per_class": per_class,
+        meta = {"toolkit": __version__, "created": timestamp(), "source": str(source),
+                "size": size, "fit": fit, "seed": seed, "test_size": test_size, "per_class": per_class,
                 "min_side": checks.min_side, "threshold": threshold}
         _write_archive(out, report.class_names, train, test, files, spill.fileno(), size, meta)
 
@@ -315,20 +309,29 @@ def _choose(report: PackReport, per_class: int, seed: int, allow_fewer: bool) ->
 
 def _split(chosen: list[InputFile], test_size: float, seed: int, report: PackReport
            ) -> tuple[list[InputFile], list[InputFile]]:
-    """Stratified split: each class gives round(n * test_size) files to test (at least one)."""
+    """The seeded, stratified (train, test) split of the chosen files, each in seeded order."""
+    labels = np.array([f.label for f in chosen])
+    try:
+        train_rows, test_rows = stratified_split(labels, test_size, seed + 1)
+    except ValueError as e:
+        raise OptionError("test_size", test_size, f"cannot hold out a stratified test set "
+                          f"({first_line(e)}); use more images per class") from None
+    n_classes = len(report.class_names)
+    report.train_counts = np.bincount(labels[train_rows], minlength=n_classes).tolist()
+    report.test_counts = np.bincount(labels[test_rows], minlength=n_classes).tolist()
     rng = np.random.default_rng(seed + 1)
-    train: list[InputFile] = []
-    test: list[InputFile] = []
-    for k in range(len(report.class_names)):
-        mine = [f for f in chosen if f.label == k]
-        mine = [mine[i] for i in rng.permutation(len(mine))]
-        n_test = min(max(1, round(len(mine) * test_size)), len(mine) - 1)
-        test += mine[:n_test]
-        train += mine[n_test:]
-        report.train_counts.append(len(mine) - n_test)
-        report.test_counts.append(n_test)
-    return ([train[i] for i in rng.permutation(len(train))],
-            [test[i] for i in rng.permutation(len(test))])
+    return [chosen[i] for i in rng.permutation(train_rows)], [chosen[i] for i in rng.permutation(test_rows)]
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, stratified (kept rows, held-out rows) of `labels`, each sorted: the one splitter
+    behind pack's test set and training's validation set (scikit-learn's train_test_split).
+    Raises ValueError when a class is too small to give to both sides."""
+    from sklearn.model_selection import train_test_split
+
+    kept, held = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels,
+                                  random_state=seed)
+    return np.sort(kept), np.sort(held)
 
 
 def _write_archive(out: Path, class_names: list[str], train: list[InputFile],
@@ -364,12 +367,18 @@ def _write_archive(out: Path, class_names: list[str], train: list[InputFile],
 
 def _write_rows(zf: zipfile.ZipFile, key: str, shape: tuple[int, ...], dtype: type,
                 rows: Iterable[bytes]) -> None:
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-              "shape": shape}
     with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
-        np.lib.format.write_array_header_2_0(member, header)
+        write_npy_header(member, shape, dtype)
         for row in rows:
             member.write(row)
+
+
+def write_npy_header(stream: BinaryIO, shape: tuple[int, ...], dtype) -> None:
+    """The .npy header of a C-order array whose rows the caller writes after it, one by one:
+    an array of any size is written without ever being held in memory."""
+    np.lib.format.write_array_header_2_0(stream, {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+        "shape": tuple(shape)})
 
 
 # --------------------------------------------------------------------------- loading
@@ -391,11 +400,11 @@ class Archive:
         return tuple(self.X_train.shape[1:])
 
 
-def load_archive(path: str | os.PathLike, mmap: bool = True) -> Archive:
+def load_archive(path: str | os.PathLike) -> Archive:
     """Open and check an archive; raise ToolkitError naming the first problem found.
 
-    With `mmap`, image arrays stored uncompressed are memory-mapped rather than read, so a
-    training run holds only the rows it is using.
+    Image arrays stored uncompressed (as pack writes them) are memory-mapped rather than
+    read, so a training run holds only the rows it is using.
     """
     path = Path(path)
     if not path.exists():
@@ -411,7 +420,7 @@ def load_archive(path: str | os.PathLike, mmap: bool = True) -> Archive:
             if missing:
                 raise ToolkitError(f"{path} lacks {', '.join(missing)}; an archive needs "
                                    f"{', '.join(REQUIRED_KEYS)} (make one with `toolkit pack`)")
-            arrays = {k: (_memmap_member(path, k) if mmap and k in IMAGE_KEYS else None)
+            arrays = {k: (_memmap_member(path, k) if k in IMAGE_KEYS else None)
                       for k in (*REQUIRED_KEYS, "class_names", "meta") if k in keys}
             arrays = {k: npz[k] if a is None else a for k, a in arrays.items()}
     except ToolkitError:
@@ -423,10 +432,9 @@ def load_archive(path: str | os.PathLike, mmap: bool = True) -> Archive:
         if "pickle" in str(e):
             raise ToolkitError(f"{path} holds object arrays, which need pickle to load; "
                                "refusing (pickles can run code). Store plain arrays") from None
-        raise ToolkitError(f"{path} is damaged: {str(e).splitlines()[0][:100]}") from None
+        raise ToolkitError(f"{path} is damaged: {first_line(e, 100)}") from None
     except Exception as e:  # numpy and zipfile raise many types on damaged data
-        detail = str(e).splitlines()[0][:100] if str(e) else ""
-        raise ToolkitError(f"{path} is damaged or truncated ({type(e).__name__}: {detail}); "
+        raise ToolkitError(f"{path} is damaged or truncated ({type(e).__name__}: {first_line(e, 100)}); "
                            "pack it again") from None
     return _validated(path, arrays)
 
@@ -471,10 +479,17 @@ def _validated(path: Path, a: dict[str, np.ndarray]) -> Archive:
                   "images; class_names disagree with the labels")
     if len(class_names) < 2:
         raise bad("a classifier needs at least two classes")
-    meta = {}
+    meta = {}  # an archive made elsewhere may have none: its images count as cropped
     if "meta" in a:
-        with contextlib.suppress(ValueError, TypeError):
+        try:
             meta = json.loads(str(a["meta"]))
+        except ValueError as e:
+            raise bad(f"meta is damaged (not JSON: {e}); pack it again") from None
+        if not isinstance(meta, dict):
+            raise bad("meta is damaged (not a JSON object); pack it again")
+        if meta.get("fit", "crop") not in images.FITS:
+            raise bad(f"meta says fit {meta['fit']!r}, not one of {', '.join(images.FITS)}; "
+                      "pack it again")
     return Archive(a["X_train"], a["y_train"].astype(np.int64), a["X_test"],
                    a["y_test"].astype(np.int64), class_names, meta, str(path))
 

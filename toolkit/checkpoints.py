@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from .batches import Batches
-from .errors import ToolkitError
+from .errors import ToolkitError, first_line
 from .files import atomic_path, write_json
 
 if TYPE_CHECKING:
@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 class Checkpointer(keras.callbacks.Callback):
     """Early stopping on validation loss, with its state and the weights saved every epoch.
 
-    `checkpoint/last.npz` holds the weights and optimizer state after the last epoch,
+    `checkpoint/last.npz` holds the weights, the optimizer state and the random layers'
+    state (online augmentation draws on from where it was) after the last epoch,
     `checkpoint/best.npz` the best weights so far, `checkpoint/state.json` the rest;
     each is replaced atomically, so a kill at any moment leaves a consistent checkpoint.
     """
@@ -61,19 +62,21 @@ class Checkpointer(keras.callbacks.Callback):
             self.model.stop_training = True
         if self.write:
             optimizer = [np.asarray(v) for v in self.model.optimizer.variables]
-            save_arrays(self.folder / "last.npz", self.model.get_weights(), optimizer)
+            seeds = [np.asarray(v) for v in random_state(self.model)]
+            save_arrays(self.folder / "last.npz", self.model.get_weights(), optimizer, seeds)
             write_json(self.folder / "state.json", {
                 "epoch": epoch, "best": self.best, "best_epoch": self.best_epoch,
                 "wait": self.wait, "stopped_early": self.stopped_early, "history": self.history,
                 "seconds": self.clock.totals(), "finished": False})
 
     def restore_last(self, model) -> None:
-        weights, optimizer = load_arrays(self.folder / "last.npz")
+        weights, optimizer, seeds = load_arrays(self.folder / "last.npz")
         model.set_weights(weights)
         model.optimizer.build(model.trainable_variables)
-        if len(optimizer) != len(model.optimizer.variables):
+        if len(optimizer) != len(model.optimizer.variables) or len(seeds) != len(random_state(model)):
             raise ToolkitError(f"checkpoint in {self.folder} does not fit this model")
-        for variable, value in zip(model.optimizer.variables, optimizer):
+        for variable, value in zip([*model.optimizer.variables, *random_state(model)],
+                                   [*optimizer, *seeds]):
             variable.assign(value)
 
     def restore_best(self, model) -> None:
@@ -90,19 +93,27 @@ class Checkpointer(keras.callbacks.Callback):
                 (self.folder / name).unlink()
 
 
-def save_arrays(path: Path, weights: list, optimizer: list | None = None) -> None:
+def random_state(model) -> list:
+    """The state of the model's random layers (augmentation's seed generators): not among
+    its weights, yet what the next epoch's augmentations depend on."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def save_arrays(path: Path, weights: list, optimizer: list | None = None,
+                seeds: list | None = None) -> None:
     arrays = {f"w{i:04d}": np.asarray(w) for i, w in enumerate(weights)}
     arrays.update({f"o{i:04d}": np.asarray(v) for i, v in enumerate(optimizer or [])})
+    arrays.update({f"s{i:04d}": np.asarray(v) for i, v in enumerate(seeds or [])})
     with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
 
 
-def load_arrays(path: Path) -> tuple[list, list]:
+def load_arrays(path: Path) -> tuple[list, list, list]:
+    """(weights, optimizer state, random layers' state) saved by save_arrays."""
     try:
         with np.load(path, allow_pickle=False) as data:
             names = sorted(data.files)
-            return ([data[n] for n in names if n.startswith("w")],
-                    [data[n] for n in names if n.startswith("o")])
+            return tuple([data[n] for n in names if n.startswith(kind)] for kind in "wos")
     except (OSError, ValueError) as e:
         raise ToolkitError(f"checkpoint {path} is missing or damaged ({e}); start a new run") from None
 
@@ -113,6 +124,12 @@ def read_state(folder: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
-    except ValueError:
-        return {}
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        state = first_line(e)
+    if not isinstance(state, dict):  # written atomically: only a hand or a disk damages it
+        detail = state if isinstance(state, str) else "not a JSON object"
+        raise ToolkitError(f"{path} is damaged ({detail}); this run cannot be resumed, "
+                           "start a new one")
+    return state
+

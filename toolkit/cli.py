@@ -11,7 +11,10 @@ import warnings
 import click
 
 from . import __version__
-from .errors import ToolkitError
+from .config import AUGMENT_MODES, BACKBONES, DISTRIBUTIONS, HEADS, PRECISIONS, STRATEGIES, TrainConfig
+from .errors import OptionError, ToolkitError
+from .images import FITS
+from .text import text_table
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -22,6 +25,8 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except OptionError as e:  # the library names the parameter; here, its flag
+            raise click.ClickException(e.for_command_line()) from None
         except ToolkitError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
@@ -134,7 +139,7 @@ def crawl(queries, per_class, engines, urls, root, min_side, threshold, threads,
               help="Fraction of each class held out for testing.")
 @click.option("--size", default=224, show_default=True, type=int, help="Side of the square images.")
 @click.option("--fit", default="crop", show_default=True,
-              type=click.Choice(["crop", "pad", "stretch"]),
+              type=click.Choice(FITS),
               help="crop: fill the square, cut the centre; pad: fit inside, pad black; "
                    "stretch: ignore the aspect ratio.")
 @click.option("--seed", default=42, show_default=True, type=int, help="Seed for picking and splitting.")
@@ -144,7 +149,8 @@ def crawl(queries, per_class, engines, urls, root, min_side, threshold, threads,
               help="Perceptual-hash bits within which two images are the same picture.")
 @click.option("--allow-fewer", is_flag=True, help="Pack classes that have fewer than --per-class.")
 @click.option("--force", is_flag=True, help="Replace an existing archive.")
-@click.option("--workers", default=None, type=click.IntRange(1), help="Decoding threads [default: all cores].")
+@click.option("--workers", default=None, type=click.IntRange(1),
+              help="Decoding threads [default: all cores].")
 @user_errors
 def pack(source, out, per_class, test_size, size, fit, seed, min_side, threshold, allow_fewer,
          force, workers):
@@ -175,46 +181,53 @@ def pack(source, out, per_class, test_size, size, fit, seed, min_side, threshold
 
 # --------------------------------------------------------------------------- train
 
+DEFAULT = TrainConfig  # the library's defaults are the flags' defaults
+
+
 def training_options(command):
     """Options shared by `train` and `compare`."""
     options = [
         click.option("--data", default="animal.npz", show_default=True,
                      type=click.Path(dir_okay=False), help="Archive made by `toolkit pack`."),
-        click.option("--backbone", default="vgg16", show_default=True,
-                     type=click.Choice(["vgg16", "vgg19", "mobilenet_v2", "resnet50", "efficientnet_b0"]),
+        click.option("--backbone", default=DEFAULT.backbone, show_default=True,
+                     type=click.Choice(list(BACKBONES)),
                      help="Pretrained base of extract/finetune/augment."),
-        click.option("--weights", default="imagenet", show_default=True,
+        click.option("--weights", default=DEFAULT.weights, show_default=True,
                      help="imagenet (Keras' download and cache), none (random), or a weights file."),
-        click.option("--epochs", default=50, show_default=True, type=int,
+        click.option("--epochs", default=DEFAULT.epochs, show_default=True, type=int,
                      help="Most epochs; early stopping on validation loss may end sooner."),
-        click.option("--batch-size", default=128, show_default=True, type=int,
+        click.option("--batch-size", default=DEFAULT.batch_size, show_default=True, type=int,
                      help="Images per batch (per replica with --distribute)."),
         click.option("--learning-rate", default=None, type=float,
                      help="Adam's step size.  [default: 1e-3 for cnn/extract, 1e-4 for finetune/augment]"),
-        click.option("--seed", default=42, show_default=True, type=int, help="Same seed, same result."),
-        click.option("--validation-split", default=0.2, show_default=True, type=float,
+        click.option("--seed", default=DEFAULT.seed, show_default=True, type=int,
+                     help="Same seed, same result."),
+        click.option("--validation-split", default=DEFAULT.validation_split, show_default=True,
+                     type=float,
                      help="Stratified fraction of the training set held out for validation."),
-        click.option("--patience", default=5, show_default=True, type=int,
+        click.option("--patience", default=DEFAULT.patience, show_default=True, type=int,
                      help="Epochs without a better validation loss before stopping."),
         click.option("--trainable", multiple=True, metavar="LAYER",
                      help="Backbone layers to fine-tune (names or patterns like 'block5_*'); "
                           "repeat.  [default: block5_conv3 for vgg16, the last block for others]"),
-        click.option("--head", default="flatten", show_default=True, type=click.Choice(["flatten", "pool"]),
+        click.option("--head", default=DEFAULT.head, show_default=True, type=click.Choice(HEADS),
                      help="flatten: the study's head; pool: global average pooling first (fewer weights)."),
-        click.option("--views", default=4, show_default=True, type=int,
-                     help="augment on CPU: cached views per training image (the original + views-1 augmented)."),
-        click.option("--augment-mode", default="auto", show_default=True,
-                     type=click.Choice(["auto", "cached", "online"]),
+        click.option("--views", default=DEFAULT.views, show_default=True, type=int,
+                     help="augment on CPU: cached views per training image "
+                          "(the original + views-1 augmented)."),
+        click.option("--augment-mode", default=DEFAULT.augment_mode, show_default=True,
+                     type=click.Choice(AUGMENT_MODES),
                      help="augment: online (on every batch; the default on a GPU) or cached views."),
-        click.option("--precision", default="float32", show_default=True,
-                     type=click.Choice(["float32", "mixed"]), help="mixed: float16 on GPU, bfloat16 on CPU."),
-        click.option("--deterministic/--nondeterministic", default=None,
+        click.option("--precision", default=DEFAULT.precision, show_default=True,
+                     type=click.Choice(PRECISIONS), help="mixed: float16 on GPU, bfloat16 on CPU."),
+        click.option("--deterministic/--nondeterministic", default=DEFAULT.deterministic,
                      help="Deterministic TensorFlow ops.  [default: on for CPU, off for GPU]"),
-        click.option("--distribute", default="none", show_default=True,
-                     type=click.Choice(["none", "mirrored", "multiworker"]),
+        click.option("--distribute", default=DEFAULT.distribute, show_default=True,
+                     type=click.Choice(DISTRIBUTIONS),
                      help="mirrored: all local GPUs; multiworker: machines named in TF_CONFIG."),
         click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
-                     help="Where frozen features are cached.  [default: $TOOLKIT_CACHE_DIR or ~/.cache/toolkit]"),
+                     help="Where frozen features are cached.  "
+                          "[default: $TOOLKIT_CACHE_DIR or ~/.cache/toolkit]"),
     ]
     for option in reversed(options):
         command = option(command)
@@ -231,7 +244,7 @@ def _fit_verbosity() -> int:
 
 
 @cli.command()
-@click.option("--strategy", default=None, type=click.Choice(["cnn", "extract", "finetune", "augment"]),
+@click.option("--strategy", default=None, type=click.Choice(STRATEGIES),
               help="cnn: the small CNN; extract: frozen backbone + head; finetune: + the last "
                    "conv layer trained; augment: finetune with augmentation.")
 @training_options
@@ -254,7 +267,7 @@ def train(strategy, data, out, resume, **options):
         _report_run(lambda: run_resume(resume, verbose=_fit_verbosity(), progress=progress_enabled()))
         return
     if strategy is None:
-        raise ToolkitError("choose a --strategy: cnn, extract, finetune or augment")
+        raise ToolkitError(f"choose a --strategy: {', '.join(STRATEGIES)}")
     _report_run(lambda: run_train(data, strategy, out=out, verbose=_fit_verbosity(),
                                   progress=progress_enabled(), **_train_options(options)))
 
@@ -319,10 +332,8 @@ def predict(model, images, fmt):
             writer.writerow([r.path, r.label or "", "" if r.probability is None else
                              f"{r.probability:.4f}", r.error])
     else:
-        width = max([5, *(len(r.path) for r in results)])
-        click.echo(f"{'image':<{width}}  {'label':<16} probability")
-        for r in good:
-            click.echo(f"{r.path:<{width}}  {r.label:<16} {r.probability:.3f}")
+        click.echo(text_table(["image", "label", "probability"],
+                              [[r.path, r.label, f"{r.probability:.3f}"] for r in good], left=(0, 1)))
     for r in results:
         if r.error and fmt == "table":
             click.echo(f"warning: {r.path}: {r.error}", err=True)
@@ -331,7 +342,7 @@ def predict(model, images, fmt):
 
 
 @cli.command()
-@click.option("--strategies", default="cnn,extract,finetune,augment", show_default=True,
+@click.option("--strategies", default=",".join(STRATEGIES), show_default=True,
               help="Comma-separated strategies to train.")
 @training_options
 @click.option("--out", default=None, type=click.Path(file_okay=False),

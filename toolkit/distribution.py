@@ -10,11 +10,9 @@ from collections.abc import Iterator
 
 from .batches import Batches
 
-DISTRIBUTIONS = ("none", "mirrored", "multiworker")
-
 
 def distribution_strategy(name: str):
-    """The tf.distribute strategy for `--distribute name` (the default strategy for none)."""
+    """The tf.distribute strategy for `distribute=name` (TensorFlow's default for none)."""
     import tensorflow as tf
 
     if name == "mirrored":

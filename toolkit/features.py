@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__
-from .archive import Archive, row_reader
+from .archive import Archive, row_reader, write_npy_header
 from .files import atomic_path, write_json
 
 if TYPE_CHECKING:
@@ -67,12 +67,10 @@ class FeatureCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         dtype = backend.standardize_dtype(lower.output.dtype)
         label = f"{self.config.backbone} {array}" + (f" view {view}" if view else "")
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                  "fortran_order": False, "shape": shape}
         # batches are appended to the file, not written through a memory map, whose dirty
         # pages would count as the process's memory until the whole file was written
         with atomic_path(path) as tmp, open(tmp, "wb") as out:
-            np.lib.format.write_array_header_2_0(out, header)
+            write_npy_header(out, shape, dtype)
             for batch in forward(lower, images, rows, augment_seed=self.config.seed * 1000 + view
                                  if view else None, desc=label, progress=progress):
                 out.write(np.ascontiguousarray(batch, dtype=dtype).tobytes())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import datetime
 import os
 import shutil
 import time
@@ -12,8 +11,9 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .archive import Archive
-from .errors import ToolkitError
+from .errors import OptionError, ToolkitError
 from .files import atomic_path
+from .text import folder_stamp, timestamp
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -26,10 +26,10 @@ def new_run_folder(out: str | os.PathLike | None, config: TrainConfig) -> Path:
         return timestamped(Path("runs"), name)
     folder = Path(out)
     if (folder / "config.json").exists():
-        raise ToolkitError(f"{folder} already holds a run; continue it with --resume {folder} "
-                           "or choose another --out")
+        raise OptionError("out", str(folder), "already holds a run; resume it (toolkit train "
+                          "--resume) or choose another folder")
     if folder.exists() and any(folder.iterdir()):
-        raise ToolkitError(f"--out {folder} is not empty; choose a new folder")
+        raise OptionError("out", str(folder), "is not empty; choose a new folder")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -48,7 +48,7 @@ def discard(folder: Path, created: bool) -> None:
 
 def timestamped(parent: Path, name: str) -> Path:
     """A new folder parent/name-<local time>, made here (a suffix if that second is taken)."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = folder_stamp()
     for n in range(1000):
         folder = parent / (f"{name}-{stamp}" + (f"-{n}" if n else ""))
         try:
@@ -70,7 +70,7 @@ def save_run(folder: Path, config: TrainConfig, archive: Archive, model, evaluat
         "fit": archive.meta.get("fit", "crop"), "strategy": config.strategy,
         "backbone": metrics["backbone"], "weights": metrics["weights"], "data": config.data,
         "toolkit": __version__,
-        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
+        "created": timestamp()})
     write_history(folder / "history.csv", history)
     title = (config.strategy + ("" if config.strategy == "cnn" else f" / {config.backbone}")
              + f" on {Path(config.data).name}")

@@ -37,11 +37,12 @@ from .batches import Batches, Rows, validation_split
 from .checkpoints import Checkpointer, read_state
 from .config import LEARNING_RATES, STRATEGIES, TrainConfig
 from .distribution import distribution_strategy, is_chief, multiworker_workarounds
-from .errors import ToolkitError
+from .errors import OptionError, ToolkitError
 from .features import FeatureCache
 from .files import write_json, write_text
 from .precision import precision_scope
 from .runs import Clock, discard, new_run_folder, save_run, timestamped
+from .text import text_table
 
 log = logging.getLogger("toolkit")
 
@@ -60,20 +61,62 @@ class Run:
 
 # --------------------------------------------------------------------------- public API
 
-def train(data: str | os.PathLike = "animal.npz", strategy: str = "finetune", *,
+_DEFAULT = TrainConfig  # a dataclass keeps its fields' defaults as class attributes
+
+
+def train(data: str | os.PathLike = "animal.npz", strategy: str = _DEFAULT.strategy, *,
+          backbone: str = _DEFAULT.backbone, weights: str = _DEFAULT.weights,
+          epochs: int = _DEFAULT.epochs, batch_size: int = _DEFAULT.batch_size,
+          learning_rate: float | None = _DEFAULT.learning_rate, seed: int = _DEFAULT.seed,
+          validation_split: float = _DEFAULT.validation_split, patience: int = _DEFAULT.patience,
+          trainable: Sequence[str] | None = _DEFAULT.trainable, head: str = _DEFAULT.head,
+          views: int = _DEFAULT.views, augment_mode: str = _DEFAULT.augment_mode,
+          precision: str = _DEFAULT.precision, distribute: str = _DEFAULT.distribute,
+          deterministic: bool | None = _DEFAULT.deterministic,
+          cache_dir: str | os.PathLike | None = _DEFAULT.cache_dir,
           out: str | os.PathLike | None = None, verbose: int | str = "auto",
-          progress: bool = False, **options) -> Run:
+          progress: bool = False) -> Run:
     """Train `strategy` on the archive `data`; write everything into the run folder `out`.
 
-    Options are the fields of :class:`TrainConfig` (backbone, weights, epochs, ...).
-    `verbose` is Keras' fit verbosity; `progress` shows bars for feature extraction.
+    Bad values raise :class:`~toolkit.errors.OptionError` naming the parameter, before
+    anything is written.
+
+    Args (the command line's flags are the same names with dashes):
+        data: the archive made by `pack` (.npz).
+        strategy: cnn (the small CNN), extract (frozen backbone + head), finetune (+ the
+            backbone's last block trained) or augment (finetune with augmentation).
+        backbone: the keras.applications base of extract/finetune/augment (config.BACKBONES).
+        weights: "imagenet" (Keras' download and cache), "none" (random) or a weights file.
+        epochs: the most epochs; early stopping on validation loss may end sooner.
+        batch_size: images per batch, per replica when distributed.
+        learning_rate: Adam's step; None is 1e-3 for cnn/extract and 1e-4 for finetune/augment.
+        seed: same seed, same result (split, initial weights, batch order, augmentation).
+        validation_split: stratified fraction of the training set held out for validation.
+        patience: epochs without a better validation loss before stopping.
+        trainable: backbone layers to fine-tune (names or fnmatch patterns); None: the last block.
+        head: "flatten" (the study's) or "pool" (global average pooling first).
+        views: augment, cached mode: feature views per training image (the original + views-1).
+        augment_mode: "online" (on every batch), "cached" (fixed views) or "auto" (online on a GPU).
+        precision: "float32" or "mixed" (float16 on a GPU, bfloat16 on a CPU).
+        distribute: "none", "mirrored" (every local GPU) or "multiworker" (TF_CONFIG's machines).
+        deterministic: deterministic TensorFlow ops; None: on for a CPU, off for a GPU.
+        cache_dir: where frozen features are cached; None: $TOOLKIT_CACHE_DIR or ~/.cache/toolkit.
+        out: the run folder (new or empty); None: runs/<strategy>-<backbone>-<time>.
+        verbose: Keras' fit verbosity.
+        progress: progress bars while computing frozen features.
     """
-    config = TrainConfig(data=str(Path(data).resolve()), strategy=strategy, **options)
+    config = TrainConfig(
+        data=str(Path(data).resolve()), strategy=strategy, backbone=backbone, weights=str(weights),
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+        validation_split=validation_split, patience=patience,
+        trainable=list(trainable) if trainable else None, head=head, views=views,
+        augment_mode=augment_mode, precision=precision, distribute=distribute,
+        deterministic=deterministic, cache_dir=None if cache_dir is None else str(cache_dir))
     config.check()
     load_archive(config.data)  # fail on a bad archive before making a run folder
     if config.distribute == "multiworker" and "TF_CONFIG" not in os.environ:
-        raise ToolkitError("--distribute multiworker needs TF_CONFIG (the cluster and this "
-                           "worker's task) in the environment of every worker")
+        raise OptionError("distribute", "multiworker", "needs TF_CONFIG (the cluster and this "
+                          "worker's task) in the environment of every worker")
     worker = not is_chief(config.distribute)
     if worker:
         out = tempfile.mkdtemp(prefix="toolkit-worker-")  # only the chief keeps a run folder
@@ -102,6 +145,7 @@ def resume(folder: str | os.PathLike, *, verbose: int | str = "auto", progress: 
         config = TrainConfig.from_json(json.loads((folder / "config.json").read_text()))
     except (OSError, ValueError, TypeError) as e:
         raise ToolkitError(f"{folder} is not a run folder (no readable config.json: {e})") from None
+    config.check()
     if config.distribute == "multiworker":
         raise ToolkitError("a multiworker run cannot be resumed (only its chief kept "
                            "checkpoints); start it again on every worker")
@@ -134,30 +178,43 @@ class Comparison:
     rows: list[dict]
 
     def table(self) -> str:
-        head = f"{'strategy':<10} {'accuracy':>9} {'macro F1':>9} {'epochs':>7} {'seconds':>9}"
-        lines = [head, "-" * len(head)]
-        for r in self.rows:
-            lines.append(f"{r['strategy']:<10} {r['accuracy']:>9.3f} {r['macro_f1']:>9.3f} "
-                         f"{r['epochs']:>7d} {r['seconds']:>9.1f}")
-        return "\n".join(lines)
+        return text_table(["strategy", "accuracy", "macro F1", "epochs", "seconds"],
+                          [[r["strategy"], f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}",
+                            r["epochs"], f"{r['seconds']:.1f}"] for r in self.rows])
 
 
 def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = STRATEGIES, *,
+            backbone: str = _DEFAULT.backbone, weights: str = _DEFAULT.weights,
+            epochs: int = _DEFAULT.epochs, batch_size: int = _DEFAULT.batch_size,
+            learning_rate: float | None = _DEFAULT.learning_rate, seed: int = _DEFAULT.seed,
+            validation_split: float = _DEFAULT.validation_split, patience: int = _DEFAULT.patience,
+            trainable: Sequence[str] | None = _DEFAULT.trainable, head: str = _DEFAULT.head,
+            views: int = _DEFAULT.views, augment_mode: str = _DEFAULT.augment_mode,
+            precision: str = _DEFAULT.precision, distribute: str = _DEFAULT.distribute,
+            deterministic: bool | None = _DEFAULT.deterministic,
+            cache_dir: str | os.PathLike | None = _DEFAULT.cache_dir,
             out: str | os.PathLike | None = None, verbose: int | str = "auto",
-            progress: bool = False, **options) -> Comparison:
-    """Train several strategies on one archive; one table and one plot of the results."""
+            progress: bool = False) -> Comparison:
+    """Train several strategies on one archive; one table and one plot of the results.
+
+    Each strategy's run goes to `out`/<strategy>; every other parameter is `train`'s.
+    """
     from .report import plot_comparison
 
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
-        raise ToolkitError(f"--strategies {','.join(unknown) or '(none)'}: choose from "
-                           f"{', '.join(STRATEGIES)}")
+        raise OptionError("strategies", ",".join(unknown) or "(none)",
+                          f"choose from {', '.join(STRATEGIES)}")
     folder = Path(out) if out else timestamped(Path("runs"), "compare")
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for strategy in strategies:
-        run = train(data, strategy, out=folder / strategy, verbose=verbose, progress=progress,
-                    **options)
+        run = train(data, strategy, backbone=backbone, weights=weights, epochs=epochs,
+                    batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                    validation_split=validation_split, patience=patience, trainable=trainable,
+                    head=head, views=views, augment_mode=augment_mode, precision=precision,
+                    distribute=distribute, deterministic=deterministic, cache_dir=cache_dir,
+                    out=folder / strategy, verbose=verbose, progress=progress)
         rows.append({"strategy": strategy, "accuracy": run.metrics["accuracy"],
                      "macro_f1": run.metrics["macro_f1"], "epochs": run.metrics["epochs_run"],
                      "seconds": run.metrics["seconds"]["total"], "run": str(run.folder)})
