@@ -13,6 +13,7 @@ from conftest import shapes_dataset
 from toolkit import images
 from toolkit.cli import cli
 from toolkit.crawler import FetchOptions
+from toolkit.files import is_partial
 
 #: Crawl options that fail fast against the loopback engine.
 FAST = FetchOptions(timeout=2, total_timeout=3, retries=1, backoff=0.05)
@@ -58,8 +59,8 @@ def write_archive(path: Path, n_per_class: int = 40, size: int = 32, seed: int =
 
 
 def folder_state(root: Path, label: str) -> tuple[set[str], list[dict]]:
-    """(files on disk, files in the manifest) for a class."""
-    on_disk = {p.name for p in (root / label).iterdir()}
+    """(files on disk but hidden ones, files in the manifest) for a class."""
+    on_disk = {p.name for p in (root / label).iterdir() if not p.name.startswith(".")}
     manifest = [json.loads(line) for line in (root / f"{label}.manifest.jsonl").read_text().splitlines()]
     return on_disk, manifest
 
@@ -69,7 +70,7 @@ def assert_consistent(root: Path, label: str) -> list[dict]:
     what the manifest says; returns the manifest."""
     on_disk, manifest = folder_state(root, label)
     assert on_disk == {e["file"] for e in manifest}, "manifest must match the folder"
-    assert not [n for n in on_disk if n.startswith(".")], "no partial files"
+    assert not [p for p in (root / label).iterdir() if is_partial(p.name)], "no partial files"
     for e in manifest:
         info, _ = images.decode((root / label / e["file"]).read_bytes())
         assert info.sha256 == e["sha256"] and (info.width, info.height) == (e["width"], e["height"])

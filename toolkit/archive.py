@@ -232,23 +232,22 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
 def _check_pack_arguments(out: Path, per_class: int, test_size: float, size: int, fit: str,
                           threshold: int, force: bool) -> None:
     if out.suffix != ".npz":
-        raise ToolkitError(f"--out {out}: the archive name must end in .npz")
+        raise OptionError("out", str(out), "the archive name must end in .npz")
     if not out.parent.is_dir():
-        raise ToolkitError(f"--out {out}: folder {out.parent} does not exist; create it first")
+        raise OptionError("out", str(out), f"folder {out.parent} does not exist; create it first")
     if out.exists() and not force:
         raise ToolkitError(f"{out} already exists; pass --force to replace it")
     if per_class < 2:
-        raise ToolkitError(f"--per-class {per_class}: need at least 2 images per class "
-                           "(one to train, one to test)")
+        raise OptionError("per_class", per_class, "need at least 2 images per class "
+                          "(one to train, one to test)")
     if not 0 < test_size < 1:
-        raise ToolkitError(f"--test-size {test_size}: must be a fraction between 0 and 1, "
-                           "e.g. 0.2")
+        raise OptionError("test_size", test_size, "must be a fraction between 0 and 1, e.g. 0.2")
     if size < 8:
-        raise ToolkitError(f"--size {size}: images must be at least 8 pixels on a side")
+        raise OptionError("size", size, "images must be at least 8 pixels on a side")
     if fit not in images.FITS:
-        raise ToolkitError(f"--fit {fit}: choose one of {', '.join(images.FITS)}")
+        raise OptionError("fit", fit, f"choose one of {', '.join(images.FITS)}")
     if not 0 <= threshold <= 64:
-        raise ToolkitError(f"--threshold {threshold}: perceptual-hash distance is 0..64 bits")
+        raise OptionError("threshold", threshold, "perceptual-hash distance is 0..64 bits")
 
 
 def _decode_all(files: list[InputFile], spill_fd: int, row_bytes: int, checks: images.Checks,

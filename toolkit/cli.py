@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import signal
 import sys
@@ -10,7 +11,7 @@ import warnings
 
 import click
 
-from . import __version__
+from . import __version__, archive
 from .config import AUGMENT_MODES, BACKBONES, DISTRIBUTIONS, HEADS, PRECISIONS, STRATEGIES, TrainConfig
 from .errors import OptionError, ToolkitError
 from .images import FITS
@@ -129,23 +130,32 @@ def crawl(queries, per_class, engines, urls, root, min_side, threshold, threads,
 
 # --------------------------------------------------------------------------- pack
 
+def _defaults(function) -> dict:
+    """A library function's keyword defaults: the flags' defaults, written once, there."""
+    return {p.name: p.default for p in inspect.signature(function).parameters.values()}
+
+
+PACK = _defaults(archive.pack)
+
 @cli.command()
 @click.argument("source", default="datasets", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Archive to write (.npz).")
-@click.option("--per-class", default=400, show_default=True, type=int,
+@click.option("--per-class", default=PACK["per_class"], show_default=True, type=int,
               help="Images per class in the archive.")
-@click.option("--test-size", default=0.2, show_default=True, type=float,
+@click.option("--test-size", default=PACK["test_size"], show_default=True, type=float,
               help="Fraction of each class held out for testing.")
-@click.option("--size", default=224, show_default=True, type=int, help="Side of the square images.")
-@click.option("--fit", default="crop", show_default=True,
+@click.option("--size", default=PACK["size"], show_default=True, type=int,
+              help="Side of the square images.")
+@click.option("--fit", default=PACK["fit"], show_default=True,
               type=click.Choice(FITS),
               help="crop: fill the square, cut the centre; pad: fit inside, pad black; "
                    "stretch: ignore the aspect ratio.")
-@click.option("--seed", default=42, show_default=True, type=int, help="Seed for picking and splitting.")
-@click.option("--min-side", default=100, show_default=True, type=click.IntRange(1),
+@click.option("--seed", default=PACK["seed"], show_default=True, type=int,
+              help="Seed for picking and splitting.")
+@click.option("--min-side", default=PACK["checks"].min_side, show_default=True, type=click.IntRange(1),
               help="Smallest usable image side, in pixels.")
-@click.option("--threshold", default=8, show_default=True, type=click.IntRange(0, 64),
+@click.option("--threshold", default=PACK["threshold"], show_default=True, type=click.IntRange(0, 64),
               help="Perceptual-hash bits within which two images are the same picture.")
 @click.option("--allow-fewer", is_flag=True, help="Pack classes that have fewer than --per-class.")
 @click.option("--force", is_flag=True, help="Replace an existing archive.")
