@@ -137,20 +137,20 @@ def test_saved_model_reloads_and_predicts_the_same(shapes, tmp_path):
     assert info["class_names"] == list(NAMES) and info["image_size"] == [32, 32, 3]
 
 
-def test_same_seed_same_result(shapes, tmp_path):
-    a = train(shapes, "extract", out=tmp_path / "a", epochs=3, **QUICK)
-    b = train(shapes, "extract", out=tmp_path / "b", epochs=3, **QUICK)
+def test_same_seed_same_result(tiny, tmp_path):
+    a = train(tiny, "extract", out=tmp_path / "a", epochs=3, **QUICK)
+    b = train(tiny, "extract", out=tmp_path / "b", epochs=3, **QUICK)
     assert a.history == b.history
-    c = train(shapes, "extract", out=tmp_path / "c", epochs=3, seed=7, **QUICK)
+    c = train(tiny, "extract", out=tmp_path / "c", epochs=3, seed=7, **QUICK)
     assert c.history != a.history
 
 
-def test_frozen_features_are_computed_once_and_reused(shapes, tmp_path):
-    train(shapes, "finetune", out=tmp_path / "a", epochs=1, **QUICK)
+def test_frozen_features_are_computed_once_and_reused(tiny, tmp_path):
+    train(tiny, "finetune", out=tmp_path / "a", epochs=1, **QUICK)
     cached = sorted((tmp_path / "cache" / "features").glob("*.npy"))
     assert len(cached) == 2  # X_train and X_test at the cut
     stamps = [p.stat().st_mtime_ns for p in cached]
-    second = train(shapes, "augment", out=tmp_path / "b", epochs=1, views=3, **QUICK)
+    second = train(tiny, "augment", out=tmp_path / "b", epochs=1, views=3, **QUICK)
     after = sorted((tmp_path / "cache" / "features").glob("*.npy"))
     assert len(after) == 4  # + 2 augmented views of the training rows
     assert [p.stat().st_mtime_ns for p in cached] == stamps
@@ -331,8 +331,8 @@ def test_killed_run_resumes_to_the_same_result(shapes, tmp_path):
                                    rtol=1e-4, atol=1e-5)
 
 
-def test_resume_refuses_a_finished_run(shapes, tmp_path):
-    run = train(shapes, "extract", out=tmp_path / "run", epochs=1, **QUICK)
+def test_resume_refuses_a_finished_run(tiny, tmp_path):
+    run = train(tiny, "extract", out=tmp_path / "run", epochs=1, **QUICK)
     with pytest.raises(ToolkitError, match="already finished"):
         resume(run.folder)
 

@@ -308,29 +308,20 @@ def _choose(report: PackReport, per_class: int, seed: int, allow_fewer: bool) ->
 
 def _split(chosen: list[InputFile], test_size: float, seed: int, report: PackReport
            ) -> tuple[list[InputFile], list[InputFile]]:
-    """The seeded, stratified (train, test) split of the chosen files, each in seeded order."""
-    labels = np.array([f.label for f in chosen])
-    try:
-        train_rows, test_rows = stratified_split(labels, test_size, seed + 1)
-    except ValueError as e:
-        raise OptionError("test_size", test_size, f"cannot hold out a stratified test set "
-                          f"({first_line(e)}); use more images per class") from None
-    n_classes = len(report.class_names)
-    report.train_counts = np.bincount(labels[train_rows], minlength=n_classes).tolist()
-    report.test_counts = np.bincount(labels[test_rows], minlength=n_classes).tolist()
+    """Stratified split: each class gives round(n * test_size) files to test (at least one)."""
     rng = np.random.default_rng(seed + 1)
-    return [chosen[i] for i in rng.permutation(train_rows)], [chosen[i] for i in rng.permutation(test_rows)]
-
-
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded, stratified (kept rows, held-out rows) of `labels`, each sorted: the one splitter
-    behind pack's test set and training's validation set (scikit-learn's train_test_split).
-    Raises ValueError when a class is too small to give to both sides."""
-    from sklearn.model_selection import train_test_split
-
-    kept, held = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels,
-                                  random_state=seed)
-    return np.sort(kept), np.sort(held)
+    train: list[InputFile] = []
+    test: list[InputFile] = []
+    for k in range(len(report.class_names)):
+        mine = [f for f in chosen if f.label == k]
+        mine = [mine[i] for i in rng.permutation(len(mine))]
+        n_test = min(max(1, round(len(mine) * test_size)), len(mine) - 1)
+        test += mine[:n_test]
+        train += mine[n_test:]
+        report.train_counts.append(len(mine) - n_test)
+        report.test_counts.append(n_test)
+    return ([train[i] for i in rng.permutation(len(train))],
+            [test[i] for i in rng.permutation(len(test))])
 
 
 def _write_archive(out: Path, class_names: list[str], train: list[InputFile],

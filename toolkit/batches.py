@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from .archive import row_reader, stratified_split
+from .archive import row_reader
 from .errors import OptionError, first_line
 
 
@@ -64,11 +64,14 @@ class Batches(keras.utils.PyDataset):
 
 def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded, stratified (train rows, validation rows) of the training set."""
+    rows = np.arange(len(labels))
     if fraction == 0:
-        rows = np.arange(len(labels))
         return rows, rows[:0]
+    from sklearn.model_selection import train_test_split
     try:
-        return stratified_split(labels, fraction, seed)
+        train_rows, val_rows = train_test_split(rows, test_size=fraction, stratify=labels,
+                                                random_state=seed)
     except ValueError as e:
         raise OptionError("validation_split", fraction, f"cannot hold out a stratified "
                           f"validation set ({first_line(e)}); use more images or 0") from None
+    return np.sort(train_rows), np.sort(val_rows)
