@@ -137,6 +137,7 @@ def _defaults(function) -> dict:
 
 PACK = _defaults(archive.pack)
 
+
 @cli.command()
 @click.argument("source", default="datasets", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
