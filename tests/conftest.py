@@ -25,7 +25,8 @@ pillow_heif.register_heif_opener()  # so that tests can write HEIC files
 os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="toolkit-tests-keras-")
 atexit.register(shutil.rmtree, os.environ["KERAS_HOME"], True)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# ../shared from the repository root; TOOLKIT_SHARED names it elsewhere (a git worktree)
+SHARED = Path(os.environ.get("TOOLKIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 FLOWERS = SHARED / "data" / "flowers"
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
 

@@ -78,7 +78,7 @@ def test_vgg_finetune_trains_exactly_the_last_conv_layer(backbone, cut, trainabl
     # MobileNetV2 and EfficientNet give every image the same output at random init: only
     # real weights make their comparison mean something
     pytest.param("mobilenet_v2", str(MOBILENET_WEIGHTS), marks=pytest.mark.skipif(
-        not MOBILENET_WEIGHTS.exists(), reason="../shared/weights is absent")),
+        not MOBILENET_WEIGHTS.exists(), reason="../shared/weights is absent"), id="mobilenet_v2-imagenet"),
 ])
 def test_cached_path_predicts_what_the_end_to_end_model_predicts(backbone, weights):
     """After training on the cached features, the saved end-to-end model predicts the same."""
