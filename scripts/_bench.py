@@ -34,15 +34,25 @@ def measure(command: list[str], env: dict | None = None, quiet: bool = True) -> 
     return Measured(seconds, usage.ru_maxrss / 1024, code)
 
 
+#: The CPU features that TensorFlow's and Pillow's speed depends on.
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+
+
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    """The machine a number was measured on: cores, CPU model and its speed flags, memory."""
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
+            info = {key.strip(): value for key, value in (
+                line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)}
+        cpu = info["model name"].strip()
+        flags = set(info.get("flags", "").split())
+    except (OSError, KeyError):
         pass
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {sys.version.split()[0]}"
+    speed = ",".join(f for f in SPEED_FLAGS if f in flags) or "none of " + ",".join(SPEED_FLAGS)
+    return (f"{os.cpu_count()} cores ({cpu}; {speed}), {memory:.0f} GiB, "
+            f"Python {sys.version.split()[0]}")
 
 
 def table(head: list[str], rows: list[list[object]]) -> str:

@@ -2,48 +2,91 @@
 real MobileNetV2 ImageNet weights in ../shared/weights.
 
 Packs the flowers (3 x 400, 224 px, seed 42) unless the archive exists, then runs
-`toolkit compare` and prints the table. The frozen features are computed once and shared
-by extract, finetune and augment through the cache.
+`toolkit compare` into a new folder (runs/flowers-<time>, or --out, which must not hold
+runs yet) and prints the table, with the peak memory of the whole compare. The frozen
+features are computed once and shared by extract, finetune and augment through the cache.
+`--probe` instead fits a logistic regression on the globally average-pooled frozen features
+(the ceiling of what these weights give on this split) and prints its test accuracy.
 
-    python scripts/accuracy_table.py [--strategies cnn,extract,finetune,augment] [--out runs/flowers]
+    python scripts/accuracy_table.py [--strategies cnn,extract,finetune,augment] [--out DIR]
+                                     [--extra OPTION...] | --probe
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from _bench import machine, table, toolkit_command
+from _bench import machine, measure, table, toolkit_command
+from toolkit.text import folder_stamp
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# ../shared from the repository root; TOOLKIT_SHARED names it elsewhere (a git worktree)
+SHARED = Path(os.environ.get("TOOLKIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
+
+
+def probe(archive_path: str) -> None:
+    """Test accuracy of a logistic regression on extract's frozen features, pooled."""
+    from sklearn.linear_model import LogisticRegression
+
+    from toolkit import models
+    from toolkit.archive import load_archive
+    from toolkit.config import TrainConfig
+    from toolkit.features import FeatureCache
+
+    archive = load_archive(archive_path)
+    split = models.build("extract", archive.image_shape, len(archive.class_names),
+                         backbone="mobilenet_v2", weights=str(WEIGHTS))
+    cache = FeatureCache(TrainConfig(data=str(Path(archive_path).resolve()), strategy="extract",
+                                     backbone="mobilenet_v2", weights=str(WEIGHTS)),
+                         archive, split.cut)
+    pooled = {name: cache.features(split.lower, x, name).mean(axis=(1, 2))
+              for name, x in (("X_train", archive.X_train), ("X_test", archive.X_test))}
+    rows = []
+    for c in (0.01, 0.03, 0.1, 0.3, 1.0):
+        model = LogisticRegression(C=c, max_iter=5000).fit(pooled["X_train"], archive.y_train)
+        rows.append([c, len(archive.y_train), f"{model.score(pooled['X_test'], archive.y_test):.3f}"])
+    print(f"{archive_path}: logistic regression on pooled MobileNetV2 features; {machine()}")
+    print(table(["C", "training images", "test accuracy"], rows))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategies", default="cnn,extract,finetune,augment")
     parser.add_argument("--archive", default="runs/flowers.npz")
-    parser.add_argument("--out", default="runs/flowers")
+    parser.add_argument("--out", default=None, help="a new folder  [default: runs/flowers-<time>]")
+    parser.add_argument("--probe", action="store_true",
+                        help="print the logistic-regression ceiling instead of training")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="more options for toolkit compare")
     args = parser.parse_args()
-    weights = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
-    if not weights.exists():
-        sys.exit(f"{weights} is absent")
+    if not WEIGHTS.exists():
+        sys.exit(f"{WEIGHTS} is absent")
     Path(args.archive).parent.mkdir(parents=True, exist_ok=True)
     if not Path(args.archive).exists():
         subprocess.run(toolkit_command("pack", str(SHARED / "data" / "flowers"), "--out",
                                        args.archive), check=True)
-    subprocess.run(toolkit_command("compare", "--data", args.archive, "--strategies",
-                                   args.strategies, "--backbone", "mobilenet_v2", "--weights",
-                                   str(weights), "--out", args.out, *args.extra), check=True)
-    rows = json.loads((Path(args.out) / "comparison.json").read_text())
+    if args.probe:
+        probe(args.archive)
+        return
+    out = Path(args.out or f"runs/flowers-{folder_stamp()}")
+    if out.exists() and any(out.iterdir()):
+        sys.exit(f"--out {out} is not empty; give a new folder (or leave --out out)")
+    compare = measure(toolkit_command("compare", "--data", args.archive, "--strategies",
+                                      args.strategies, "--backbone", "mobilenet_v2", "--weights",
+                                      str(WEIGHTS), "--out", str(out), *args.extra), quiet=False)
+    rows = json.loads((out / "comparison.json").read_text())
+    features = [json.loads((Path(r["run"]) / "metrics.json").read_text())["seconds"].get("features", 0)
+                for r in rows]
     print(f"{args.archive}: flowers 3 x 400 at 224 px, 960 train / 240 test; {machine()}")
-    print(table(["strategy", "test accuracy", "macro F1", "epochs", "seconds"],
+    print(table(["strategy", "test accuracy", "macro F1", "epochs", "seconds", "of which features s"],
                 [[r["strategy"], f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}", r["epochs"],
-                  f"{r['seconds']:.0f}"] for r in rows]))
+                  f"{r['seconds']:.0f}", f"{f:.0f}"] for r, f in zip(rows, features)]))
+    print(f"peak RSS of the compare process: {compare.peak_mib:,.0f} MiB; runs in {out}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import io
+import os
+import shutil
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -16,7 +20,13 @@ from fake_engine import FakeEngine, distinct_image, near_copy  # noqa: F401 (tes
 
 pillow_heif.register_heif_opener()  # so that tests can write HEIC files
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# Keras reads KERAS_HOME once, when it is imported, and no test module has imported it yet:
+# every test sees an empty Keras cache (no downloaded weights), whatever ~/.keras holds.
+os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="toolkit-tests-keras-")
+atexit.register(shutil.rmtree, os.environ["KERAS_HOME"], True)
+
+# ../shared from the repository root; TOOLKIT_SHARED names it elsewhere (a git worktree)
+SHARED = Path(os.environ.get("TOOLKIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 FLOWERS = SHARED / "data" / "flowers"
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
 

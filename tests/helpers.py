@@ -1,12 +1,28 @@
-"""What many test files need: run the CLI as a user would, and check its one-line errors."""
+"""What many test files need: run the CLI as a user would, check its one-line errors, and
+make the small inputs (archives, crawl options) that several files share."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 from click.testing import CliRunner, Result
 
+from conftest import shapes_dataset
+from toolkit import images
 from toolkit.cli import cli
+from toolkit.crawler import FetchOptions
+from toolkit.files import is_partial
+
+#: Crawl options that fail fast against the loopback engine.
+FAST = FetchOptions(timeout=2, total_timeout=3, retries=1, backoff=0.05)
+
+#: The classes of :func:`write_archive`'s toy set.
+NAMES = np.array(["square", "disc", "bar"])
+
+#: train() options for a run that takes seconds.
+QUICK = dict(weights="none", batch_size=32, verbose=0)
 
 
 def run_cli(*args, **kwargs) -> Result:
@@ -28,3 +44,34 @@ def assert_one_error_line(result: Result, message: str) -> None:
     assert "Traceback" not in result.output, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and message in errors[0], result.output
+
+
+def write_archive(path: Path, n_per_class: int = 40, size: int = 32, seed: int = 0, **extra) -> Path:
+    """A small archive of the shapes toy set (every fifth image in the test set), as pack
+    would write it; `extra` replaces or adds arrays."""
+    x, y = shapes_dataset(n_per_class, size, seed)
+    test = np.arange(len(y)) % 5 == 0
+    arrays = dict(X_train=x[~test], y_train=y[~test], X_test=x[test], y_test=y[test],
+                  class_names=NAMES, meta=np.array(json.dumps({"fit": "crop", "size": size})))
+    arrays.update(extra)
+    np.savez(path, **arrays)
+    return path
+
+
+def folder_state(root: Path, label: str) -> tuple[set[str], list[dict]]:
+    """(files on disk but hidden ones, files in the manifest) for a class."""
+    on_disk = {p.name for p in (root / label).iterdir() if not p.name.startswith(".")}
+    manifest = [json.loads(line) for line in (root / f"{label}.manifest.jsonl").read_text().splitlines()]
+    return on_disk, manifest
+
+
+def assert_consistent(root: Path, label: str) -> list[dict]:
+    """A class folder and its manifest agree, hold no partial file, and every file decodes to
+    what the manifest says; returns the manifest."""
+    on_disk, manifest = folder_state(root, label)
+    assert on_disk == {e["file"] for e in manifest}, "manifest must match the folder"
+    assert not [p for p in (root / label).iterdir() if is_partial(p.name)], "no partial files"
+    for e in manifest:
+        info, _ = images.decode((root / label / e["file"]).read_bytes())
+        assert info.sha256 == e["sha256"] and (info.width, info.height) == (e["width"], e["height"])
+    return manifest

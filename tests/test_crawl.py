@@ -11,14 +11,11 @@ import pytest
 
 from conftest import distinct_image, near_copy, png_bomb
 from fake_engine import Item
-from helpers import assert_one_error_line, run_cli, tree
-from toolkit import images
+from helpers import FAST, assert_consistent, assert_one_error_line, folder_state, run_cli, tree
 from toolkit.archive import pack
 from toolkit.crawler import FetchOptions, crawl, parse_query
 from toolkit.errors import ToolkitError
 from toolkit.files import is_partial
-
-FAST = FetchOptions(timeout=2, total_timeout=3, retries=1, backoff=0.05)
 
 
 def add_bad_responses(engine, keyword, slow=True):
@@ -34,23 +31,6 @@ def add_bad_responses(engine, keyword, slow=True):
     engine.add(keyword, f"{keyword}-huge.jpg", Item(behaviour="huge"))
     if slow:
         engine.add(keyword, f"{keyword}-slow.jpg", Item(b"\xff\xd8" * 150, behaviour="slow"))
-
-
-def folder_state(root, label):
-    """(files on disk but hidden ones, files in the manifest) for a class."""
-    on_disk = {p.name for p in (root / label).iterdir() if not p.name.startswith(".")}
-    manifest = [json.loads(line) for line in (root / f"{label}.manifest.jsonl").read_text().splitlines()]
-    return on_disk, manifest
-
-
-def assert_consistent(root, label):
-    on_disk, manifest = folder_state(root, label)
-    assert on_disk == {e["file"] for e in manifest}, "manifest must match the folder"
-    assert not [p for p in (root / label).iterdir() if is_partial(p.name)], "no partial files"
-    for e in manifest:
-        info, _ = images.decode((root / label / e["file"]).read_bytes())
-        assert info.sha256 == e["sha256"] and (info.width, info.height) == (e["width"], e["height"])
-    return manifest
 
 
 def test_crawl_keeps_exactly_n_usable_distinct_images_per_class(engine, tmp_path):
@@ -88,8 +68,8 @@ def test_bad_responses_are_refused_and_recorded(engine, tmp_path):
                              "too_large": 2, "too_small": 1, "redirects": 1, "timeout": 1}
     assert engine.hits["cat-retry.jpg"] == 2 and engine.hits["cat-500.jpg"] == 2  # retried once
     assert "cat: 4/20" in result.why_short()
-    refused = {json.loads(l)["url"].rsplit("/", 1)[1]: json.loads(l)["reason"]
-               for l in (tmp_path / "cat.rejected.jsonl").read_text().splitlines()}
+    refused = {json.loads(line)["url"].rsplit("/", 1)[1]: json.loads(line)["reason"]
+               for line in (tmp_path / "cat.rejected.jsonl").read_text().splitlines()}
     assert refused["cat-404.jpg"] == "http_404" and "cat-500.jpg" not in refused  # 5xx may heal
     assert_consistent(tmp_path, "cat")
 

@@ -6,9 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import assert_one_error_line, run_cli, tree
+from helpers import NAMES, assert_one_error_line, run_cli, tree, write_archive
 from PIL import Image
-from test_train import NAMES, write_archive
 
 from toolkit.calibration import expected_calibration_error, fit_temperature
 from toolkit.exporter import TOLERANCE

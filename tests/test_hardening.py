@@ -1,42 +1,25 @@
 """Bad input gets one clear line and loses nothing; interruptions leave nothing partial."""
 
+import io
 import os
 import resource
 import signal
 import subprocess
 import sys
 import time
-import io
 
 import keras
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
 from PIL import Image
 
 from conftest import distinct_image, encode, make_class_folders
 from fake_engine import Item
-from test_crawl import FAST, assert_consistent
-from test_train import write_archive
+from helpers import FAST, assert_consistent, assert_one_error_line, run_cli, write_archive
 from toolkit import images
 from toolkit.archive import load_archive, pack
-from toolkit.cli import cli
 from toolkit.crawler import FetchOptions, crawl
 from toolkit.errors import ToolkitError
-
-
-def invoke(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    return result
-
-
-def one_error_line(result, message):
-    assert result.exit_code not in (0, None), result.output
-    assert "Traceback" not in result.output
-    errors = [l for l in result.output.splitlines() if l.startswith("Error:")]
-    assert len(errors) == 1 and message in errors[0], result.output
-
 
 # ---- crawl
 
@@ -107,9 +90,9 @@ def test_pack_refuses_a_class_with_no_usable_image(tmp_path):
     src = make_class_folders(tmp_path / "src", {"a": range(5), "b": range(10, 15)})
     (src / "junk").mkdir()
     (src / "junk" / "x.jpg").write_bytes(b"<html>")
-    result = invoke("pack", src, "--out", tmp_path / "x.npz", "--per-class", 4, "--size", 32,
+    result = run_cli("pack", src, "--out", tmp_path / "x.npz", "--per-class", 4, "--size", 32,
                     "--allow-fewer")
-    one_error_line(result, "class junk has fewer than 2 usable images")
+    assert_one_error_line(result, "class junk has fewer than 2 usable images")
 
 
 def test_pack_reports_dangling_links_and_special_files(tmp_path):
@@ -173,43 +156,45 @@ def bad_archives(tmp_path):
     save("short", y_train=arrays["y_train"][:-1])
     save("names", class_names=np.array(["a", "b"]))
     save("objects", class_names=np.array(["a", None, "c"], dtype=object))
+    save("meta", meta=np.array('{"fit": "crop", "si'))
+    save("fit", meta=np.array('{"fit": "squash"}'))
     return cases
 
 
 EXPECTED = {"text": "not an .npz archive", "cut": "not an .npz archive", "nolabels": "lacks y_train",
             "floats": "dtype float32", "gray": "shape", "sizes": "X_test images are",
             "outside": "outside the 3 class_names", "negative": "labels must be",
-            "short": "labels for", "names": "outside the 2 class_names", "objects": "pickle"}
+            "short": "labels for", "names": "outside the 2 class_names", "objects": "pickle",
+            "meta": "meta is damaged", "fit": "meta says fit"}
 
 
 def test_every_bad_archive_is_one_clear_error(tmp_path):
     for name, path in bad_archives(tmp_path).items():
         with pytest.raises(ToolkitError, match=EXPECTED[name]):
             load_archive(path)
-        result = invoke("train", "--strategy", "cnn", "--data", path, "--out", tmp_path / f"run-{name}")
-        one_error_line(result, EXPECTED[name])
+        result = run_cli("train", "--strategy", "cnn", "--data", path, "--out", tmp_path / f"run-{name}")
+        assert_one_error_line(result, EXPECTED[name])
         assert not (tmp_path / f"run-{name}").exists(), "nothing written for a bad archive"
 
 
 def test_evaluate_refuses_what_is_not_a_model(tmp_path):
     data = write_archive(tmp_path / "d.npz", n_per_class=6)
     (tmp_path / "junk.keras").write_bytes(b"PK\x03\x04 not really")
-    one_error_line(invoke("evaluate", tmp_path / "junk.keras", "--data", data), "not a Keras model")
-    one_error_line(invoke("predict", tmp_path / "missing.keras", data), "does not exist")
+    assert_one_error_line(run_cli("evaluate", tmp_path / "junk.keras", "--data", data), "not a Keras model")
+    assert_one_error_line(run_cli("predict", tmp_path / "missing.keras", data), "does not exist")
     inputs = keras.Input((32, 32, 3))
     keras.Model(inputs, keras.layers.Lambda(lambda x: x[:, 0, 0, :])(inputs)).save(tmp_path / "code.keras")
-    one_error_line(invoke("evaluate", tmp_path / "code.keras", "--data", data), "refusing it")
+    assert_one_error_line(run_cli("evaluate", tmp_path / "code.keras", "--data", data), "refusing it")
 
 
 def test_evaluate_checks_the_archive_fits_the_model(tmp_path):
     data = write_archive(tmp_path / "d.npz", n_per_class=8)
-    CliRunner().invoke(cli, ["train", "--strategy", "cnn", "--data", str(data), "--epochs", "1",
-                             "--out", str(tmp_path / "run")])
+    run_cli("train", "--strategy", "cnn", "--data", data, "--epochs", 1, "--out", tmp_path / "run")
     other = write_archive(tmp_path / "other.npz", n_per_class=8, size=40)
-    one_error_line(invoke("evaluate", tmp_path / "run", "--data", other), "pack with --size 32")
+    assert_one_error_line(run_cli("evaluate", tmp_path / "run", "--data", other), "pack with --size 32")
     renamed = write_archive(tmp_path / "renamed.npz", n_per_class=8,
                             class_names=np.array(["x", "y", "z"]))
-    one_error_line(invoke("evaluate", tmp_path / "run", "--data", renamed), "was trained on")
+    assert_one_error_line(run_cli("evaluate", tmp_path / "run", "--data", renamed), "was trained on")
 
 
 def test_a_batch_larger_than_the_data_is_a_warning(tmp_path, caplog):
@@ -232,7 +217,7 @@ def test_train_option_errors(tmp_path, monkeypatch, args, message):
     if "--strategy" not in args:
         base += ["--strategy", "cnn"]
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    one_error_line(invoke(*base, *args), message)
+    assert_one_error_line(run_cli(*base, *args), message)
     assert not (tmp_path / "run").exists()
 
 

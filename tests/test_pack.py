@@ -5,13 +5,12 @@ import os
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from conftest import distinct_image, encode, grid_image, make_class_folders, near_copy, png_bomb
+from helpers import run_cli
 from toolkit import images
 from toolkit.archive import NotEnoughImages, load_archive, pack
-from toolkit.cli import cli
 
 
 @pytest.fixture
@@ -157,12 +156,8 @@ def test_packed_pixels_are_the_decoded_images(tmp_path):
 
 # ---- the command line
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
 def test_cli_pack_prints_the_report_and_writes_it(messy, tmp_path):
-    result = run("pack", messy, "--out", tmp_path / "x.npz", "--per-class", 10, "--size", 32)
+    result = run_cli("pack", messy, "--out", tmp_path / "x.npz", "--per-class", 10, "--size", 32)
     assert result.exit_code == 0, result.output
     assert "label_conflict" in result.output and "24 train / 6 test" in result.output
     assert (tmp_path / "x.report.txt").exists()
@@ -184,7 +179,7 @@ def test_cli_pack_errors_are_one_line(messy, tmp_path, args, message):
     (tmp_path / "empty").mkdir()
     values = dict(missing=tmp_path / "missing", out=tmp_path / "x.npz", src=messy, tmp=tmp_path,
                   one=one, empty=tmp_path / "empty")
-    result = run("pack", *[a.format(**values) for a in args])
+    result = run_cli("pack", *[a.format(**values) for a in args])
     assert result.exit_code == 1
     error = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and message in error[0], result.output
@@ -194,14 +189,14 @@ def test_cli_pack_errors_are_one_line(messy, tmp_path, args, message):
 
 def test_cli_pack_refuses_to_overwrite_without_force(messy, tmp_path):
     out = tmp_path / "x.npz"
-    assert run("pack", messy, "--out", out, "--per-class", 10, "--size", 32).exit_code == 0
-    result = run("pack", messy, "--out", out, "--per-class", 10, "--size", 32)
+    assert run_cli("pack", messy, "--out", out, "--per-class", 10, "--size", 32).exit_code == 0
+    result = run_cli("pack", messy, "--out", out, "--per-class", 10, "--size", 32)
     assert result.exit_code == 1 and "--force" in result.output
-    assert run("pack", messy, "--out", out, "--per-class", 10, "--size", 32, "--force").exit_code == 0
+    assert run_cli("pack", messy, "--out", out, "--per-class", 10, "--size", 32, "--force").exit_code == 0
 
 
 def test_cli_pack_warns_about_a_size_too_small_for_backbones(messy, tmp_path):
-    result = run("pack", messy, "--out", tmp_path / "x.npz", "--per-class", 10, "--size", 16)
+    result = run_cli("pack", messy, "--out", tmp_path / "x.npz", "--per-class", 10, "--size", 16)
     assert result.exit_code == 0 and "below 32" in result.output
 
 

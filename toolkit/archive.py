@@ -10,8 +10,6 @@ pickle: `np.load(path)` reads it as it is.
 from __future__ import annotations
 
 import collections
-import contextlib
-import datetime
 import json
 import math
 import os
@@ -22,13 +20,15 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
 
 from . import __version__, decisions, dedupe, images
-from .errors import ToolkitError
+from .errors import OptionError, ToolkitError, first_line
 from .files import atomic_path, write_json, write_text
+from .text import text_table, timestamp
 
 IMAGE_KEYS = ("X_train", "X_test")
 LABEL_KEYS = ("y_train", "y_test")
@@ -160,26 +160,21 @@ class PackReport:
         """The report as a plain-text table, one row per class, a column per outcome."""
         counts = self.counts()
         outcomes = [s for s in (*STATUS_WORDS, MOVED_IN_REVIEW) if any(c[s] for c in counts)]
-        head = ["class", "found", *outcomes]
 
-        def found(c: collections.Counter) -> str:
-            return str(sum(c.values()) - c[MOVED_IN_REVIEW])
+        def found(c: collections.Counter) -> int:
+            return sum(c.values()) - c[MOVED_IN_REVIEW]
 
-        rows = [[name, found(c), *(str(c[s]) for s in outcomes)]
+        rows = [[name, found(c), *(c[s] for s in outcomes)]
                 for name, c in zip(self.class_names, counts)]
         total = collections.Counter()
         for c in counts:
             total.update(c)
-        rows.append(["total", found(total), *(str(total[s]) for s in outcomes)])
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-        lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in
-                           enumerate(zip(cells, widths))) for cells in [head, *rows]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        lines.insert(-1, lines[1])
+        table = text_table(["class", "found", *outcomes], rows,
+                           total=["total", found(total), *(total[s] for s in outcomes)])
         words = {**STATUS_WORDS, MOVED_IN_REVIEW: "moved into this class in review (also "
                                                   "counted under its outcome)"}
         legend = [f"  {s}: {words[s]}" for s in outcomes]
-        return "\n".join([*lines, "", *legend])
+        return "\n".join([table, "", *legend])
 
     def to_json(self) -> dict:
         return {
@@ -240,11 +235,9 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
         train, test = _split(chosen, test_size, seed, report)
         for f in chosen:
             f.status = PACKED
-        meta = {"toolkit": __version__, "created": datetime.datetime.now().astimezone().isoformat(
-                    timespec="seconds"), "source": str(source), "size": size, "fit": fit,
-                "seed": seed, "test_size": test_size, "per_class": per_class,
-                "min_side": checks.min_side, "threshold": threshold,
-                "drop_suspects": drop_suspects}
+        meta = {"toolkit": __version__, "created": timestamp(), "source": str(source),
+                "size": size, "fit": fit, "seed": seed, "test_size": test_size, "per_class": per_class,
+                "min_side": checks.min_side, "threshold": threshold, "drop_suspects": drop_suspects}
         _write_archive(out, report.class_names, train, test, files, spill.fileno(), size, meta)
 
     stem = out.with_suffix("")
@@ -297,23 +290,22 @@ def _apply_review(files: list[InputFile], class_names: list[str],
 def _check_pack_arguments(out: Path, per_class: int, test_size: float, size: int, fit: str,
                           threshold: int, force: bool) -> None:
     if out.suffix != ".npz":
-        raise ToolkitError(f"--out {out}: the archive name must end in .npz")
+        raise OptionError("out", str(out), "the archive name must end in .npz")
     if not out.parent.is_dir():
-        raise ToolkitError(f"--out {out}: folder {out.parent} does not exist; create it first")
+        raise OptionError("out", str(out), f"folder {out.parent} does not exist; create it first")
     if out.exists() and not force:
         raise ToolkitError(f"{out} already exists; pass --force to replace it")
     if per_class < 2:
-        raise ToolkitError(f"--per-class {per_class}: need at least 2 images per class "
-                           "(one to train, one to test)")
+        raise OptionError("per_class", per_class, "need at least 2 images per class "
+                          "(one to train, one to test)")
     if not 0 < test_size < 1:
-        raise ToolkitError(f"--test-size {test_size}: must be a fraction between 0 and 1, "
-                           "e.g. 0.2")
+        raise OptionError("test_size", test_size, "must be a fraction between 0 and 1, e.g. 0.2")
     if size < 8:
-        raise ToolkitError(f"--size {size}: images must be at least 8 pixels on a side")
+        raise OptionError("size", size, "images must be at least 8 pixels on a side")
     if fit not in images.FITS:
-        raise ToolkitError(f"--fit {fit}: choose one of {', '.join(images.FITS)}")
+        raise OptionError("fit", fit, f"choose one of {', '.join(images.FITS)}")
     if not 0 <= threshold <= 64:
-        raise ToolkitError(f"--threshold {threshold}: perceptual-hash distance is 0..64 bits")
+        raise OptionError("threshold", threshold, "perceptual-hash distance is 0..64 bits")
 
 
 def _decode_all(files: list[InputFile], spill_fd: int | None, row_bytes: int,
@@ -426,12 +418,18 @@ def _write_archive(out: Path, class_names: list[str], train: list[InputFile],
 
 def _write_rows(zf: zipfile.ZipFile, key: str, shape: tuple[int, ...], dtype: type,
                 rows: Iterable[bytes]) -> None:
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-              "shape": shape}
     with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
-        np.lib.format.write_array_header_2_0(member, header)
+        write_npy_header(member, shape, dtype)
         for row in rows:
             member.write(row)
+
+
+def write_npy_header(stream: BinaryIO, shape: tuple[int, ...], dtype) -> None:
+    """The .npy header of a C-order array whose rows the caller writes after it, one by one:
+    an array of any size is written without ever being held in memory."""
+    np.lib.format.write_array_header_2_0(stream, {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+        "shape": tuple(shape)})
 
 
 # --------------------------------------------------------------------------- loading
@@ -453,11 +451,11 @@ class Archive:
         return tuple(self.X_train.shape[1:])
 
 
-def load_archive(path: str | os.PathLike, mmap: bool = True) -> Archive:
+def load_archive(path: str | os.PathLike) -> Archive:
     """Open and check an archive; raise ToolkitError naming the first problem found.
 
-    With `mmap`, image arrays stored uncompressed are memory-mapped rather than read, so a
-    training run holds only the rows it is using.
+    Image arrays stored uncompressed (as pack writes them) are memory-mapped rather than
+    read, so a training run holds only the rows it is using.
     """
     path = Path(path)
     if not path.exists():
@@ -473,7 +471,7 @@ def load_archive(path: str | os.PathLike, mmap: bool = True) -> Archive:
             if missing:
                 raise ToolkitError(f"{path} lacks {', '.join(missing)}; an archive needs "
                                    f"{', '.join(REQUIRED_KEYS)} (make one with `toolkit pack`)")
-            arrays = {k: (_memmap_member(path, k) if mmap and k in IMAGE_KEYS else None)
+            arrays = {k: (_memmap_member(path, k) if k in IMAGE_KEYS else None)
                       for k in (*REQUIRED_KEYS, "class_names", "meta") if k in keys}
             arrays = {k: npz[k] if a is None else a for k, a in arrays.items()}
     except ToolkitError:
@@ -485,10 +483,9 @@ def load_archive(path: str | os.PathLike, mmap: bool = True) -> Archive:
         if "pickle" in str(e):
             raise ToolkitError(f"{path} holds object arrays, which need pickle to load; "
                                "refusing (pickles can run code). Store plain arrays") from None
-        raise ToolkitError(f"{path} is damaged: {str(e).splitlines()[0][:100]}") from None
+        raise ToolkitError(f"{path} is damaged: {first_line(e, 100)}") from None
     except Exception as e:  # numpy and zipfile raise many types on damaged data
-        detail = str(e).splitlines()[0][:100] if str(e) else ""
-        raise ToolkitError(f"{path} is damaged or truncated ({type(e).__name__}: {detail}); "
+        raise ToolkitError(f"{path} is damaged or truncated ({type(e).__name__}: {first_line(e, 100)}); "
                            "pack it again") from None
     return _validated(path, arrays)
 
@@ -533,10 +530,17 @@ def _validated(path: Path, a: dict[str, np.ndarray]) -> Archive:
                   "images; class_names disagree with the labels")
     if len(class_names) < 2:
         raise bad("a classifier needs at least two classes")
-    meta = {}
+    meta = {}  # an archive made elsewhere may have none: its images count as cropped
     if "meta" in a:
-        with contextlib.suppress(ValueError, TypeError):
+        try:
             meta = json.loads(str(a["meta"]))
+        except ValueError as e:
+            raise bad(f"meta is damaged (not JSON: {e}); pack it again") from None
+        if not isinstance(meta, dict):
+            raise bad("meta is damaged (not a JSON object); pack it again")
+        if meta.get("fit", "crop") not in images.FITS:
+            raise bad(f"meta says fit {meta['fit']!r}, not one of {', '.join(images.FITS)}; "
+                      "pack it again")
     return Archive(a["X_train"], a["y_train"].astype(np.int64), a["X_test"],
                    a["y_test"].astype(np.int64), class_names, meta, str(path))
 

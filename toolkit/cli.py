@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import signal
 import sys
@@ -10,10 +11,13 @@ import warnings
 
 import click
 
-from . import __version__
+from . import __version__, archive, reviewer
+from .config import AUGMENT_MODES, BACKBONES, DISTRIBUTIONS, HEADS, PRECISIONS, STRATEGIES, TrainConfig
 from .engines import DEFAULT_PER_HOST, DEFAULT_THREADS, ENGINES, LICENSES, SEARCH_ENGINES
-from .errors import ToolkitError
+from .errors import OptionError, ToolkitError
 from .exporter import FORMATS as EXPORT_FORMATS, QUANTIZATIONS
+from .images import FITS
+from .text import text_table
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -24,6 +28,8 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except OptionError as e:  # the library names the parameter; here, its flag
+            raise click.ClickException(e.for_command_line()) from None
         except ToolkitError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
@@ -143,29 +149,40 @@ def crawl(queries, per_class, engines, urls, license_, root, min_side, threshold
 
 # --------------------------------------------------------------------------- pack
 
+def _defaults(function) -> dict:
+    """A library function's keyword defaults: the flags' defaults, written once, there."""
+    return {p.name: p.default for p in inspect.signature(function).parameters.values()}
+
+
+PACK = _defaults(archive.pack)
+
+
 @cli.command()
 @click.argument("source", default="datasets", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Archive to write (.npz).")
-@click.option("--per-class", default=400, show_default=True, type=int,
+@click.option("--per-class", default=PACK["per_class"], show_default=True, type=int,
               help="Images per class in the archive.")
-@click.option("--test-size", default=0.2, show_default=True, type=float,
+@click.option("--test-size", default=PACK["test_size"], show_default=True, type=float,
               help="Fraction of each class held out for testing.")
-@click.option("--size", default=224, show_default=True, type=int, help="Side of the square images.")
-@click.option("--fit", default="crop", show_default=True,
-              type=click.Choice(["crop", "pad", "stretch"]),
+@click.option("--size", default=PACK["size"], show_default=True, type=int,
+              help="Side of the square images.")
+@click.option("--fit", default=PACK["fit"], show_default=True,
+              type=click.Choice(FITS),
               help="crop: fill the square, cut the centre; pad: fit inside, pad black; "
                    "stretch: ignore the aspect ratio.")
-@click.option("--seed", default=42, show_default=True, type=int, help="Seed for picking and splitting.")
-@click.option("--min-side", default=100, show_default=True, type=click.IntRange(1),
+@click.option("--seed", default=PACK["seed"], show_default=True, type=int,
+              help="Seed for picking and splitting.")
+@click.option("--min-side", default=PACK["checks"].min_side, show_default=True, type=click.IntRange(1),
               help="Smallest usable image side, in pixels.")
-@click.option("--threshold", default=8, show_default=True, type=click.IntRange(0, 64),
+@click.option("--threshold", default=PACK["threshold"], show_default=True, type=click.IntRange(0, 64),
               help="Perceptual-hash bits within which two images are the same picture.")
 @click.option("--allow-fewer", is_flag=True, help="Pack classes that have fewer than --per-class.")
 @click.option("--force", is_flag=True, help="Replace an existing archive.")
 @click.option("--drop-suspects", is_flag=True,
               help="Also leave out the suspects of SOURCE/review.json that no review decision kept.")
-@click.option("--workers", default=None, type=click.IntRange(1), help="Decoding threads [default: all cores].")
+@click.option("--workers", default=None, type=click.IntRange(1),
+              help="Decoding threads [default: all cores].")
 @user_errors
 def pack(source, out, per_class, test_size, size, fit, seed, min_side, threshold, allow_fewer,
          force, drop_suspects, workers):
@@ -198,18 +215,20 @@ def pack(source, out, per_class, test_size, size, fit, seed, min_side, threshold
 
 # --------------------------------------------------------------------------- review
 
+REVIEW = _defaults(reviewer.review)
+
+
 @cli.command()
 @click.argument("source", default="datasets", type=click.Path(file_okay=False))
-@click.option("--backbone", default="mobilenet_v2", show_default=True,
-              type=click.Choice(["vgg16", "vgg19", "mobilenet_v2", "resnet50", "efficientnet_b0"]),
+@click.option("--backbone", default=REVIEW["backbone"], show_default=True, type=click.Choice(list(BACKBONES)),
               help="Frozen pretrained base that embeds the images.")
-@click.option("--weights", default="imagenet", show_default=True,
+@click.option("--weights", default=REVIEW["weights"], show_default=True,
               help="imagenet (Keras' download and cache), none (random), or a weights file.")
-@click.option("--size", default=224, show_default=True, type=click.IntRange(32),
+@click.option("--size", default=REVIEW["size"], show_default=True, type=click.IntRange(32),
               help="Side of the square the backbone sees.")
-@click.option("--min-side", default=100, show_default=True, type=click.IntRange(1),
+@click.option("--min-side", default=REVIEW["checks"].min_side, show_default=True, type=click.IntRange(1),
               help="Smallest usable image side, in pixels (as for pack).")
-@click.option("--threshold", default=8, show_default=True, type=click.IntRange(0, 64),
+@click.option("--threshold", default=REVIEW["threshold"], show_default=True, type=click.IntRange(0, 64),
               help="Perceptual-hash bits within which two images are the same picture (as for pack).")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
               help="Where embeddings are cached.  [default: $TOOLKIT_CACHE_DIR or ~/.cache/toolkit]")
@@ -248,46 +267,53 @@ def review(source, backbone, weights, size, min_side, threshold, cache_dir, serv
 
 # --------------------------------------------------------------------------- train
 
+DEFAULT = TrainConfig  # the library's defaults are the flags' defaults
+
+
 def training_options(command):
     """Options shared by `train` and `compare`."""
     options = [
         click.option("--data", default="animal.npz", show_default=True,
                      type=click.Path(dir_okay=False), help="Archive made by `toolkit pack`."),
-        click.option("--backbone", default="vgg16", show_default=True,
-                     type=click.Choice(["vgg16", "vgg19", "mobilenet_v2", "resnet50", "efficientnet_b0"]),
+        click.option("--backbone", default=DEFAULT.backbone, show_default=True,
+                     type=click.Choice(list(BACKBONES)),
                      help="Pretrained base of extract/finetune/augment."),
-        click.option("--weights", default="imagenet", show_default=True,
+        click.option("--weights", default=DEFAULT.weights, show_default=True,
                      help="imagenet (Keras' download and cache), none (random), or a weights file."),
-        click.option("--epochs", default=50, show_default=True, type=int,
+        click.option("--epochs", default=DEFAULT.epochs, show_default=True, type=int,
                      help="Most epochs; early stopping on validation loss may end sooner."),
-        click.option("--batch-size", default=128, show_default=True, type=int,
+        click.option("--batch-size", default=DEFAULT.batch_size, show_default=True, type=int,
                      help="Images per batch (per replica with --distribute)."),
         click.option("--learning-rate", default=None, type=float,
                      help="Adam's step size.  [default: 1e-3 for cnn/extract, 1e-4 for finetune/augment]"),
-        click.option("--seed", default=42, show_default=True, type=int, help="Same seed, same result."),
-        click.option("--validation-split", default=0.2, show_default=True, type=float,
+        click.option("--seed", default=DEFAULT.seed, show_default=True, type=int,
+                     help="Same seed, same result."),
+        click.option("--validation-split", default=DEFAULT.validation_split, show_default=True,
+                     type=float,
                      help="Stratified fraction of the training set held out for validation."),
-        click.option("--patience", default=5, show_default=True, type=int,
+        click.option("--patience", default=DEFAULT.patience, show_default=True, type=int,
                      help="Epochs without a better validation loss before stopping."),
         click.option("--trainable", multiple=True, metavar="LAYER",
                      help="Backbone layers to fine-tune (names or patterns like 'block5_*'); "
                           "repeat.  [default: block5_conv3 for vgg16, the last block for others]"),
-        click.option("--head", default="flatten", show_default=True, type=click.Choice(["flatten", "pool"]),
+        click.option("--head", default=DEFAULT.head, show_default=True, type=click.Choice(HEADS),
                      help="flatten: the study's head; pool: global average pooling first (fewer weights)."),
-        click.option("--views", default=4, show_default=True, type=int,
-                     help="augment on CPU: cached views per training image (the original + views-1 augmented)."),
-        click.option("--augment-mode", default="auto", show_default=True,
-                     type=click.Choice(["auto", "cached", "online"]),
+        click.option("--views", default=DEFAULT.views, show_default=True, type=int,
+                     help="augment on CPU: cached views per training image "
+                          "(the original + views-1 augmented)."),
+        click.option("--augment-mode", default=DEFAULT.augment_mode, show_default=True,
+                     type=click.Choice(AUGMENT_MODES),
                      help="augment: online (on every batch; the default on a GPU) or cached views."),
-        click.option("--precision", default="float32", show_default=True,
-                     type=click.Choice(["float32", "mixed"]), help="mixed: float16 on GPU, bfloat16 on CPU."),
-        click.option("--deterministic/--nondeterministic", default=None,
+        click.option("--precision", default=DEFAULT.precision, show_default=True,
+                     type=click.Choice(PRECISIONS), help="mixed: float16 on GPU, bfloat16 on CPU."),
+        click.option("--deterministic/--nondeterministic", default=DEFAULT.deterministic,
                      help="Deterministic TensorFlow ops.  [default: on for CPU, off for GPU]"),
-        click.option("--distribute", default="none", show_default=True,
-                     type=click.Choice(["none", "mirrored", "multiworker"]),
+        click.option("--distribute", default=DEFAULT.distribute, show_default=True,
+                     type=click.Choice(DISTRIBUTIONS),
                      help="mirrored: all local GPUs; multiworker: machines named in TF_CONFIG."),
         click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
-                     help="Where frozen features are cached.  [default: $TOOLKIT_CACHE_DIR or ~/.cache/toolkit]"),
+                     help="Where frozen features are cached.  "
+                          "[default: $TOOLKIT_CACHE_DIR or ~/.cache/toolkit]"),
     ]
     for option in reversed(options):
         command = option(command)
@@ -304,7 +330,7 @@ def _fit_verbosity() -> int:
 
 
 @cli.command()
-@click.option("--strategy", default=None, type=click.Choice(["cnn", "extract", "finetune", "augment"]),
+@click.option("--strategy", default=None, type=click.Choice(STRATEGIES),
               help="cnn: the small CNN; extract: frozen backbone + head; finetune: + the last "
                    "conv layer trained; augment: finetune with augmentation.")
 @training_options
@@ -327,7 +353,7 @@ def train(strategy, data, out, resume, **options):
         _report_run(lambda: run_resume(resume, verbose=_fit_verbosity(), progress=progress_enabled()))
         return
     if strategy is None:
-        raise ToolkitError("choose a --strategy: cnn, extract, finetune or augment")
+        raise ToolkitError(f"choose a --strategy: {', '.join(STRATEGIES)}")
     _report_run(lambda: run_train(data, strategy, out=out, verbose=_fit_verbosity(),
                                   progress=progress_enabled(), **_train_options(options)))
 
@@ -396,10 +422,9 @@ def predict(model, images, fmt, unknown):
             writer.writerow([r.path, r.label or "", "" if r.probability is None else
                              f"{r.probability:.4f}", r.error])
     else:
-        width = max([5, *(len(r.path) for r in results)])
-        click.echo(f"{'image':<{width}}  {'label':<16} probability  closest")
-        for r in good:
-            click.echo(f"{r.path:<{width}}  {r.label:<16} {r.probability:11.3f}  {r.closest}")
+        click.echo(text_table(["image", "label", "probability", "closest"],
+                              [[r.path, r.label, f"{r.probability:.3f}", r.closest] for r in good],
+                              left=(0, 1, 3)))
     for r in results:
         if r.error and fmt == "table":
             click.echo(f"warning: {r.path}: {r.error}", err=True)
@@ -432,7 +457,7 @@ def export(run, fmt, quantize, data):
 
 
 @cli.command()
-@click.option("--strategies", default="cnn,extract,finetune,augment", show_default=True,
+@click.option("--strategies", default=",".join(STRATEGIES), show_default=True,
               help="Comma-separated strategies to train.")
 @training_options
 @click.option("--out", default=None, type=click.Path(file_okay=False),

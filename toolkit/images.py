@@ -22,6 +22,8 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import first_line
+
 FITS = ("crop", "pad", "stretch")
 
 #: Formats that are opened at all. Anything else (SVG, PDF, EPS, text) is "not an image".
@@ -208,7 +210,7 @@ def _open_rgb(data: bytes, checks: Checks, side: int) -> tuple[Image.Image, str,
     except Unusable:
         raise
     except Exception as e:
-        raise Unusable("corrupt", _short(e)) from None
+        raise Unusable("corrupt", first_line(e, 120)) from None
     try:
         if image.getexif().get(ORIENTATION, 1) != 1:
             image = ImageOps.exif_transpose(image)
@@ -217,7 +219,7 @@ def _open_rgb(data: bytes, checks: Checks, side: int) -> tuple[Image.Image, str,
     try:
         return to_rgb(image), fmt, (width, height)
     except Exception as e:
-        raise Unusable("unsupported", f"mode {image.mode}: {_short(e)}") from None
+        raise Unusable("unsupported", f"mode {image.mode}: {first_line(e, 120)}") from None
 
 
 @functools.cache
@@ -242,8 +244,3 @@ def _sniff(data: bytes) -> str:
         return "text"
     except UnicodeDecodeError:
         return "unknown format"
-
-
-def _short(e: BaseException) -> str:
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return text[:120]

@@ -22,36 +22,13 @@ from dataclasses import dataclass
 import keras
 from keras import layers, ops
 
-from .errors import ToolkitError
+from .config import BACKBONES, HEADS, STRATEGIES, Backbone
+from .errors import OptionError, ToolkitError, first_line
 from .files import atomic_path
-
-STRATEGIES = ("cnn", "extract", "finetune", "augment")
 
 #: The study's augmentation: rotation 30 degrees, shifts 0.2, zoom 0.2, horizontal flip,
 #: nearest fill (its ImageDataGenerator arguments, as Keras preprocessing layers).
 AUGMENTATION = dict(rotation=30 / 360, shift=0.2, zoom=0.2, fill_mode="nearest")
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """A keras.applications base and how to use it."""
-
-    name: str
-    factory: str               # the keras.applications constructor
-    preprocess: str            # mode of the Preprocess layer
-    finetune: tuple[str, ...]  # layer-name patterns unfrozen by finetune/augment
-    min_size: int = 32
-
-
-BACKBONES = {
-    b.name: b for b in (
-        Backbone("vgg16", "VGG16", "caffe", ("block5_conv3",)),
-        Backbone("vgg19", "VGG19", "caffe", ("block5_conv4",)),
-        Backbone("mobilenet_v2", "MobileNetV2", "tf", ("block_16_*", "Conv_1")),
-        Backbone("resnet50", "ResNet50", "caffe", ("conv5_block3_*",)),
-        Backbone("efficientnet_b0", "EfficientNetB0", "none", ("block7a_*", "top_conv")),
-    )
-}
 
 
 @keras.saving.register_keras_serializable(package="toolkit")
@@ -59,15 +36,14 @@ class Preprocess(layers.Layer):
     """A backbone's `preprocess_input`, as a layer with no weights.
 
     unit: x/255 (the small CNN); tf: x/127.5 - 1 (MobileNetV2); caffe: RGB->BGR minus the
-    ImageNet mean (VGG, ResNet); torch: x/255 standardised; none: the backbone does it.
+    ImageNet mean (VGG, ResNet); none: the backbone does it (EfficientNet).
     """
 
     MEAN_BGR = (103.939, 116.779, 123.68)
-    TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
     def __init__(self, mode: str, **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("unit", "tf", "caffe", "torch", "none"):
+        if mode not in ("unit", "tf", "caffe", "none"):
             raise ValueError(f"unknown preprocessing mode {mode!r}")
         self.mode = mode
 
@@ -79,10 +55,6 @@ class Preprocess(layers.Layer):
             return x / 127.5 - 1.0
         if self.mode == "caffe":
             return ops.flip(x, axis=-1) - ops.convert_to_tensor(self.MEAN_BGR, self.compute_dtype)
-        if self.mode == "torch":
-            mean = ops.convert_to_tensor(self.TORCH_MEAN, self.compute_dtype)
-            std = ops.convert_to_tensor(self.TORCH_STD, self.compute_dtype)
-            return (x / 255.0 - mean) / std
         return x
 
     def compute_output_shape(self, input_shape):
@@ -103,9 +75,6 @@ def augmentation(seed: int) -> keras.Sequential:
     ], name="augment")
 
 
-HEADS = ("flatten", "pool")
-
-
 def head(n_classes: int, kind: str = "flatten") -> keras.Sequential:
     """The study's classifier head: Flatten, Dense 128/64/32 relu, softmax.
 
@@ -113,7 +82,7 @@ def head(n_classes: int, kind: str = "flatten") -> keras.Sequential:
     ~50x fewer head weights on a 7x7 backbone output, so far less to overfit.
     """
     if kind not in HEADS:
-        raise ToolkitError(f"--head {kind}: choose from {', '.join(HEADS)}")
+        raise OptionError("head", kind, f"choose from {', '.join(HEADS)}")
     return keras.Sequential([
         layers.Flatten() if kind == "flatten" else layers.GlobalAveragePooling2D(),
         layers.Dense(128, activation="relu"),
@@ -146,24 +115,25 @@ def load_backbone(name: str, weights: str, input_shape: tuple[int, int, int]) ->
         source = "imagenet"
     else:
         if not os.path.isfile(weights):
-            raise ToolkitError(f"--weights {weights}: no such file; give imagenet, none or "
-                               "the path of a .weights.h5 / .h5 file")
+            raise OptionError("weights", weights, "no such file; give imagenet, none or the path "
+                              "of a .weights.h5 / .h5 file")
         source = weights
     try:
         return constructor(include_top=False, weights=source, input_shape=input_shape)
     except Exception as e:  # Keras raises many types for a failed download or a bad file
         if source == "imagenet":
-            raise ToolkitError(
-                f"cannot get the ImageNet weights of {name} ({_first_line(e)}); offline, "
-                f"download them elsewhere (keras.applications.{spec.factory}(include_top=False)"
-                " caches them in ~/.keras/models) and pass --weights PATH") from None
-        raise ToolkitError(f"--weights {weights} does not fit {name} (include_top=False): "
-                           f"{_first_line(e)}") from None
+            raise OptionError(
+                "weights", "imagenet", f"cannot get the ImageNet weights of {name} "
+                f"({first_line(e)}); offline, download them elsewhere (keras.applications."
+                f"{spec.factory}(include_top=False) caches them in ~/.keras/models) and give "
+                "that file instead") from None
+        raise OptionError("weights", weights, f"does not fit {name} (include_top=False): "
+                          f"{first_line(e)}") from None
 
 
 def backbone_spec(name: str) -> Backbone:
     if name not in BACKBONES:
-        raise ToolkitError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+        raise OptionError("backbone", name, f"choose from {', '.join(BACKBONES)}")
     return BACKBONES[name]
 
 
@@ -183,7 +153,7 @@ def build(strategy: str, input_shape: tuple[int, int, int], n_classes: int, *,
           seed: int = 0) -> Split:
     """Build a strategy's model and its split for caching."""
     if strategy not in STRATEGIES:
-        raise ToolkitError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+        raise OptionError("strategy", strategy, f"choose from {', '.join(STRATEGIES)}")
     if strategy == "cnn":
         model = cnn(input_shape, n_classes, head_kind)
         return Split(model, None, model, "")
@@ -192,8 +162,8 @@ def build(strategy: str, input_shape: tuple[int, int, int], n_classes: int, *,
     patterns = () if strategy == "extract" else (trainable or spec.finetune)
     chosen = set_trainable(base, patterns)
     if patterns and not chosen:
-        raise ToolkitError(f"--trainable {' '.join(patterns)} matches no layer of {backbone}; "
-                           f"its last layers are {', '.join(l.name for l in base.layers[-6:])}")
+        raise OptionError("trainable", list(patterns), f"matches no layer of {backbone}; its last "
+                          f"layers are {', '.join(layer.name for layer in base.layers[-6:])}")
 
     inputs = keras.Input(input_shape, name="image")
     x = augmentation(seed)(inputs) if strategy == "augment" else inputs
@@ -235,7 +205,7 @@ def cut_below(base: keras.Model, trainable: list[str]) -> layers.Layer:
     """The last layer whose output alone feeds every trainable layer (the cache point)."""
     if not trainable:
         return base.layers[-1]
-    first = min(i for i, l in enumerate(base.layers) if l.name in trainable)
+    first = min(i for i, layer in enumerate(base.layers) if layer.name in trainable)
     for layer in reversed(base.layers[:first]):
         try:
             keras.Model(layer.output, base.output)
@@ -268,11 +238,11 @@ def load_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
         if "config.json" not in names:
             raise ValueError("no config.json")
     except (zipfile.BadZipFile, ValueError, KeyError, OSError) as e:
-        raise ToolkitError(f"{path} is not a Keras model (.keras) file ({_first_line(e)})") from None
+        raise ToolkitError(f"{path} is not a Keras model (.keras) file ({first_line(e)})") from None
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as e:
-        message = _first_line(e)
+        message = first_line(e)
         if "unsafe" in message.lower() or "lambda" in message.lower() or "safe_mode" in message:
             raise ToolkitError(f"{path} holds code (a Lambda layer) that would run on loading; "
                                "refusing it (Keras safe mode)") from None
@@ -286,8 +256,3 @@ def parameter_counts(model: keras.Model) -> dict[str, int]:
     trainable = sum(int(ops.size(w)) for w in model.trainable_weights)
     total = model.count_params()
     return {"total": total, "trainable": trainable, "frozen": total - trainable}
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:160]

@@ -1,4 +1,7 @@
-"""Train a strategy on an archive: frozen-feature cache, checkpoints, the run folder.
+"""Train a strategy on an archive: the public API (train, resume, compare) and a run's steps.
+
+The parts live beside it: batches.py, features.py (the frozen-feature cache),
+checkpoints.py, distribution.py, precision.py and runs.py (the run folder).
 
 What the original notebook got wrong, done right here:
 - the frozen part of the backbone runs once per image; its output is cached on disk
@@ -17,81 +20,31 @@ is computed for a fixed number of views of each training image (the original and
 from __future__ import annotations
 
 import contextlib
-import csv
-import datetime
-import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
 import numpy as np
-from tqdm import tqdm
 
-from . import __version__
-from .archive import Archive, load_archive, row_reader
-from .errors import ToolkitError
-from .files import atomic_path, write_json, write_text
+from .archive import Archive, load_archive
+from .batches import Batches, Rows, validation_split
+from .checkpoints import Checkpointer, read_state
+from .config import LEARNING_RATES, STRATEGIES, TrainConfig
+from .distribution import distribution_strategy, is_chief, multiworker_workarounds
+from .errors import OptionError, ToolkitError
+from .features import FeatureCache
+from .files import write_json, write_text
+from .precision import precision_scope
+from .runs import Clock, discard, new_run_folder, save_run, timestamped
+from .text import text_table
 
 log = logging.getLogger("toolkit")
-
-STRATEGIES = ("cnn", "extract", "finetune", "augment")
-LEARNING_RATES = {"cnn": 1e-3, "extract": 1e-3, "finetune": 1e-4, "augment": 1e-4}
-FEATURE_BATCH = 32  # images per forward pass of the frozen part
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; saved as the run's config.json."""
-
-    data: str
-    strategy: str = "finetune"
-    backbone: str = "vgg16"
-    weights: str = "imagenet"
-    epochs: int = 50
-    batch_size: int = 128
-    learning_rate: float | None = None
-    seed: int = 42
-    validation_split: float = 0.2
-    patience: int = 5
-    trainable: list[str] | None = None
-    head: str = "flatten"           # flatten (the study's) | pool
-    views: int = 4
-    augment_mode: str = "auto"      # auto | cached | online
-    precision: str = "float32"      # float32 | mixed
-    distribute: str = "none"        # none | mirrored | multiworker
-    deterministic: bool | None = None
-    cache_dir: str | None = None
-
-    def check(self) -> None:
-        problems = {
-            self.strategy not in STRATEGIES: f"--strategy {self.strategy}: choose from {', '.join(STRATEGIES)}",
-            self.epochs < 1: f"--epochs {self.epochs}: must be at least 1",
-            self.batch_size < 1: f"--batch-size {self.batch_size}: must be at least 1",
-            not 0 <= self.validation_split < 1: f"--validation-split {self.validation_split}: must be in [0, 1)",
-            self.patience < 1: f"--patience {self.patience}: must be at least 1",
-            self.views < 1: f"--views {self.views}: must be at least 1",
-            self.augment_mode not in ("auto", "cached", "online"): f"--augment-mode {self.augment_mode}: auto, cached or online",
-            self.precision not in ("float32", "mixed"): f"--precision {self.precision}: float32 or mixed",
-            self.head not in ("flatten", "pool"): f"--head {self.head}: flatten or pool",
-            self.distribute not in ("none", "mirrored", "multiworker"): f"--distribute {self.distribute}: none, mirrored or multiworker",
-            self.learning_rate is not None and not self.learning_rate > 0: f"--learning-rate {self.learning_rate}: must be positive",
-        }
-        for bad, message in problems.items():
-            if bad:
-                raise ToolkitError(message)
-
-    @classmethod
-    def from_json(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -108,25 +61,67 @@ class Run:
 
 # --------------------------------------------------------------------------- public API
 
-def train(data: str | os.PathLike = "animal.npz", strategy: str = "finetune", *,
+_DEFAULT = TrainConfig  # a dataclass keeps its fields' defaults as class attributes
+
+
+def train(data: str | os.PathLike = "animal.npz", strategy: str = _DEFAULT.strategy, *,
+          backbone: str = _DEFAULT.backbone, weights: str = _DEFAULT.weights,
+          epochs: int = _DEFAULT.epochs, batch_size: int = _DEFAULT.batch_size,
+          learning_rate: float | None = _DEFAULT.learning_rate, seed: int = _DEFAULT.seed,
+          validation_split: float = _DEFAULT.validation_split, patience: int = _DEFAULT.patience,
+          trainable: Sequence[str] | None = _DEFAULT.trainable, head: str = _DEFAULT.head,
+          views: int = _DEFAULT.views, augment_mode: str = _DEFAULT.augment_mode,
+          precision: str = _DEFAULT.precision, distribute: str = _DEFAULT.distribute,
+          deterministic: bool | None = _DEFAULT.deterministic,
+          cache_dir: str | os.PathLike | None = _DEFAULT.cache_dir,
           out: str | os.PathLike | None = None, verbose: int | str = "auto",
-          progress: bool = False, **options) -> Run:
+          progress: bool = False) -> Run:
     """Train `strategy` on the archive `data`; write everything into the run folder `out`.
 
-    Options are the fields of :class:`TrainConfig` (backbone, weights, epochs, ...).
-    `verbose` is Keras' fit verbosity; `progress` shows bars for feature extraction.
+    Bad values raise :class:`~toolkit.errors.OptionError` naming the parameter, before
+    anything is written.
+
+    Args (the command line's flags are the same names with dashes):
+        data: the archive made by `pack` (.npz).
+        strategy: cnn (the small CNN), extract (frozen backbone + head), finetune (+ the
+            backbone's last block trained) or augment (finetune with augmentation).
+        backbone: the keras.applications base of extract/finetune/augment (config.BACKBONES).
+        weights: "imagenet" (Keras' download and cache), "none" (random) or a weights file.
+        epochs: the most epochs; early stopping on validation loss may end sooner.
+        batch_size: images per batch, per replica when distributed.
+        learning_rate: Adam's step; None is 1e-3 for cnn/extract and 1e-4 for finetune/augment.
+        seed: same seed, same result (split, initial weights, batch order, augmentation).
+        validation_split: stratified fraction of the training set held out for validation.
+        patience: epochs without a better validation loss before stopping.
+        trainable: backbone layers to fine-tune (names or fnmatch patterns); None: the last block.
+        head: "flatten" (the study's) or "pool" (global average pooling first).
+        views: augment, cached mode: feature views per training image (the original + views-1).
+        augment_mode: "online" (on every batch), "cached" (fixed views) or "auto" (online on a GPU).
+        precision: "float32" or "mixed" (float16 on a GPU, bfloat16 on a CPU).
+        distribute: "none", "mirrored" (every local GPU) or "multiworker" (TF_CONFIG's machines).
+        deterministic: deterministic TensorFlow ops; None: on for a CPU, off for a GPU.
+        cache_dir: where frozen features are cached; None: $TOOLKIT_CACHE_DIR or ~/.cache/toolkit.
+        out: the run folder (new or empty); None: runs/<strategy>-<backbone>-<time>.
+        verbose: Keras' fit verbosity.
+        progress: progress bars while computing frozen features.
     """
-    config = TrainConfig(data=str(Path(data).resolve()), strategy=strategy, **options)
+    config = TrainConfig(
+        data=str(Path(data).resolve()), strategy=strategy, backbone=backbone, weights=str(weights),
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+        validation_split=validation_split, patience=patience,
+        trainable=list(trainable) if trainable else None, head=head, views=views,
+        augment_mode=augment_mode, precision=precision, distribute=distribute,
+        deterministic=deterministic, cache_dir=None if cache_dir is None else str(cache_dir))
     config.check()
     load_archive(config.data)  # fail on a bad archive before making a run folder
     if config.distribute == "multiworker" and "TF_CONFIG" not in os.environ:
-        raise ToolkitError("--distribute multiworker needs TF_CONFIG (the cluster and this "
-                           "worker's task) in the environment of every worker")
-    worker = not _is_chief(config)
+        raise OptionError("distribute", "multiworker", "needs TF_CONFIG (the cluster and this "
+                          "worker's task) in the environment of every worker")
+    worker = not is_chief(config.distribute)
     if worker:
         out = tempfile.mkdtemp(prefix="toolkit-worker-")  # only the chief keeps a run folder
     created = out is None or not Path(out).exists()
-    folder = _new_run_folder(out, config)
+    folder = new_run_folder(out, config)
     write_json(folder / "config.json", asdict(config))
     try:
         with _interruptible(folder):
@@ -135,7 +130,7 @@ def train(data: str | os.PathLike = "animal.npz", strategy: str = "finetune", *,
         # an error before the first checkpoint (a bad weights file, no network for imagenet)
         # leaves nothing to resume, so it leaves nothing behind either
         if not (folder / "checkpoint" / "state.json").exists():
-            _discard(folder, created)
+            discard(folder, created)
         raise
     if worker:
         shutil.rmtree(folder, ignore_errors=True)
@@ -150,10 +145,11 @@ def resume(folder: str | os.PathLike, *, verbose: int | str = "auto", progress: 
         config = TrainConfig.from_json(json.loads((folder / "config.json").read_text()))
     except (OSError, ValueError, TypeError) as e:
         raise ToolkitError(f"{folder} is not a run folder (no readable config.json: {e})") from None
+    config.check()
     if config.distribute == "multiworker":
         raise ToolkitError("a multiworker run cannot be resumed (only its chief kept "
                            "checkpoints); start it again on every worker")
-    state = _read_state(folder)
+    state = read_state(folder)
     if state.get("finished"):
         raise ToolkitError(f"run {folder} already finished; nothing to resume")
     with _interruptible(folder):
@@ -182,31 +178,44 @@ class Comparison:
     rows: list[dict]
 
     def table(self) -> str:
-        head = f"{'strategy':<10} {'accuracy':>9} {'macro F1':>9} {'epochs':>7} {'seconds':>9}"
-        lines = [head, "-" * len(head)]
-        for r in self.rows:
-            lines.append(f"{r['strategy']:<10} {r['accuracy']:>9.3f} {r['macro_f1']:>9.3f} "
-                         f"{r['epochs']:>7d} {r['seconds']:>9.1f}")
-        return "\n".join(lines)
+        return text_table(["strategy", "accuracy", "macro F1", "epochs", "seconds"],
+                          [[r["strategy"], f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}",
+                            r["epochs"], f"{r['seconds']:.1f}"] for r in self.rows])
 
 
 def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = STRATEGIES, *,
+            backbone: str = _DEFAULT.backbone, weights: str = _DEFAULT.weights,
+            epochs: int = _DEFAULT.epochs, batch_size: int = _DEFAULT.batch_size,
+            learning_rate: float | None = _DEFAULT.learning_rate, seed: int = _DEFAULT.seed,
+            validation_split: float = _DEFAULT.validation_split, patience: int = _DEFAULT.patience,
+            trainable: Sequence[str] | None = _DEFAULT.trainable, head: str = _DEFAULT.head,
+            views: int = _DEFAULT.views, augment_mode: str = _DEFAULT.augment_mode,
+            precision: str = _DEFAULT.precision, distribute: str = _DEFAULT.distribute,
+            deterministic: bool | None = _DEFAULT.deterministic,
+            cache_dir: str | os.PathLike | None = _DEFAULT.cache_dir,
             out: str | os.PathLike | None = None, verbose: int | str = "auto",
-            progress: bool = False, **options) -> Comparison:
-    """Train several strategies on one archive; one table and one plot of the results."""
+            progress: bool = False) -> Comparison:
+    """Train several strategies on one archive; one table and one plot of the results.
+
+    Each strategy's run goes to `out`/<strategy>; every other parameter is `train`'s.
+    """
     from .report import plot_comparison
     from .report_html import write_comparison_page
 
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
-        raise ToolkitError(f"--strategies {','.join(unknown) or '(none)'}: choose from "
-                           f"{', '.join(STRATEGIES)}")
-    folder = Path(out) if out else _timestamped(Path("runs"), "compare")
+        raise OptionError("strategies", ",".join(unknown) or "(none)",
+                          f"choose from {', '.join(STRATEGIES)}")
+    folder = Path(out) if out else timestamped(Path("runs"), "compare")
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for strategy in strategies:
-        run = train(data, strategy, out=folder / strategy, verbose=verbose, progress=progress,
-                    **options)
+        run = train(data, strategy, backbone=backbone, weights=weights, epochs=epochs,
+                    batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                    validation_split=validation_split, patience=patience, trainable=trainable,
+                    head=head, views=views, augment_mode=augment_mode, precision=precision,
+                    distribute=distribute, deterministic=deterministic, cache_dir=cache_dir,
+                    out=folder / strategy, verbose=verbose, progress=progress)
         rows.append({"strategy": strategy, "accuracy": run.metrics["accuracy"],
                      "macro_f1": run.metrics["macro_f1"], "epochs": run.metrics["epochs_run"],
                      "seconds": run.metrics["seconds"]["total"], "run": str(run.folder)})
@@ -220,21 +229,57 @@ def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = 
 
 # --------------------------------------------------------------------------- a run
 
-def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: bool) -> Run:
-    import tensorflow as tf
+@dataclass
+class _Plan:
+    """What a run decides before it builds anything: devices, rows, batch size, mode."""
 
-    from . import models
-    from .calibration import calibrate
+    gpu: bool
+    distribution: object          # a tf.distribute.Strategy
+    replicas: int
+    chief: bool
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    global_batch: int
+    online: bool                  # augment on every batch, inside the model
+    learning_rate: float
+
+
+def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: bool) -> Run:
     from .pages import write_pages
-    from .report import evaluate_predictions
 
     clock = Clock(state.get("seconds", {}))
     archive = load_archive(config.data)
+    plan = _plan(config, archive)
+    split, fitted, cached = _build(config, archive, plan)
+
+    clock.start("features")
+    train_data, val_data, test_source = _inputs(config, archive, split, cached, plan.train_rows,
+                                                plan.val_rows, plan.global_batch, progress)
+    clock.start("training")
+    checkpoints = Checkpointer(folder / "checkpoint", config.patience, state, [train_data],
+                               clock, write=plan.chief)
+    probabilities, calibrated = _fit_and_predict(config, archive, plan, fitted, state, checkpoints,
+                                                 train_data, val_data, test_source, clock, verbose)
+    evaluation, metrics = _metrics(config, archive, plan, split, checkpoints, probabilities, clock)
+    metrics["calibration"] = calibrated.summary
+    report = ""
+    if plan.chief:
+        report = save_run(folder, config, archive, split.model, evaluation, metrics,
+                          checkpoints.history)
+        calibrated.calibration.save(folder)
+        write_pages(folder, archive, calibrated.test_probabilities)
+        checkpoints.finish()
+    return Run(folder, config, metrics, checkpoints.history, report, split.model)
+
+
+def _plan(config: TrainConfig, archive: Archive) -> _Plan:
+    """Seed everything, pick the devices, split off validation, size the global batch."""
+    import tensorflow as tf
+
     gpu = bool(tf.config.list_physical_devices("GPU"))
     _seed(config, gpu)
-    distribution = _distribution(config.distribute)
+    distribution = distribution_strategy(config.distribute)
     replicas = distribution.num_replicas_in_sync
-    chief = _is_chief(config)
     train_rows, val_rows = validation_split(archive.y_train, config.validation_split, config.seed)
     global_batch = config.batch_size * replicas
     if global_batch > len(train_rows):
@@ -243,28 +288,38 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
         global_batch = len(train_rows)
     online = config.strategy == "augment" and (
         config.augment_mode == "online" or (config.augment_mode == "auto" and gpu))
-    learning_rate = config.learning_rate or LEARNING_RATES[config.strategy]
+    return _Plan(gpu, distribution, replicas, is_chief(config.distribute), train_rows, val_rows,
+                 global_batch, online, config.learning_rate or LEARNING_RATES[config.strategy])
 
-    with _precision(config.precision, gpu), distribution.scope():
+
+def _build(config: TrainConfig, archive: Archive, plan: _Plan):
+    """(split, the model that is fitted, whether it fits on cached features), compiled."""
+    from . import models
+
+    with precision_scope(config.precision, plan.gpu), plan.distribution.scope():
         split = models.build(config.strategy, archive.image_shape, len(archive.class_names),
                              backbone=config.backbone, weights=config.weights,
                              trainable=tuple(config.trainable or ()) or None,
                              head_kind=config.head, seed=config.seed)
-        cached = split.lower is not None and not online
+        cached = split.lower is not None and not plan.online
         fitted = split.trainer if cached else split.model
-        fitted.compile(optimizer=keras.optimizers.Adam(learning_rate),
+        fitted.compile(optimizer=keras.optimizers.Adam(plan.learning_rate),
                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return split, fitted, cached
 
-    clock.start("features")
-    train_data, val_data, test_source = _inputs(config, archive, split, cached, train_rows,
-                                                val_rows, global_batch, progress)
-    clock.start("training")
-    checkpoints = Checkpointer(folder / "checkpoint", config.patience, state, [train_data],
-                               clock, write=chief)
+
+def _fit_and_predict(config: TrainConfig, archive: Archive, plan: _Plan, fitted, state: dict,
+                     checkpoints: Checkpointer, train_data: Batches, val_data: Batches | None,
+                     test_source: np.ndarray, clock: Clock, verbose):
+    """Fit from the last checkpoint (if any) to the end, keep the best weights, predict the
+    test set once; then fit the calibration (temperature, unknown threshold) on validation.
+    Returns (test probabilities, calibration.Fitted)."""
+    from .calibration import calibrate
+
     if state:
         checkpoints.restore_last(fitted)
     start_epoch = state.get("epoch", -1) + 1
-    with _multiworker_workarounds(fitted, distribution, train_data):
+    with multiworker_workarounds(fitted, plan.distribution, train_data):
         if start_epoch < config.epochs and not state.get("stopped_early"):
             # shuffle=False: Batches shuffles by (seed, epoch); Keras' own shuffle of the batch
             # order is not seeded per epoch, and would make a resumed run differ
@@ -274,13 +329,22 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
         checkpoints.restore_best(fitted)
 
         clock.start("evaluation")
-        probabilities = fitted.predict(Batches([Rows(test_source, None)], None, global_batch),
-                                       verbose=0)
-        calibrated = calibrate(fitted, Batches(train_data.views[:1], None, global_batch), val_data,
-                               archive.y_train[val_rows], Batches([Rows(test_source, None)], None,
-                               global_batch), archive.y_test, seed=config.seed)
-    evaluation = evaluate_predictions(archive.y_test, probabilities, archive.class_names)
+        test_batches = Batches([Rows(test_source, None)], None, plan.global_batch)
+        probabilities = fitted.predict(test_batches, verbose=0)
+        calibrated = calibrate(fitted, Batches(train_data.views[:1], None, plan.global_batch),
+                               val_data, archive.y_train[plan.val_rows], test_batches,
+                               archive.y_test, seed=config.seed)
+        return probabilities, calibrated
 
+
+def _metrics(config: TrainConfig, archive: Archive, plan: _Plan, split,
+             checkpoints: Checkpointer, probabilities: np.ndarray, clock: Clock
+             ) -> tuple[dict, dict]:
+    """(the test-set evaluation, the run's metrics.json)."""
+    from . import models
+    from .report import evaluate_predictions
+
+    evaluation = evaluate_predictions(archive.y_test, probabilities, archive.class_names)
     metrics = {
         **{k: evaluation[k] for k in ("accuracy", "macro_f1", "per_class", "test_images",
                                       "confusion_matrix", "class_names")},
@@ -291,22 +355,14 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
         "epochs_run": len(checkpoints.history.get("loss", [])),
         "best_epoch": checkpoints.best_epoch + 1,
         "stopped_early": checkpoints.stopped_early,
-        "learning_rate": learning_rate,
-        "global_batch_size": global_batch,
-        "replicas": replicas,
-        "augment_mode": ("online" if online else "cached") if config.strategy == "augment" else None,
-        "device": "GPU" if gpu else "CPU",
+        "learning_rate": plan.learning_rate,
+        "global_batch_size": plan.global_batch,
+        "replicas": plan.replicas,
+        "augment_mode": ("online" if plan.online else "cached") if config.strategy == "augment" else None,
+        "device": "GPU" if plan.gpu else "CPU",
         "seconds": clock.totals(),
-        "calibration": calibrated.summary,
     }
-    report = ""
-    if chief:
-        report = _save_run(folder, config, archive, split.model, evaluation, metrics,
-                           checkpoints.history)
-        calibrated.calibration.save(folder)
-        write_pages(folder, archive, calibrated.test_probabilities)
-        checkpoints.finish()
-    return Run(folder, config, metrics, checkpoints.history, report, split.model)
+    return evaluation, metrics
 
 
 def _inputs(config: TrainConfig, archive: Archive, split, cached: bool, train_rows: np.ndarray,
@@ -330,62 +386,6 @@ def _inputs(config: TrainConfig, archive: Archive, split, cached: bool, train_ro
     return train_data, val_data, test
 
 
-def _save_run(folder: Path, config: TrainConfig, archive: Archive, model, evaluation: dict,
-              metrics: dict, history: dict) -> str:
-    """Write the model and the report files; return the report text."""
-    from . import models
-    from .report import write_run_report
-
-    models.save_model(model, folder / "model.keras", {
-        "class_names": archive.class_names, "image_size": list(archive.image_shape),
-        "fit": archive.meta.get("fit", "crop"), "strategy": config.strategy,
-        "backbone": metrics["backbone"], "weights": metrics["weights"], "data": config.data,
-        "toolkit": __version__,
-        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
-    _write_history(folder / "history.csv", history)
-    title = (config.strategy + ("" if config.strategy == "cnn" else f" / {config.backbone}")
-             + f" on {Path(config.data).name}")
-    return write_run_report(folder, evaluation, history, metrics, title)
-
-
-class Clock:
-    """Seconds per phase (features, training, evaluation), carried across resumes."""
-
-    def __init__(self, previous: dict[str, float]):
-        self.previous = dict(previous)
-        self.spent: dict[str, float] = {}
-        self.begun = time.monotonic()
-        self.phase, self.phase_begun = "setup", self.begun
-
-    def start(self, phase: str) -> None:
-        now = time.monotonic()
-        self.spent[self.phase] = self.spent.get(self.phase, 0.0) + now - self.phase_begun
-        self.phase, self.phase_begun = phase, now
-
-    def totals(self) -> dict[str, float]:
-        self.start(self.phase)
-        phases = set(self.previous) | set(self.spent)
-        totals = {p: round(self.previous.get(p, 0.0) + self.spent.get(p, 0.0), 2)
-                  for p in phases if p != "total"}
-        totals["total"] = round(sum(totals.values()), 2)
-        return totals
-
-
-def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded, stratified (train rows, validation rows) of the training set."""
-    rows = np.arange(len(labels))
-    if fraction == 0:
-        return rows, rows[:0]
-    from sklearn.model_selection import train_test_split
-    try:
-        train_rows, val_rows = train_test_split(rows, test_size=fraction, stratify=labels,
-                                                random_state=seed)
-    except ValueError as e:
-        raise ToolkitError(f"cannot hold out a stratified validation set of {fraction:g} "
-                           f"({e}); use more images or --validation-split 0") from None
-    return np.sort(train_rows), np.sort(val_rows)
-
-
 def _seed(config: TrainConfig, gpu: bool) -> None:
     import tensorflow as tf
 
@@ -393,364 +393,3 @@ def _seed(config: TrainConfig, gpu: bool) -> None:
     deterministic = (not gpu) if config.deterministic is None else config.deterministic
     if deterministic:
         tf.config.experimental.enable_op_determinism()
-
-
-def _distribution(name: str):
-    import tensorflow as tf
-
-    if name == "mirrored":
-        # every local GPU; on a machine without one, every logical CPU device (tests split
-        # the CPU in two with tf.config.set_logical_device_configuration)
-        devices = (tf.config.list_logical_devices("GPU")
-                   or tf.config.list_logical_devices("CPU"))
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def _is_chief(config: TrainConfig) -> bool:
-    """Whether this process writes the run folder: always, except in a multiworker run,
-    where only TF_CONFIG's chief (or worker 0 of a chiefless cluster) does."""
-    if config.distribute != "multiworker":
-        return True
-    try:
-        spec = json.loads(os.environ.get("TF_CONFIG", "{}"))
-        task, cluster = spec.get("task", {}), spec.get("cluster", {})
-    except (ValueError, AttributeError):
-        return True
-    kind, index = task.get("type", "chief"), int(task.get("index", 0))
-    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
-
-
-@contextlib.contextmanager
-def _multiworker_workarounds(model, distribution, batches: Batches) -> Iterator[None]:
-    """Make Keras 3's fit work under MultiWorkerMirroredStrategy (keras-team/keras#20585).
-
-    Keras builds the model from a batch averaged across workers (which fails on a batch of
-    integers split over workers) and averages each scalar metric along an axis it lacks.
-    Here the model is built from the first local batch, and scalars are averaged whole. Nothing
-    changes for any other strategy.
-    """
-    import tensorflow as tf
-
-    if not (isinstance(distribution, tf.distribute.MultiWorkerMirroredStrategy)
-            and distribution.extended._in_multi_worker_mode()):
-        yield  # Keras' private names are touched only in a real multi-worker run
-        return
-    from keras.src.backend.tensorflow import trainer as keras_trainer
-
-    with distribution.scope():
-        model._symbolic_build(data_batch=batches[0])
-    original = keras_trainer.reduce_per_replica
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction not in ("auto", "mean"):
-            return original(values, strategy, reduction)
-        return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
-
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    keras_trainer.reduce_per_replica = reduce_per_replica
-    try:
-        yield
-    finally:
-        keras_trainer.reduce_per_replica = original
-        del model._maybe_symbolic_build
-
-
-@contextlib.contextmanager
-def _precision(precision: str, gpu: bool) -> Iterator[None]:
-    """Mixed precision for the models built inside; the global policy is restored after."""
-    if precision == "float32":
-        yield
-        return
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
-# --------------------------------------------------------------------------- data
-
-class Rows:
-    """Some rows of an array (all rows if `index` is None), read only when asked for."""
-
-    def __init__(self, array: np.ndarray, index: np.ndarray | None):
-        self.array = row_reader(array)
-        self.index = np.arange(len(array)) if index is None else np.asarray(index)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def take(self, positions: np.ndarray) -> np.ndarray:
-        return np.asarray(self.array[self.index[positions]])
-
-
-class Batches(keras.utils.PyDataset):
-    """Batches of one or more views of the same samples.
-
-    With a seed, epoch e's order (and which view each sample shows) depends only on
-    (seed, e): a resumed run sees exactly the batches an uninterrupted one would.
-    """
-
-    def __init__(self, views: Sequence[Rows], labels: np.ndarray | None, batch_size: int,
-                 seed: int | None = None):
-        super().__init__()
-        self.views, self.labels, self.batch_size, self.seed = list(views), labels, batch_size, seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        n = len(self.views[0])
-        if self.seed is None:
-            self.order, self.choice = np.arange(n), np.zeros(n, dtype=int)
-        else:
-            rng = np.random.default_rng([self.seed, epoch])
-            self.order = rng.permutation(n)
-            self.choice = rng.integers(len(self.views), size=n)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.views[0]) / self.batch_size)
-
-    def __getitem__(self, i: int):
-        positions = self.order[i * self.batch_size:(i + 1) * self.batch_size]
-        choice = self.choice[positions]
-        first = self.views[0].take(positions[:1])
-        x = np.empty((len(positions), *first.shape[1:]), dtype=first.dtype)
-        for v in np.unique(choice):
-            mask = choice == v
-            x[mask] = self.views[v].take(positions[mask])
-        return (x,) if self.labels is None else (x, self.labels[positions])
-
-
-class FeatureCache:
-    """Outputs of a model's frozen part, one .npy per (archive, backbone, weights, cut, view).
-
-    Files are written atomically and memory-mapped when read, so a run holds only the
-    batches it is using, and a second run (or strategy) on the same data computes nothing.
-    """
-
-    def __init__(self, config: TrainConfig, archive: Archive, cut: str):
-        self.cut = cut
-        root = config.cache_dir or os.environ.get("TOOLKIT_CACHE_DIR") or os.path.join(
-            os.path.expanduser("~"), ".cache", "toolkit")
-        self.folder = Path(root) / "features"
-        self.config, self.archive = config, archive
-
-    def key(self, array: str, rows: np.ndarray | None, view: int) -> dict:
-        c = self.config
-        return {"archive": _file_fingerprint(self.archive.path), "array": array,
-                "backbone": c.backbone, "weights": _weights_fingerprint(c.weights, c.seed),
-                "cut": self.cut, "shape": list(self.archive.image_shape), "precision": c.precision,
-                "rows": None if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest(),
-                "view": view, "view_seed": c.seed if view else None, "toolkit": __version__}
-
-    def features(self, lower, images: np.ndarray, array: str, *, rows: np.ndarray | None = None,
-                 view: int = 0, progress: bool = False) -> np.ndarray:
-        from keras import backend
-
-        key = self.key(array, rows, view)
-        name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-        path = self.folder / f"{name}.npy"
-        rows = np.arange(len(images)) if rows is None else np.asarray(rows)
-        shape = (len(rows), *lower.output.shape[1:])
-        if path.exists():
-            with contextlib.suppress(ValueError, OSError):
-                cached = np.load(path, mmap_mode="r")
-                if cached.shape == shape:
-                    return cached
-        self.folder.mkdir(parents=True, exist_ok=True)
-        dtype = backend.standardize_dtype(lower.output.dtype)
-        label = f"{self.config.backbone} {array}" + (f" view {view}" if view else "")
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                  "fortran_order": False, "shape": shape}
-        # batches are appended to the file, not written through a memory map, whose dirty
-        # pages would count as the process's memory until the whole file was written
-        with atomic_path(path) as tmp, open(tmp, "wb") as out:
-            np.lib.format.write_array_header_2_0(out, header)
-            for batch in _forward(lower, images, rows, augment_seed=self.config.seed * 1000 + view
-                                  if view else None, desc=label, progress=progress):
-                out.write(np.ascontiguousarray(batch, dtype=dtype).tobytes())
-        write_json(path.with_suffix(".json"), key)
-        return np.load(path, mmap_mode="r")
-
-
-def _forward(lower, images: np.ndarray, rows: np.ndarray, augment_seed: int | None, desc: str,
-             progress: bool) -> Iterator[np.ndarray]:
-    """Run `lower` over images[rows] in batches, optionally augmented; yield the outputs."""
-    from . import models
-
-    augment = models.augmentation(augment_seed) if augment_seed is not None else None
-    images = row_reader(images)
-    with tqdm(total=len(rows), desc=desc, unit="img", disable=not progress) as bar:
-        for start in range(0, len(rows), FEATURE_BATCH):
-            chunk = rows[start:start + FEATURE_BATCH]
-            n = len(chunk)
-            # a short last batch is padded: one input shape, one trace of the graph
-            x = np.asarray(images[np.pad(chunk, (0, FEATURE_BATCH - n), mode="edge")])
-            if augment is not None:
-                x = augment(x.astype("float32"), training=True)
-            yield np.asarray(lower.predict_on_batch(x))[:n]
-            bar.update(n)
-
-
-def _file_fingerprint(path: str) -> str:
-    st = os.stat(path)
-    return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def _weights_fingerprint(weights: str, seed: int) -> str:
-    if weights == "none":
-        return f"none:seed{seed}"
-    if weights == "imagenet":
-        return "imagenet"
-    return "file:" + _file_fingerprint(weights)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-class Checkpointer(keras.callbacks.Callback):
-    """Early stopping on validation loss, with its state and the weights saved every epoch.
-
-    `checkpoint/last.npz` holds the weights and optimizer state after the last epoch,
-    `checkpoint/best.npz` the best weights so far, `checkpoint/state.json` the rest;
-    each is replaced atomically, so a kill at any moment leaves a consistent checkpoint.
-    """
-
-    def __init__(self, folder: Path, patience: int, state: dict, datasets: Sequence[Batches],
-                 clock: Clock, write: bool = True):
-        super().__init__()
-        self.folder, self.patience, self.datasets, self.write = folder, patience, datasets, write
-        self.clock = clock
-        self.best = state.get("best", math.inf)
-        self.best_epoch = state.get("best_epoch", -1)
-        self.wait = state.get("wait", 0)
-        self.history: dict[str, list[float]] = state.get("history", {})
-        self.stopped_early = state.get("stopped_early", False)
-        if write:
-            folder.mkdir(parents=True, exist_ok=True)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        for dataset in self.datasets:
-            dataset.set_epoch(epoch)
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        for name, value in logs.items():
-            self.history.setdefault(name, []).append(float(value))
-        current = logs.get("val_loss", logs.get("loss", math.inf))
-        if current < self.best:
-            self.best, self.best_epoch, self.wait = float(current), epoch, 0
-            if self.write:
-                _save_arrays(self.folder / "best.npz", self.model.get_weights())
-        else:
-            self.wait += 1
-        if self.wait >= self.patience:
-            self.stopped_early = True
-            self.model.stop_training = True
-        if self.write:
-            optimizer = [np.asarray(v) for v in self.model.optimizer.variables]
-            _save_arrays(self.folder / "last.npz", self.model.get_weights(), optimizer)
-            write_json(self.folder / "state.json", {
-                "epoch": epoch, "best": self.best, "best_epoch": self.best_epoch,
-                "wait": self.wait, "stopped_early": self.stopped_early, "history": self.history,
-                "seconds": self.clock.totals(), "finished": False})
-
-    def restore_last(self, model) -> None:
-        weights, optimizer = _load_arrays(self.folder / "last.npz")
-        model.set_weights(weights)
-        model.optimizer.build(model.trainable_variables)
-        if len(optimizer) != len(model.optimizer.variables):
-            raise ToolkitError(f"checkpoint in {self.folder} does not fit this model")
-        for variable, value in zip(model.optimizer.variables, optimizer):
-            variable.assign(value)
-
-    def restore_best(self, model) -> None:
-        best = self.folder / "best.npz"
-        if best.exists():
-            model.set_weights(_load_arrays(best)[0])
-
-    def finish(self) -> None:
-        """Mark the run finished and drop the weight files (the model is saved)."""
-        state = _read_state(self.folder.parent)
-        write_json(self.folder / "state.json", {**state, "finished": True})
-        for name in ("last.npz", "best.npz"):
-            with contextlib.suppress(OSError):
-                (self.folder / name).unlink()
-
-
-def _save_arrays(path: Path, weights: list, optimizer: list | None = None) -> None:
-    arrays = {f"w{i:04d}": np.asarray(w) for i, w in enumerate(weights)}
-    arrays.update({f"o{i:04d}": np.asarray(v) for i, v in enumerate(optimizer or [])})
-    with atomic_path(path) as tmp:
-        np.savez(tmp, **arrays)
-
-
-def _load_arrays(path: Path) -> tuple[list, list]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            names = sorted(data.files)
-            return ([data[n] for n in names if n.startswith("w")],
-                    [data[n] for n in names if n.startswith("o")])
-    except (OSError, ValueError) as e:
-        raise ToolkitError(f"checkpoint {path} is missing or damaged ({e}); start a new run") from None
-
-
-def _read_state(folder: Path) -> dict:
-    path = folder / "checkpoint" / "state.json"
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        return {}
-
-
-# --------------------------------------------------------------------------- run folder
-
-def _new_run_folder(out: str | os.PathLike | None, config: TrainConfig) -> Path:
-    if out is None:
-        name = config.strategy if config.strategy == "cnn" else f"{config.strategy}-{config.backbone}"
-        return _timestamped(Path("runs"), name)
-    folder = Path(out)
-    if (folder / "config.json").exists():
-        raise ToolkitError(f"{folder} already holds a run; continue it with --resume {folder} "
-                           "or choose another --out")
-    if folder.exists() and any(folder.iterdir()):
-        raise ToolkitError(f"--out {folder} is not empty; choose a new folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def _discard(folder: Path, created: bool) -> None:
-    """Remove what a failed run wrote: the folder if the run made it, else its contents."""
-    if created:
-        shutil.rmtree(folder, ignore_errors=True)
-        return
-    for child in folder.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
-
-
-def _timestamped(parent: Path, name: str) -> Path:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        folder = parent / (f"{name}-{stamp}" + (f"-{n}" if n else ""))
-        try:
-            folder.mkdir(parents=True)
-            return folder
-        except FileExistsError:
-            continue
-    raise ToolkitError(f"cannot create a run folder under {parent}")
-
-
-def _write_history(path: Path, history: dict[str, list[float]]) -> None:
-    names = sorted(history)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["epoch", *names])
-        for i in range(len(history.get("loss", []))):
-            writer.writerow([i + 1, *(f"{history[n][i]:.6g}" for n in names)])

@@ -1,0 +1,77 @@
+"""What a fit reads: rows of an array read on demand, seeded batches, the validation split."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from .archive import row_reader
+from .errors import OptionError, first_line
+
+
+class Rows:
+    """Some rows of an array (all rows if `index` is None), read only when asked for."""
+
+    def __init__(self, array: np.ndarray, index: np.ndarray | None):
+        self.array = row_reader(array)
+        self.index = np.arange(len(array)) if index is None else np.asarray(index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        return np.asarray(self.array[self.index[positions]])
+
+
+class Batches(keras.utils.PyDataset):
+    """Batches of one or more views of the same samples.
+
+    With a seed, epoch e's order (and which view each sample shows) depends only on
+    (seed, e): a resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, views: Sequence[Rows], labels: np.ndarray | None, batch_size: int,
+                 seed: int | None = None):
+        super().__init__()
+        self.views, self.labels, self.batch_size, self.seed = list(views), labels, batch_size, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        n = len(self.views[0])
+        if self.seed is None:
+            self.order, self.choice = np.arange(n), np.zeros(n, dtype=int)
+        else:
+            rng = np.random.default_rng([self.seed, epoch])
+            self.order = rng.permutation(n)
+            self.choice = rng.integers(len(self.views), size=n)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.views[0]) / self.batch_size)
+
+    def __getitem__(self, i: int):
+        positions = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        choice = self.choice[positions]
+        first = self.views[0].take(positions[:1])
+        x = np.empty((len(positions), *first.shape[1:]), dtype=first.dtype)
+        for v in np.unique(choice):
+            mask = choice == v
+            x[mask] = self.views[v].take(positions[mask])
+        return (x,) if self.labels is None else (x, self.labels[positions])
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, stratified (train rows, validation rows) of the training set."""
+    rows = np.arange(len(labels))
+    if fraction == 0:
+        return rows, rows[:0]
+    from sklearn.model_selection import train_test_split
+    try:
+        train_rows, val_rows = train_test_split(rows, test_size=fraction, stratify=labels,
+                                                random_state=seed)
+    except ValueError as e:
+        raise OptionError("validation_split", fraction, f"cannot hold out a stratified "
+                          f"validation set ({first_line(e)}); use more images or 0") from None
+    return np.sort(train_rows), np.sort(val_rows)

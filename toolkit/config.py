@@ -1,0 +1,88 @@
+"""What a training run can be asked for: the choices, and :class:`TrainConfig`, which checks them.
+
+Nothing heavy is imported here, so the command line reads its choices from this module
+without starting TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .errors import OptionError
+
+STRATEGIES = ("cnn", "extract", "finetune", "augment")
+LEARNING_RATES = {"cnn": 1e-3, "extract": 1e-3, "finetune": 1e-4, "augment": 1e-4}
+HEADS = ("flatten", "pool")
+AUGMENT_MODES = ("auto", "cached", "online")
+PRECISIONS = ("float32", "mixed")
+DISTRIBUTIONS = ("none", "mirrored", "multiworker")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A keras.applications base and how to use it."""
+
+    name: str
+    factory: str               # the keras.applications constructor
+    preprocess: str            # mode of the models.Preprocess layer
+    finetune: tuple[str, ...]  # layer-name patterns unfrozen by finetune/augment
+    min_size: int = 32
+
+
+BACKBONES = {
+    b.name: b for b in (
+        Backbone("vgg16", "VGG16", "caffe", ("block5_conv3",)),
+        Backbone("vgg19", "VGG19", "caffe", ("block5_conv4",)),
+        Backbone("mobilenet_v2", "MobileNetV2", "tf", ("block_16_*", "Conv_1")),
+        Backbone("resnet50", "ResNet50", "caffe", ("conv5_block3_*",)),
+        Backbone("efficientnet_b0", "EfficientNetB0", "none", ("block7a_*", "top_conv")),
+    )
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as the run's config.json.
+
+    The defaults here are the library's and the command line's (which reads them from here).
+    """
+
+    data: str
+    strategy: str = "finetune"       # one of STRATEGIES
+    backbone: str = "vgg16"          # one of BACKBONES
+    weights: str = "imagenet"        # imagenet | none | a weights file
+    epochs: int = 50
+    batch_size: int = 128            # per replica
+    learning_rate: float | None = None  # None: LEARNING_RATES[strategy]
+    seed: int = 42
+    validation_split: float = 0.2
+    patience: int = 5
+    trainable: list[str] | None = None  # None: the backbone's `finetune` patterns
+    head: str = "flatten"            # one of HEADS: flatten (the study's) | pool
+    views: int = 4
+    augment_mode: str = "auto"       # one of AUGMENT_MODES
+    precision: str = "float32"       # one of PRECISIONS
+    distribute: str = "none"         # one of DISTRIBUTIONS
+    deterministic: bool | None = None  # None: on for CPU, off for GPU
+    cache_dir: str | None = None
+
+    def check(self) -> None:
+        """Raise an OptionError naming the first parameter whose value cannot work."""
+        choices = {"strategy": STRATEGIES, "backbone": tuple(BACKBONES), "head": HEADS,
+                   "augment_mode": AUGMENT_MODES, "precision": PRECISIONS,
+                   "distribute": DISTRIBUTIONS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise OptionError(name, getattr(self, name), f"choose from {', '.join(allowed)}")
+        for name in ("epochs", "batch_size", "patience", "views"):
+            if getattr(self, name) < 1:
+                raise OptionError(name, getattr(self, name), "must be at least 1")
+        if not 0 <= self.validation_split < 1:
+            raise OptionError("validation_split", self.validation_split, "must be in [0, 1)")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise OptionError("learning_rate", self.learning_rate, "must be positive")
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

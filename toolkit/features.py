@@ -1,0 +1,110 @@
+"""The frozen-feature cache: the frozen part of a model runs once per image, on disk.
+
+Each cached array is one .npy, named by what it depends on (archive, backbone, weights,
+cut, precision, rows, augmented view), so a second run - or another strategy cutting at
+the same layer - computes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from .archive import Archive, row_reader, write_npy_header
+from .files import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+FEATURE_BATCH = 32  # images per forward pass of the frozen part
+
+
+class FeatureCache:
+    """Outputs of a model's frozen part, one .npy per (archive, backbone, weights, cut, view).
+
+    Files are written atomically and memory-mapped when read, so a run holds only the
+    batches it is using, and a second run (or strategy) on the same data computes nothing.
+    """
+
+    def __init__(self, config: TrainConfig, archive: Archive, cut: str):
+        self.cut = cut
+        root = config.cache_dir or os.environ.get("TOOLKIT_CACHE_DIR") or os.path.join(
+            os.path.expanduser("~"), ".cache", "toolkit")
+        self.folder = Path(root) / "features"
+        self.config, self.archive = config, archive
+
+    def key(self, array: str, rows: np.ndarray | None, view: int) -> dict:
+        c = self.config
+        return {"archive": file_fingerprint(self.archive.path), "array": array,
+                "backbone": c.backbone, "weights": weights_fingerprint(c.weights, c.seed),
+                "cut": self.cut, "shape": list(self.archive.image_shape), "precision": c.precision,
+                "rows": None if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest(),
+                "view": view, "view_seed": c.seed if view else None, "toolkit": __version__}
+
+    def features(self, lower, images: np.ndarray, array: str, *, rows: np.ndarray | None = None,
+                 view: int = 0, progress: bool = False) -> np.ndarray:
+        from keras import backend
+
+        key = self.key(array, rows, view)
+        name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+        path = self.folder / f"{name}.npy"
+        rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+        shape = (len(rows), *lower.output.shape[1:])
+        if path.exists():
+            with contextlib.suppress(ValueError, OSError):
+                cached = np.load(path, mmap_mode="r")
+                if cached.shape == shape:
+                    return cached
+        self.folder.mkdir(parents=True, exist_ok=True)
+        dtype = backend.standardize_dtype(lower.output.dtype)
+        label = f"{self.config.backbone} {array}" + (f" view {view}" if view else "")
+        # batches are appended to the file, not written through a memory map, whose dirty
+        # pages would count as the process's memory until the whole file was written
+        with atomic_path(path) as tmp, open(tmp, "wb") as out:
+            write_npy_header(out, shape, dtype)
+            for batch in forward(lower, images, rows, augment_seed=self.config.seed * 1000 + view
+                                 if view else None, desc=label, progress=progress):
+                out.write(np.ascontiguousarray(batch, dtype=dtype).tobytes())
+        write_json(path.with_suffix(".json"), key)
+        return np.load(path, mmap_mode="r")
+
+
+def forward(lower, images: np.ndarray, rows: np.ndarray, augment_seed: int | None, desc: str,
+            progress: bool) -> Iterator[np.ndarray]:
+    """Run `lower` over images[rows] in batches, optionally augmented; yield the outputs."""
+    from . import models
+
+    augment = models.augmentation(augment_seed) if augment_seed is not None else None
+    images = row_reader(images)
+    with tqdm(total=len(rows), desc=desc, unit="img", disable=not progress) as bar:
+        for start in range(0, len(rows), FEATURE_BATCH):
+            chunk = rows[start:start + FEATURE_BATCH]
+            n = len(chunk)
+            # a short last batch is padded: one input shape, one trace of the graph
+            x = np.asarray(images[np.pad(chunk, (0, FEATURE_BATCH - n), mode="edge")])
+            if augment is not None:
+                x = augment(x.astype("float32"), training=True)
+            yield np.asarray(lower.predict_on_batch(x))[:n]
+            bar.update(n)
+
+
+def file_fingerprint(path: str) -> str:
+    st = os.stat(path)
+    return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def weights_fingerprint(weights: str, seed: int) -> str:
+    if weights == "none":
+        return f"none:seed{seed}"
+    if weights == "imagenet":
+        return "imagenet"
+    return "file:" + file_fingerprint(weights)

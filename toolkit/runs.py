@@ -1,0 +1,109 @@
+"""The run folder: where it is made, what a finished run leaves in it, the clock of its phases."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import __version__
+from .archive import Archive
+from .errors import OptionError, ToolkitError
+from .files import atomic_path
+from .text import folder_stamp, timestamp
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+
+def new_run_folder(out: str | os.PathLike | None, config: TrainConfig) -> Path:
+    """`out` (which must be new or empty), or runs/<strategy>[-<backbone>]-<time>."""
+    if out is None:
+        name = config.strategy if config.strategy == "cnn" else f"{config.strategy}-{config.backbone}"
+        return timestamped(Path("runs"), name)
+    folder = Path(out)
+    if (folder / "config.json").exists():
+        raise OptionError("out", str(folder), "already holds a run; resume it (toolkit train "
+                          "--resume) or choose another folder")
+    if folder.exists() and any(folder.iterdir()):
+        raise OptionError("out", str(folder), "is not empty; choose a new folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def discard(folder: Path, created: bool) -> None:
+    """Remove what a failed run wrote: the folder if the run made it, else its contents."""
+    if created:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def timestamped(parent: Path, name: str) -> Path:
+    """A new folder parent/name-<local time>, made here (a suffix if that second is taken)."""
+    stamp = folder_stamp()
+    for n in range(1000):
+        folder = parent / (f"{name}-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+    raise ToolkitError(f"cannot create a run folder under {parent}")
+
+
+def save_run(folder: Path, config: TrainConfig, archive: Archive, model, evaluation: dict,
+             metrics: dict, history: dict) -> str:
+    """Write the model and the report files; return the report text."""
+    from . import models
+    from .report import write_run_report
+
+    models.save_model(model, folder / "model.keras", {
+        "class_names": archive.class_names, "image_size": list(archive.image_shape),
+        "fit": archive.meta.get("fit", "crop"), "strategy": config.strategy,
+        "backbone": metrics["backbone"], "weights": metrics["weights"], "data": config.data,
+        "toolkit": __version__,
+        "created": timestamp()})
+    write_history(folder / "history.csv", history)
+    title = (config.strategy + ("" if config.strategy == "cnn" else f" / {config.backbone}")
+             + f" on {Path(config.data).name}")
+    return write_run_report(folder, evaluation, history, metrics, title)
+
+
+def write_history(path: Path, history: dict[str, list[float]]) -> None:
+    names = sorted(history)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", *names])
+        for i in range(len(history.get("loss", []))):
+            writer.writerow([i + 1, *(f"{history[n][i]:.6g}" for n in names)])
+
+
+class Clock:
+    """Seconds per phase (features, training, evaluation), carried across resumes."""
+
+    def __init__(self, previous: dict[str, float]):
+        self.previous = dict(previous)
+        self.spent: dict[str, float] = {}
+        self.begun = time.monotonic()
+        self.phase, self.phase_begun = "setup", self.begun
+
+    def start(self, phase: str) -> None:
+        now = time.monotonic()
+        self.spent[self.phase] = self.spent.get(self.phase, 0.0) + now - self.phase_begun
+        self.phase, self.phase_begun = phase, now
+
+    def totals(self) -> dict[str, float]:
+        self.start(self.phase)
+        phases = set(self.previous) | set(self.spent)
+        totals = {p: round(self.previous.get(p, 0.0) + self.spent.get(p, 0.0), 2)
+                  for p in phases if p != "total"}
+        totals["total"] = round(sum(totals.values()), 2)
+        return totals
