@@ -29,19 +29,14 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
-from _bench import machine, table, toolkit_command
 from PIL import Image
+
+from _bench import machine, table, toolkit_command
 
 HOSTS = 8  # 127.0.0.1 ... 127.0.0.8: loopback answers on all of 127/8 (Linux)
 PAGE = 20  # results per Bing page
 
 
-def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return "unknown"
 
 
 def image(seed: int) -> bytes:
@@ -123,7 +118,6 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"machine: {machine()}")
-    print(f"cpu flags: {cpu_flags()}")
     print(f"load before: {os.getloadavg()[0]:.2f} (1-minute average)")
     labels = [f"class{k}" for k in range(args.classes)]
     engine = SlowEngine(labels, args.per_class, args.latency)

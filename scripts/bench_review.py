@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from _bench import machine, measure, scratch_folder, table, toolkit_command
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -33,14 +34,6 @@ FOUND = "found"  # a photo of the flowers set that is not of its class (flowers_
 AUDIT = Path(__file__).with_name("flowers_audit.txt")
 
 
-def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(l.split(":", 1)[1].split() for l in f if l.startswith("flags"))
-    except (OSError, StopIteration):
-        return "unknown"
-    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile")
-    return " ".join(f for f in wanted if f in flags)
 
 
 def build(flowers: Path, offtopic: Path, per_pair: int, into: Path, seed: int = 0) -> dict[str, str]:
@@ -139,7 +132,6 @@ def main() -> None:
             sys.exit(f"{path} is absent (../shared)")
 
     print(machine())
-    print(f"CPU flags: {cpu_flags()}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with scratch_folder() as scratch:
         scratch = Path(scratch)

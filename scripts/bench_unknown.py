@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from _bench import machine, table, toolkit_command
 
 SHARED = Path(os.environ.get("TOOLKIT_SHARED") or Path(__file__).resolve().parents[2] / "shared")

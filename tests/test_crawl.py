@@ -11,11 +11,10 @@ import pytest
 
 from conftest import distinct_image, near_copy, png_bomb
 from fake_engine import Item
-from helpers import FAST, assert_consistent, assert_one_error_line, folder_state, run_cli, tree
+from helpers import FAST, assert_consistent, assert_one_error_line, run_cli, tree
 from toolkit.archive import pack
-from toolkit.crawler import FetchOptions, crawl, parse_query
+from toolkit.crawler import crawl, parse_query
 from toolkit.errors import ToolkitError
-from toolkit.files import is_partial
 
 
 def add_bad_responses(engine, keyword, slow=True):

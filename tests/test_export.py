@@ -6,9 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import NAMES, assert_one_error_line, run_cli, tree, write_archive
 from PIL import Image
 
+from helpers import NAMES, assert_one_error_line, run_cli, tree, write_archive
 from toolkit.calibration import expected_calibration_error, fit_temperature
 from toolkit.exporter import TOLERANCE
 from toolkit.inference import evaluate, predict

@@ -4,9 +4,9 @@ import json
 import re
 
 import pytest
+
 from browser import browser, console_errors, requested_urls  # noqa: F401 (the fixture)
 from conftest import make_class_folders
-
 from toolkit.archive import pack
 from toolkit.images import Checks
 from toolkit.report_html import write_comparison_page

@@ -17,11 +17,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from PIL import Image
+
 from browser import browser, console_errors  # noqa: F401 (a fixture)
 from conftest import FLOWERS, MOBILENET_WEIGHTS, distinct_image, make_class_folders
 from helpers import assert_one_error_line, run_cli, tree
-from PIL import Image
-
 from toolkit import decisions, reviewer
 from toolkit.archive import load_archive, pack
 from toolkit.crawler import FetchOptions, crawl

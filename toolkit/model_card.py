@@ -12,7 +12,8 @@ def write_model_card(facts: RunFacts) -> Path:
     """Write `MODEL_CARD.md` beside report.html; return its path."""
     m, config = facts.metrics, facts.config
     names = facts.class_names
-    backbone = f"{m['backbone']} ({m.get('weights')} weights)" if m.get("backbone") else "a small CNN trained from scratch"
+    backbone = (f"{m['backbone']} ({m.get('weights')} weights)" if m.get("backbone")
+                else "a small CNN trained from scratch")
     size = facts.pack.get("size") or "?"
     cal = m.get("calibration") or {}
     lines = [

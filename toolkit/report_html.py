@@ -129,7 +129,8 @@ def _confusion(facts: RunFacts) -> str:
             members = np.flatnonzero((facts.y_test == i) & (predicted == j))
             if len(members):
                 shown = members[:CELL_IMAGES]
-                more = f"<p class=muted>and {len(members) - len(shown)} more</p>" if len(members) > len(shown) else ""
+                hidden = len(members) - len(shown)
+                more = f"<p class=muted>and {hidden} more</p>" if hidden else ""
                 panels.append(f"<div class=cell-images id=\"cell-{i}-{j}\" hidden><h3>{_e(true)} "
                               f"predicted as {_e(names[j])}: {len(members)} images</h3><div class=gallery>"
                               + "".join(_figure(facts, k) for k in shown) + f"</div>{more}</div>")
