@@ -100,8 +100,8 @@ def test_review_offline_with_imagenet_says_how_to_pass_weights(folder, monkeypat
                         "http://127.0.0.1:9/")  # nothing listens: as offline
     before = tree(folder)
     result = run_cli("review", folder, "--weights", "imagenet", "--size", "96")
-    assert_one_error_line(result, "--weights PATH")
-    assert tree(folder) == before
+    assert_one_error_line(result, "--weights imagenet: cannot get the ImageNet weights")
+    assert "give that file instead" in result.output and tree(folder) == before
 
 
 # ---- the gallery's server
