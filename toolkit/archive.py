@@ -367,22 +367,33 @@ def _choose(report: PackReport, per_class: int, seed: int, allow_fewer: bool) ->
     return [u[i] for u in usable for i in sorted(rng.permutation(len(u))[:per_class])]
 
 
+def stratified_split(labels: np.ndarray, fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, stratified (kept, held-out) positions of `labels`: each class holds out
+    round(n * fraction) of its n items, at least one and never all of them. The one splitter
+    of the toolkit: pack's train/test split and training's validation split."""
+    rng = np.random.default_rng(seed)
+    kept: list[int] = []
+    held: list[int] = []
+    for k in np.unique(labels):
+        mine = np.flatnonzero(labels == k)
+        mine = mine[rng.permutation(len(mine))]
+        n_held = min(max(1, round(len(mine) * fraction)), len(mine) - 1)
+        held += mine[:n_held].tolist()
+        kept += mine[n_held:].tolist()
+    return (np.array(kept, dtype=np.int64)[rng.permutation(len(kept))],
+            np.array(held, dtype=np.int64)[rng.permutation(len(held))])
+
+
 def _split(chosen: list[InputFile], test_size: float, seed: int, report: PackReport
            ) -> tuple[list[InputFile], list[InputFile]]:
-    """Stratified split: each class gives round(n * test_size) files to test (at least one)."""
-    rng = np.random.default_rng(seed + 1)
-    train: list[InputFile] = []
-    test: list[InputFile] = []
+    """Stratified train/test split of the chosen files; counts per class into the report."""
+    labels = np.array([f.label for f in chosen])
+    train, test = stratified_split(labels, test_size, seed + 1)
     for k in range(len(report.class_names)):
-        mine = [f for f in chosen if f.label == k]
-        mine = [mine[i] for i in rng.permutation(len(mine))]
-        n_test = min(max(1, round(len(mine) * test_size)), len(mine) - 1)
-        test += mine[:n_test]
-        train += mine[n_test:]
-        report.train_counts.append(len(mine) - n_test)
-        report.test_counts.append(n_test)
-    return ([train[i] for i in rng.permutation(len(train))],
-            [test[i] for i in rng.permutation(len(test))])
+        report.train_counts.append(int(np.sum(labels[train] == k)))
+        report.test_counts.append(int(np.sum(labels[test] == k)))
+    return [chosen[i] for i in train], [chosen[i] for i in test]
 
 
 def _write_archive(out: Path, class_names: list[str], train: list[InputFile],

@@ -8,8 +8,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from .archive import row_reader
-from .errors import OptionError, first_line
+from .archive import row_reader, stratified_split
 
 
 class Rows:
@@ -63,15 +62,10 @@ class Batches(keras.utils.PyDataset):
 
 
 def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded, stratified (train rows, validation rows) of the training set."""
+    """Seeded, stratified (train rows, validation rows) of the training set, split as pack
+    splits train from test."""
     rows = np.arange(len(labels))
     if fraction == 0:
         return rows, rows[:0]
-    from sklearn.model_selection import train_test_split
-    try:
-        train_rows, val_rows = train_test_split(rows, test_size=fraction, stratify=labels,
-                                                random_state=seed)
-    except ValueError as e:
-        raise OptionError("validation_split", fraction, f"cannot hold out a stratified "
-                          f"validation set ({first_line(e)}); use more images or 0") from None
+    train_rows, val_rows = stratified_split(labels, fraction, seed)
     return np.sort(train_rows), np.sort(val_rows)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import datetime
 import json
 import logging
 import os
@@ -50,12 +49,12 @@ from .engines import (
     PageUnreachable,
     Result,
     connection_problem,
-    first_line,
     license_capable,
     search_engine,
 )
-from .errors import ToolkitError
+from .errors import ToolkitError, first_line
 from .files import atomic_path, is_partial, write_text
+from .text import timestamp
 
 #: HTTP statuses worth retrying; others are final.
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
@@ -264,7 +263,7 @@ class ClassFolder:
         """Remember a URL refused for good; a failed write is kept for a warning."""
         try:
             self._append(self.rejected_log, {"url": url, "reason": reason, "detail": detail,
-                                             "time": _now()})
+                                             "time": timestamp()})
         except OSError as e:
             self.reject_error = self.reject_error or e
 
@@ -284,7 +283,7 @@ def _entry(name: str, info: images.ImageInfo, size: int, result: Result | None, 
     return {"file": name, "url": result and result.url, "engine": engine, "query": query,
             "license": license, "page": result and result.page, "title": result and result.title,
             "sha256": info.sha256, "phash": f"{info.phash:016x}", "width": info.width,
-            "height": info.height, "bytes": size, "time": _now()}
+            "height": info.height, "bytes": size, "time": timestamp()}
 
 
 def _valid_entry(e: dict) -> bool:
@@ -308,10 +307,6 @@ def _read_jsonl(path: Path) -> list[dict]:
             if isinstance(record, dict):
                 records.append(record)
     return records
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def usable_counts(entries: dict[str, list[dict]], checks: images.Checks, threshold: int

@@ -11,7 +11,6 @@ This module also reads the suspects of `SOURCE/review.json`, for `pack --drop-su
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import threading
@@ -20,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ToolkitError
+from .text import timestamp
 
 DECISIONS_FILE = "decisions.jsonl"
 REVIEW_FILE = "review.json"
@@ -62,7 +62,7 @@ def append(source: str | os.PathLike, decisions: Iterable[Decision]) -> list[Dec
     All of them go in one write of whole lines, flushed and fsynced before returning.
     """
     source = Path(source)
-    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    now = timestamp()
     urls = _ManifestUrls(source)
     written = []
     for d in decisions:

@@ -235,12 +235,6 @@ def connection_problem(error: BaseException) -> str:
     return type(error).__name__
 
 
-def first_line(error: BaseException) -> str:
-    """An exception's first line (its type if it has no message), short enough for a table."""
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:160]
-
-
 #: Every search engine, in the order most likely to work today (README explains why).
 _ALL: dict[str, Engine] = {e.name: e for e in (Bing(), DuckDuckGo(), Baidu(), Google())}
 SEARCH_ENGINES: tuple[str, ...] = tuple(_ALL)

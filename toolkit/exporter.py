@@ -10,7 +10,6 @@ uint8 (the backbone's preprocessing is inside; the augmentation layers are not) 
 
 from __future__ import annotations
 
-import datetime
 import importlib.metadata
 import os
 import shutil
@@ -23,8 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__
-from .errors import ToolkitError
+from .errors import ToolkitError, first_line
 from .files import write_json, write_text
+from .text import timestamp
 
 #: format -> the model's file (or folder) in the export folder
 FORMATS = {"litert": "model.tflite", "saved_model": "saved_model", "onnx": "model.onnx"}
@@ -142,7 +142,7 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
             "toolkit": __version__,
             "tensorflow": importlib.metadata.version("tensorflow"),
             "keras": importlib.metadata.version("keras"),
-            "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "created": timestamp(),
         }
         write_json(work / INFO_FILE, details)
         _replace(work, folder / EXPORT_FOLDER)
@@ -213,7 +213,7 @@ def load_runner(target: Path, format: str):
         raise
     except Exception as e:  # noqa: BLE001 (each runtime raises its own types for a damaged file)
         raise ToolkitError(f"{target} cannot be loaded by {RUNTIMES[format]} "
-                           f"({_first_line(e)}); run `toolkit export` again") from None
+                           f"({first_line(e, 200)}); run `toolkit export` again") from None
 
     def outputs(x):
         p, e = run(x)
@@ -244,7 +244,7 @@ def _convert(served, target: Path, format: str, quantize: str, train_images, see
             warnings.simplefilter("ignore", FutureWarning)
             served.export(str(target), format=keras_format, verbose=False, **options)
     except Exception as e:  # noqa: BLE001 (the converters raise many types)
-        raise ToolkitError(f"Keras could not export the model as {format} ({_first_line(e)})") from None
+        raise ToolkitError(f"Keras could not export the model as {format} ({first_line(e, 200)})") from None
 
 
 def _parity(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray, quantize: str,
@@ -299,6 +299,3 @@ def _require(package: str) -> None:
                            f"pip install {package}") from None
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import datetime
 import hashlib
 import html
 import io
@@ -41,6 +40,7 @@ from .archive import InputFile, find_usable
 from .decisions import REVIEW_FILE
 from .errors import ToolkitError
 from .files import atomic_path, write_json, write_text
+from .text import timestamp
 
 DEFAULT_BACKBONE = "mobilenet_v2"
 FOLDS = 5
@@ -124,7 +124,7 @@ class Review:
     def to_json(self) -> dict:
         return {"toolkit": __version__, "source": self.source, "class_names": self.class_names,
                 "backbone": self.backbone, "weights": self.weights,
-                "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "created": timestamp(),
                 "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
                 "images": [asdict(v) for v in self.verdicts]}
 
