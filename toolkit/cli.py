@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .errors import ToolkitError
+from .precision import PRECISIONS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -206,8 +207,10 @@ def training_options(command):
         click.option("--augment-mode", default="auto", show_default=True,
                      type=click.Choice(["auto", "cached", "online"]),
                      help="augment: online (on every batch; the default on a GPU) or cached views."),
-        click.option("--precision", default="float32", show_default=True,
-                     type=click.Choice(["float32", "mixed"]), help="mixed: float16 on GPU, bfloat16 on CPU."),
+        click.option("--precision", default="auto", show_default=True,
+                     type=click.Choice(PRECISIONS),
+                     help="mixed: float16 on a GPU, bfloat16 on a CPU; auto: mixed where it is "
+                          "faster (a GPU, a CPU with bfloat16 units), float32 otherwise."),
         click.option("--deterministic/--nondeterministic", default=None,
                      help="Deterministic TensorFlow ops.  [default: on for CPU, off for GPU]"),
         click.option("--distribute", default="none", show_default=True,
@@ -268,6 +271,7 @@ def _report_run(start) -> None:
         raise click.exceptions.Exit(130) from None
     click.echo(run.report)
     m = run.metrics
+    click.echo(f"precision {m['precision']['policy']} ({m['precision']['reason']})")
     click.echo(f"accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f} after "
                f"{m['epochs_run']} epochs (best {m['best_epoch']}) in {m['seconds']['total']:.0f} s")
     click.echo(f"run folder: {run.folder}" if run.folder else

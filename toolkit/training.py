@@ -35,7 +35,7 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, precision
 from .archive import Archive, load_archive, row_reader
 from .errors import ToolkitError
 from .files import atomic_path, write_json, write_text
@@ -65,7 +65,9 @@ class TrainConfig:
     head: str = "flatten"           # flatten (the study's) | pool
     views: int = 4
     augment_mode: str = "auto"      # auto | cached | online
-    precision: str = "float32"      # float32 | mixed
+    precision: str = "auto"         # auto | float32 | mixed
+    precision_policy: str | None = None  # what `precision` resolved to (kept by resume)
+    precision_reason: str | None = None
     distribute: str = "none"        # none | mirrored | multiworker
     deterministic: bool | None = None
     cache_dir: str | None = None
@@ -79,7 +81,7 @@ class TrainConfig:
             self.patience < 1: f"--patience {self.patience}: must be at least 1",
             self.views < 1: f"--views {self.views}: must be at least 1",
             self.augment_mode not in ("auto", "cached", "online"): f"--augment-mode {self.augment_mode}: auto, cached or online",
-            self.precision not in ("float32", "mixed"): f"--precision {self.precision}: float32 or mixed",
+            self.precision not in precision.PRECISIONS: f"--precision {self.precision}: {', '.join(precision.PRECISIONS)}",
             self.head not in ("flatten", "pool"): f"--head {self.head}: flatten or pool",
             self.distribute not in ("none", "mirrored", "multiworker"): f"--distribute {self.distribute}: none, mirrored or multiworker",
             self.learning_rate is not None and not self.learning_rate > 0: f"--learning-rate {self.learning_rate}: must be positive",
@@ -122,6 +124,7 @@ def train(data: str | os.PathLike = "animal.npz", strategy: str = "finetune", *,
     if config.distribute == "multiworker" and "TF_CONFIG" not in os.environ:
         raise ToolkitError("--distribute multiworker needs TF_CONFIG (the cluster and this "
                            "worker's task) in the environment of every worker")
+    _resolve_precision(config)
     worker = not _is_chief(config)
     if worker:
         out = tempfile.mkdtemp(prefix="toolkit-worker-")  # only the chief keeps a run folder
@@ -153,6 +156,8 @@ def resume(folder: str | os.PathLike, *, verbose: int | str = "auto", progress: 
     if config.distribute == "multiworker":
         raise ToolkitError("a multiworker run cannot be resumed (only its chief kept "
                            "checkpoints); start it again on every worker")
+    if config.precision_policy is None:  # a run folder from before `auto`
+        _resolve_precision(config)
     state = _read_state(folder)
     if state.get("finished"):
         raise ToolkitError(f"run {folder} already finished; nothing to resume")
@@ -241,7 +246,7 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
         config.augment_mode == "online" or (config.augment_mode == "auto" and gpu))
     learning_rate = config.learning_rate or LEARNING_RATES[config.strategy]
 
-    with _precision(config.precision, gpu), distribution.scope():
+    with precision.scope(config.precision_policy), distribution.scope():
         split = models.build(config.strategy, archive.image_shape, len(archive.class_names),
                              backbone=config.backbone, weights=config.weights,
                              trainable=tuple(config.trainable or ()) or None,
@@ -289,6 +294,7 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
         "replicas": replicas,
         "augment_mode": ("online" if online else "cached") if config.strategy == "augment" else None,
         "device": "GPU" if gpu else "CPU",
+        "precision": {"policy": config.precision_policy, "reason": config.precision_reason},
         "seconds": clock.totals(),
     }
     report = ""
@@ -376,6 +382,15 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(train_rows), np.sort(val_rows)
 
 
+def _resolve_precision(config: TrainConfig) -> None:
+    """Fix what `config.precision` means on this machine, for this run and its resumes."""
+    import tensorflow as tf
+
+    chosen = precision.resolve(config.precision, gpu=bool(tf.config.list_physical_devices("GPU")),
+                               model="cnn" if config.strategy == "cnn" else config.backbone)
+    config.precision_policy, config.precision_reason = chosen.policy, chosen.reason
+
+
 def _seed(config: TrainConfig, gpu: bool) -> None:
     import tensorflow as tf
 
@@ -448,20 +463,6 @@ def _multiworker_workarounds(model, distribution, batches: Batches) -> Iterator[
         del model._maybe_symbolic_build
 
 
-@contextlib.contextmanager
-def _precision(precision: str, gpu: bool) -> Iterator[None]:
-    """Mixed precision for the models built inside; the global policy is restored after."""
-    if precision == "float32":
-        yield
-        return
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 # --------------------------------------------------------------------------- data
 
 class Rows:
@@ -532,7 +533,7 @@ class FeatureCache:
         c = self.config
         return {"archive": _file_fingerprint(self.archive.path), "array": array,
                 "backbone": c.backbone, "weights": _weights_fingerprint(c.weights, c.seed),
-                "cut": self.cut, "shape": list(self.archive.image_shape), "precision": c.precision,
+                "cut": self.cut, "shape": list(self.archive.image_shape), "precision": c.precision_policy,
                 "rows": None if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest(),
                 "view": view, "view_seed": c.seed if view else None, "toolkit": __version__}
 
@@ -545,15 +546,16 @@ class FeatureCache:
         path = self.folder / f"{name}.npy"
         rows = np.arange(len(images)) if rows is None else np.asarray(rows)
         shape = (len(rows), *lower.output.shape[1:])
+        dtype = backend.standardize_dtype(lower.output.dtype)
         if path.exists():
             with contextlib.suppress(ValueError, OSError):
-                cached = np.load(path, mmap_mode="r")
-                if cached.shape == shape:
+                cached = _read_features(path)
+                if cached.shape == shape and cached.dtype == dtype:
                     return cached
         self.folder.mkdir(parents=True, exist_ok=True)
-        dtype = backend.standardize_dtype(lower.output.dtype)
         label = f"{self.config.backbone} {array}" + (f" view {view}" if view else "")
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        stored = np.dtype(_STORED.get(dtype, dtype))
+        header = {"descr": np.lib.format.dtype_to_descr(stored),
                   "fortran_order": False, "shape": shape}
         # batches are appended to the file, not written through a memory map, whose dirty
         # pages would count as the process's memory until the whole file was written
@@ -561,9 +563,23 @@ class FeatureCache:
             np.lib.format.write_array_header_2_0(out, header)
             for batch in _forward(lower, images, rows, augment_seed=self.config.seed * 1000 + view
                                   if view else None, desc=label, progress=progress):
-                out.write(np.ascontiguousarray(batch, dtype=dtype).tobytes())
-        write_json(path.with_suffix(".json"), key)
-        return np.load(path, mmap_mode="r")
+                out.write(np.ascontiguousarray(batch, dtype=dtype).view(stored).tobytes())
+        write_json(path.with_suffix(".json"), {**key, "dtype": dtype})
+        return _read_features(path)
+
+
+#: dtypes numpy cannot read back from a .npy (ml_dtypes' bfloat16 is saved as a void `|V2`),
+#: stored as their raw bits; the sidecar .json records the real dtype.
+_STORED = {"bfloat16": "uint16"}
+
+
+def _read_features(path: Path) -> np.ndarray:
+    """A cached .npy, memory-mapped, in the dtype its sidecar .json records."""
+    import ml_dtypes
+
+    features = np.load(path, mmap_mode="r")
+    dtype = json.loads(path.with_suffix(".json").read_text()).get("dtype", features.dtype.name)
+    return features.view(ml_dtypes.bfloat16) if dtype == "bfloat16" else features
 
 
 def _forward(lower, images: np.ndarray, rows: np.ndarray, augment_seed: int | None, desc: str,
