@@ -7,10 +7,12 @@ the frozen pass (computing the cached features) and of the training, the peak me
 the test accuracy; and the ratios of the second precision to the first.
 
     python scripts/bench_precision.py ARCHIVE [--strategy extract] [--backbone vgg16]
-        [--weights none] [--precisions float32,auto] [--per-class N] [--epochs 50]
+        [--weights none] [--precisions float32,auto] [--per-class N] [--epochs 50] [--repeat 1]
 
 `--per-class N` trains on a seeded subset of N images per class (split as the archive is)
-so that a run takes minutes instead of an hour.
+so that a run takes minutes instead of an hour. `--repeat R` runs the precisions R times,
+alternating, and reports each column's median: on a shared machine the load changes
+from one run to the next.
 """
 
 from __future__ import annotations
@@ -18,15 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from _bench import machine, measure, scratch_folder, table, toolkit_command
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toolkit.precision import cpu_bf16_flags  # noqa: E402
+from toolkit.precision import cpu_bf16_flags
 
 
 def subset(archive: str, per_class: int, seed: int, out: Path) -> str:
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
 
     print(machine())
@@ -65,36 +67,44 @@ def main() -> None:
     print(f"bfloat16 flags: {', '.join(sorted(flags)) or 'none (no amx_bf16, no avx512_bf16)'}")
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print(f"command: python scripts/bench_precision.py {' '.join(sys.argv[1:])}")
-    rows, results = [], []
+    runs: dict[str, list[tuple]] = {}
+    policies: dict[str, str] = {}
     with scratch_folder() as work:
         archive = args.archive
         if args.per_class:
             archive = subset(archive, args.per_class, args.seed, Path(work) / "subset.npz")
         images = {k: len(v) for k, v in np.load(archive).items() if k in ("y_train", "y_test")}
         print(f"images: {images['y_train']} train / {images['y_test']} test")
-        for precision in args.precisions.split(","):
-            run = Path(work) / f"run-{precision}"
+        for repeat, precision in [(r, p) for r in range(args.repeat)
+                                  for p in args.precisions.split(",")]:
+            run = Path(work) / f"run-{precision}-{repeat}"
             measured = measure(toolkit_command(
                 "train", "--strategy", args.strategy, "--data", archive, "--backbone",
                 args.backbone, "--weights", args.weights, "--epochs", str(args.epochs),
                 "--patience", str(args.patience), "--seed", str(args.seed), "--precision",
-                precision, "--out", str(run), "--cache-dir", str(Path(work) / f"cache-{precision}")))
+                precision, "--out", str(run), "--cache-dir", str(Path(work) / f"cache-{precision}-{repeat}")))
             metrics = json.loads((run / "metrics.json").read_text())
             seconds = metrics["seconds"]
-            results.append((seconds.get("features", 0.0), seconds["training"], measured.peak_mib,
-                            metrics["accuracy"]))
-            rows.append([precision, metrics["precision"]["policy"],
-                         f"{seconds.get('features', 0.0):.1f}", f"{seconds['training']:.1f}",
-                         metrics["epochs_run"], f"{measured.seconds:.1f}",
-                         f"{measured.peak_mib:,.0f}", f"{metrics['accuracy']:.3f}"])
-            print(f"{precision}: {metrics['precision']['reason']}", flush=True)
+            policies[precision] = metrics["precision"]["policy"]
+            runs.setdefault(precision, []).append((
+                seconds.get("features", 0.0), seconds["training"], metrics["epochs_run"],
+                measured.seconds, measured.peak_mib, metrics["accuracy"]))
+            print(f"{precision}: {metrics['precision']['reason']}; features, training, epochs, "
+                  f"process s, peak MiB, accuracy: {runs[precision][-1]}", flush=True)
+    rows, results = [], []
+    for precision, measured_runs in runs.items():
+        f, t, e, s, m, a = (statistics.median(column) for column in zip(*measured_runs))
+        results.append((f, t, m, a))
+        rows.append([f"{precision} ({policies[precision]})", f"{f:.1f}", f"{t:.1f}", f"{e:g}",
+                     f"{s:.1f}", f"{m:,.0f}", f"{a:.3f}"])
     if len(results) == 2:
         (f0, t0, m0, a0), (f1, t1, m1, a1) = results
-        rows.append(["ratio", "", f"**{f0 / f1:.2f}x**", f"{t0 / t1:.2f}x", "", "",
+        rows.append(["speed-up, memory, accuracy", f"**{f0 / f1:.2f}x**" if f1 else "",
+                     f"**{t0 / t1:.2f}x**", "", "",
                      f"{m1 / m0:.2f}x", f"{a1 - a0:+.3f}"])
     print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print(f"\n{args.strategy} / {args.backbone} (--weights {args.weights})\n")
-    print(table(["--precision", "policy", "frozen pass s", "training s", "epochs",
+    print(table(["--precision (policy)", "frozen pass s", "training s", "epochs",
                  "process s", "peak MiB", "test accuracy"], rows))
 
 

@@ -9,9 +9,9 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import shapes_dataset
 from helpers import run_cli
+
 from toolkit import precision
 from toolkit.inference import evaluate
 from toolkit.training import STRATEGIES, Interrupted, resume, train
