@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -246,15 +247,16 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
         config.augment_mode == "online" or (config.augment_mode == "auto" and gpu))
     learning_rate = config.learning_rate or LEARNING_RATES[config.strategy]
 
-    with precision.scope(config.precision_policy), distribution.scope():
-        split = models.build(config.strategy, archive.image_shape, len(archive.class_names),
-                             backbone=config.backbone, weights=config.weights,
-                             trainable=tuple(config.trainable or ()) or None,
-                             head_kind=config.head, seed=config.seed)
-        cached = split.lower is not None and not online
+    cached = config.strategy != "cnn" and not online
+    # on cached features only the frozen pass computes in the run's precision; the trainable
+    # part trains in float32 (in bfloat16 it cost accuracy: README, Performance 5)
+    with precision.scope("float32" if cached else config.precision_policy), distribution.scope():
+        split = _build(config, archive)
         fitted = split.trainer if cached else split.model
         fitted.compile(optimizer=keras.optimizers.Adam(learning_rate),
                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    if cached and config.precision_policy != "float32":
+        split = _with_frozen_pass_in(config.precision_policy, split, config, archive)
 
     clock.start("features")
     train_data, val_data, test_source = _inputs(config, archive, split, cached, train_rows,
@@ -303,6 +305,26 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
                            checkpoints.history)
         checkpoints.finish()
     return Run(folder, config, metrics, checkpoints.history, report, split.model)
+
+
+def _build(config: TrainConfig, archive: Archive):
+    from . import models
+
+    return models.build(config.strategy, archive.image_shape, len(archive.class_names),
+                        backbone=config.backbone, weights=config.weights,
+                        trainable=tuple(config.trainable or ()) or None,
+                        head_kind=config.head, seed=config.seed)
+
+
+def _with_frozen_pass_in(policy: str, split, config: TrainConfig, archive: Archive):
+    """`split` with its frozen part computing under `policy`, and an end-to-end model made of
+    that part and the trainer: the model saved predicts what the cached path predicted."""
+    with precision.scope(policy):
+        lower = _build(config, archive).lower
+    lower.set_weights(split.lower.get_weights())
+    image = keras.Input(archive.image_shape, name="image")
+    model = keras.Model(image, split.trainer(lower(image)), name=split.model.name)
+    return dataclasses.replace(split, model=model, lower=lower)
 
 
 def _inputs(config: TrainConfig, archive: Archive, split, cached: bool, train_rows: np.ndarray,
