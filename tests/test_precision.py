@@ -12,7 +12,7 @@ import pytest
 from conftest import shapes_dataset
 from helpers import run_cli
 
-from toolkit import precision
+from toolkit import models, precision
 from toolkit.inference import evaluate
 from toolkit.training import STRATEGIES, Interrupted, resume, train
 
@@ -71,6 +71,17 @@ def cached_features(cache):
             for p in sorted(folder.glob("*.npy"))} if folder.exists() else {}
 
 
+def weighted_policies(model) -> set[str]:
+    """The dtype policies of the layers with weights in `model`, nested models included."""
+    found = set()
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            found |= weighted_policies(layer)
+        elif layer.weights:
+            found.add(layer.dtype_policy.name)
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_trains_in_mixed_precision(tiny, tmp_path, strategy):
@@ -90,6 +101,13 @@ def test_every_strategy_trains_in_mixed_precision(tiny, tmp_path, strategy):
     # the saved model, reloaded, gives the report the run gave
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert evaluate(tmp_path / "run").metrics["confusion_matrix"] == metrics["confusion_matrix"]
+    model, _ = models.load_model(tmp_path / "run" / "model.keras")
+    if strategy == "cnn":  # all of it trains in bfloat16, but for the float32 softmax
+        assert weighted_policies(model) == {"mixed_bfloat16", "float32"}
+        assert model.layers[-1].layers[-1].dtype_policy.name == "float32"
+    else:  # bfloat16 for the frozen pass only; what trains, trains in float32
+        assert weighted_policies(model.get_layer("lower")) == {"mixed_bfloat16"}
+        assert weighted_policies(model.get_layer("trainer")) == {"float32"}
 
 
 def test_auto_says_what_it_chose_and_float32_features_never_mix_with_bf16(tiny, tmp_path):
