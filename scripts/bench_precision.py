@@ -32,8 +32,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from _bench import machine, measure, scratch_folder, table, toolkit_command
+
 from toolkit.precision import cpu_bf16_flags
 
 
