@@ -148,12 +148,12 @@ def test_resume_keeps_the_precision_the_run_resolved_to(tiny, tmp_path, monkeypa
 
     threading.Thread(target=interrupt_after_the_first_epoch, daemon=True).start()
     with pytest.raises(Interrupted):
-        train(tiny, "finetune", out=tmp_path / "run", weights="none", epochs=4, patience=4,
+        train(tiny, "finetune", out=tmp_path / "run", weights="none", epochs=3, patience=3,
               batch_size=8, verbose=0, cache_dir=str(tmp_path / "cache"))
     features = cached_features(tmp_path / "cache")
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: frozenset())
     assert precision.resolve("auto", gpu=False, model="vgg16").policy == "float32"
     run = resume(tmp_path / "run", verbose=0)
     assert run.metrics["precision"]["policy"] == "mixed_bfloat16"
-    assert run.metrics["epochs_run"] == 4
+    assert run.metrics["epochs_run"] == 3
     assert cached_features(tmp_path / "cache") == features  # the bf16 cache, reused
