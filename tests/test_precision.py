@@ -116,6 +116,7 @@ def test_every_strategy_trains_in_mixed_precision(tiny, tmp_path, strategy):
     else:  # bfloat16 for the frozen pass only; what trains, trains in float32
         assert weighted_policies(model.get_layer("lower")) == {"mixed_bfloat16"}
         assert weighted_policies(model.get_layer("trainer")) == {"float32"}
+        assert ("augment" in [layer.name for layer in model.layers]) == (strategy == "augment")
 
 
 def test_auto_says_what_it_chose_and_float32_features_never_mix_with_bf16(tiny, tmp_path):

@@ -323,7 +323,8 @@ def _with_frozen_pass_in(policy: str, split, config: TrainConfig, archive: Archi
         lower = _build(config, archive).lower
     lower.set_weights(split.lower.get_weights())
     image = keras.Input(archive.image_shape, name="image")
-    model = keras.Model(image, split.trainer(lower(image)), name=split.model.name)
+    x = split.model.get_layer("augment")(image) if config.strategy == "augment" else image
+    model = keras.Model(image, split.trainer(lower(x)), name=split.model.name)
     return dataclasses.replace(split, model=model, lower=lower)
 
 
