@@ -305,7 +305,9 @@ def training_options(command):
                      type=click.Choice(AUGMENT_MODES),
                      help="augment: online (on every batch; the default on a GPU) or cached views."),
         click.option("--precision", default=DEFAULT.precision, show_default=True,
-                     type=click.Choice(PRECISIONS), help="mixed: float16 on GPU, bfloat16 on CPU."),
+                     type=click.Choice(PRECISIONS),
+                     help="mixed: float16 on a GPU, bfloat16 on a CPU; auto: mixed where it is "
+                          "faster (a GPU, a CPU with bfloat16 units), float32 otherwise."),
         click.option("--deterministic/--nondeterministic", default=DEFAULT.deterministic,
                      help="Deterministic TensorFlow ops.  [default: on for CPU, off for GPU]"),
         click.option("--distribute", default=DEFAULT.distribute, show_default=True,
@@ -367,6 +369,7 @@ def _report_run(start) -> None:
         raise click.exceptions.Exit(130) from None
     click.echo(run.report)
     m = run.metrics
+    click.echo(f"precision {m['precision']['policy']} ({m['precision']['reason']})")
     click.echo(f"accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f} after "
                f"{m['epochs_run']} epochs (best {m['best_epoch']}) in {m['seconds']['total']:.0f} s")
     click.echo(f"run folder: {run.folder} (open report.html)" if run.folder else

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from .errors import OptionError
+from .precision import PRECISIONS
 
 STRATEGIES = ("cnn", "extract", "finetune", "augment")
 LEARNING_RATES = {"cnn": 1e-3, "extract": 1e-3, "finetune": 1e-4, "augment": 1e-4}
 HEADS = ("flatten", "pool")
 AUGMENT_MODES = ("auto", "cached", "online")
-PRECISIONS = ("float32", "mixed")
 DISTRIBUTIONS = ("none", "mirrored", "multiworker")
 
 
@@ -61,7 +61,9 @@ class TrainConfig:
     head: str = "flatten"            # one of HEADS: flatten (the study's) | pool
     views: int = 4
     augment_mode: str = "auto"       # one of AUGMENT_MODES
-    precision: str = "float32"       # one of PRECISIONS
+    precision: str = "auto"          # one of PRECISIONS
+    precision_policy: str | None = None  # what `precision` resolved to here (kept by resume)
+    precision_reason: str | None = None
     distribute: str = "none"         # one of DISTRIBUTIONS
     deterministic: bool | None = None  # None: on for CPU, off for GPU
     cache_dir: str | None = None

@@ -46,7 +46,7 @@ class FeatureCache:
         c = self.config
         return {"archive": file_fingerprint(self.archive.path), "array": array,
                 "backbone": c.backbone, "weights": weights_fingerprint(c.weights, c.seed),
-                "cut": self.cut, "shape": list(self.archive.image_shape), "precision": c.precision,
+                "cut": self.cut, "shape": list(self.archive.image_shape), "precision": c.precision_policy,
                 "rows": None if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest(),
                 "view": view, "view_seed": c.seed if view else None, "toolkit": __version__}
 
@@ -59,23 +59,38 @@ class FeatureCache:
         path = self.folder / f"{name}.npy"
         rows = np.arange(len(images)) if rows is None else np.asarray(rows)
         shape = (len(rows), *lower.output.shape[1:])
+        dtype = backend.standardize_dtype(lower.output.dtype)
         if path.exists():
             with contextlib.suppress(ValueError, OSError):
-                cached = np.load(path, mmap_mode="r")
-                if cached.shape == shape:
+                cached = read_features(path)
+                if cached.shape == shape and cached.dtype == dtype:
                     return cached
         self.folder.mkdir(parents=True, exist_ok=True)
-        dtype = backend.standardize_dtype(lower.output.dtype)
+        stored = STORED_AS.get(dtype, dtype)
         label = f"{self.config.backbone} {array}" + (f" view {view}" if view else "")
         # batches are appended to the file, not written through a memory map, whose dirty
         # pages would count as the process's memory until the whole file was written
         with atomic_path(path) as tmp, open(tmp, "wb") as out:
-            write_npy_header(out, shape, dtype)
+            write_npy_header(out, shape, stored)
             for batch in forward(lower, images, rows, augment_seed=self.config.seed * 1000 + view
                                  if view else None, desc=label, progress=progress):
-                out.write(np.ascontiguousarray(batch, dtype=dtype).tobytes())
-        write_json(path.with_suffix(".json"), key)
-        return np.load(path, mmap_mode="r")
+                out.write(np.ascontiguousarray(batch, dtype=dtype).view(stored).tobytes())
+        write_json(path.with_suffix(".json"), {**key, "dtype": dtype})
+        return read_features(path)
+
+
+#: dtypes numpy cannot read back from a .npy (ml_dtypes' bfloat16 is saved as a void `|V2`),
+#: stored as their raw bits; the sidecar .json records the real dtype.
+STORED_AS = {"bfloat16": "uint16"}
+
+
+def read_features(path: Path) -> np.ndarray:
+    """A cached .npy, memory-mapped, in the dtype its sidecar .json records."""
+    import ml_dtypes
+
+    features = np.load(path, mmap_mode="r")
+    dtype = json.loads(path.with_suffix(".json").read_text()).get("dtype", features.dtype.name)
+    return features.view(ml_dtypes.bfloat16) if dtype == "bfloat16" else features
 
 
 def forward(lower, images: np.ndarray, rows: np.ndarray, augment_seed: int | None, desc: str,

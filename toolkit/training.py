@@ -26,12 +26,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from . import precision
 from .archive import Archive, load_archive
 from .batches import Batches, Rows, validation_split
 from .checkpoints import Checkpointer, read_state
@@ -40,7 +41,6 @@ from .distribution import distribution_strategy, is_chief, multiworker_workaroun
 from .errors import OptionError, ToolkitError
 from .features import FeatureCache
 from .files import write_json, write_text
-from .precision import precision_scope
 from .runs import Clock, discard, new_run_folder, save_run, timestamped
 from .text import text_table
 
@@ -117,6 +117,7 @@ def train(data: str | os.PathLike = "animal.npz", strategy: str = _DEFAULT.strat
     if config.distribute == "multiworker" and "TF_CONFIG" not in os.environ:
         raise OptionError("distribute", "multiworker", "needs TF_CONFIG (the cluster and this "
                           "worker's task) in the environment of every worker")
+    _resolve_precision(config)
     worker = not is_chief(config.distribute)
     if worker:
         out = tempfile.mkdtemp(prefix="toolkit-worker-")  # only the chief keeps a run folder
@@ -149,6 +150,8 @@ def resume(folder: str | os.PathLike, *, verbose: int | str = "auto", progress: 
     if config.distribute == "multiworker":
         raise ToolkitError("a multiworker run cannot be resumed (only its chief kept "
                            "checkpoints); start it again on every worker")
+    if config.precision_policy is None:  # a run folder from before `auto`
+        _resolve_precision(config)
     state = read_state(folder)
     if state.get("finished"):
         raise ToolkitError(f"run {folder} already finished; nothing to resume")
@@ -293,19 +296,50 @@ def _plan(config: TrainConfig, archive: Archive) -> _Plan:
 
 
 def _build(config: TrainConfig, archive: Archive, plan: _Plan):
-    """(split, the model that is fitted, whether it fits on cached features), compiled."""
-    from . import models
+    """(split, the model that is fitted, whether it fits on cached features), compiled.
 
-    with precision_scope(config.precision, plan.gpu), plan.distribution.scope():
-        split = models.build(config.strategy, archive.image_shape, len(archive.class_names),
-                             backbone=config.backbone, weights=config.weights,
-                             trainable=tuple(config.trainable or ()) or None,
-                             head_kind=config.head, seed=config.seed)
-        cached = split.lower is not None and not plan.online
+    On cached features only the frozen pass computes in the run's precision policy; the
+    trainable part trains in float32 (in bfloat16 it cost accuracy: README, Performance 7).
+    """
+    cached = config.strategy != "cnn" and not plan.online
+    with precision.scope("float32" if cached else config.precision_policy), plan.distribution.scope():
+        split = _build_split(config, archive)
         fitted = split.trainer if cached else split.model
         fitted.compile(optimizer=keras.optimizers.Adam(plan.learning_rate),
                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    if cached and config.precision_policy != "float32":
+        split = _with_frozen_pass_in(config.precision_policy, split, config, archive)
     return split, fitted, cached
+
+
+def _build_split(config: TrainConfig, archive: Archive):
+    from . import models
+
+    return models.build(config.strategy, archive.image_shape, len(archive.class_names),
+                        backbone=config.backbone, weights=config.weights,
+                        trainable=tuple(config.trainable or ()) or None,
+                        head_kind=config.head, seed=config.seed)
+
+
+def _with_frozen_pass_in(policy: str, split, config: TrainConfig, archive: Archive):
+    """`split` with its frozen part computing under `policy`, and an end-to-end model made of
+    that part and the trainer: the model saved predicts what the cached path predicted."""
+    with precision.scope(policy):
+        lower = _build_split(config, archive).lower
+    lower.set_weights(split.lower.get_weights())
+    image = keras.Input(archive.image_shape, name="image")
+    x = split.model.get_layer("augment")(image) if config.strategy == "augment" else image
+    model = keras.Model(image, split.trainer(lower(x)), name=split.model.name)
+    return replace(split, model=model, lower=lower)
+
+
+def _resolve_precision(config: TrainConfig) -> None:
+    """Fix what `config.precision` means on this machine, for this run and its resumes."""
+    import tensorflow as tf
+
+    chosen = precision.resolve(config.precision, gpu=bool(tf.config.list_physical_devices("GPU")),
+                               model="cnn" if config.strategy == "cnn" else config.backbone)
+    config.precision_policy, config.precision_reason = chosen.policy, chosen.reason
 
 
 def _fit_and_predict(config: TrainConfig, archive: Archive, plan: _Plan, fitted, state: dict,
@@ -360,6 +394,7 @@ def _metrics(config: TrainConfig, archive: Archive, plan: _Plan, split,
         "replicas": plan.replicas,
         "augment_mode": ("online" if plan.online else "cached") if config.strategy == "augment" else None,
         "device": "GPU" if plan.gpu else "CPU",
+        "precision": {"policy": config.precision_policy, "reason": config.precision_reason},
         "seconds": clock.totals(),
     }
     return evaluation, metrics
