@@ -17,11 +17,11 @@ from toolkit.training import train
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A 32 px CNN that has learnt the toy shapes a little (3 epochs)."""
+    """A 32 px CNN that has learnt the toy shapes a little (3 epochs), in float32 on any CPU."""
     root = tmp_path_factory.mktemp("export")
     data = write_archive(root / "shapes.npz", n_per_class=30)
     run = train(data, "cnn", out=root / "run", epochs=3, weights="none", batch_size=16,
-                learning_rate=1e-3, verbose=0, cache_dir=str(root / "cache"))
+                learning_rate=1e-3, precision="float32", verbose=0, cache_dir=str(root / "cache"))
     return run.folder, data
 
 
@@ -66,6 +66,23 @@ def test_every_format_exports_and_matches_keras(tiny_run, tmp_path, fmt, quantiz
     paths = [tmp_path / f"{i}.png" for i in range(3)]
     keras_labels = [p.closest for p in predict(run, paths)]
     assert [p.closest for p in predict(folder, paths)] == keras_labels
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["cnn", "extract"])
+def test_a_bfloat16_run_exports_a_float32_model_within_tolerance(tmp_path, strategy):
+    """Phones' and ONNX's runtimes do not compute bfloat16: the export computes in float32,
+    checked against the bfloat16 model the run trained."""
+    data = write_archive(tmp_path / "shapes.npz", n_per_class=20)
+    run = train(data, strategy, backbone="vgg16", out=tmp_path / "run", epochs=1, weights="none",
+                batch_size=16, precision="mixed", verbose=0, cache_dir=str(tmp_path / "cache"))
+    assert run.metrics["precision"]["policy"] == "mixed_bfloat16"
+    result = run_cli("export", run.folder, "--format", "litert")
+    assert result.exit_code == 0, result.output
+    parity = json.loads((run.folder / "export" / "export.json").read_text())["parity"]
+    assert parity["drift"] <= TOLERANCE["none"] and parity["max_probability_difference"] < 0.05
+    info = json.loads((run.folder / "export" / "export.json").read_text())
+    assert info["input"]["preprocessing"] == ("caffe" if strategy != "cnn" else "unit")
 
 
 def test_export_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
@@ -114,8 +131,7 @@ def test_predict_answers_unknown_unless_told_not_to(tiny_run, tmp_path):
         Image.fromarray(x[i]).save(tmp_path / f"shape{i:02d}.png")
     rng = np.random.default_rng(0)
     off_topic = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),   # noise
-                 np.kron(np.indices((8, 8)).sum(0) % 2, np.ones((4, 4)))[..., None].repeat(3, 2)
-                 .astype(np.uint8) * 255]                              # a checkerboard
+                 np.tile(np.array([230, 230, 30], np.uint8), (32, 32, 1))]  # all yellow: no class's colour
     for i, pixels in enumerate(off_topic):
         Image.fromarray(pixels).save(tmp_path / f"odd{i}.png")
     odd = [tmp_path / f"odd{i}.png" for i in range(2)]
@@ -158,8 +174,8 @@ def test_temperature_and_ece_on_known_answers():
 def test_augment_run_exports_without_its_augmentation_layers(tmp_path):
     data = write_archive(tmp_path / "shapes.npz", n_per_class=20)
     run = train(data, "augment", out=tmp_path / "run", backbone="vgg16", epochs=1,
-                views=1, weights="none", batch_size=16, head="pool", verbose=0,
-                cache_dir=str(tmp_path / "cache"))
+                views=1, weights="none", batch_size=16, head="pool", precision="float32",
+                verbose=0, cache_dir=str(tmp_path / "cache"))
     assert "augment" in [layer.name for layer in run.model.layers]
     result = run_cli("export", run.folder, "--format", "litert")
     assert result.exit_code == 0, result.output

@@ -61,7 +61,7 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
     Nothing is written unless the export passes the check; an earlier export is replaced
     only then.
     """
-    from . import models
+    from . import models, precision
     from .archive import load_archive
     from .calibration import Calibration
     from .serving import with_embedding
@@ -94,9 +94,13 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
     runtime_name = RUNTIMES[format]
     _require(runtime_name)
 
-    served = with_embedding(model, input_dtype="uint8")
-    keras_probabilities = np.concatenate([np.asarray(served.predict_on_batch(x)["probabilities"])
+    trained = with_embedding(model, input_dtype="uint8")  # what the run trained and measured
+    keras_probabilities = np.concatenate([np.asarray(trained.predict_on_batch(x)["probabilities"])
                                           for x in _uint8_batches(archive.X_test)])
+    served = trained
+    if (float32_model := precision.in_float32(model)) is not model:  # a bfloat16 run
+        served = with_embedding(float32_model, input_dtype="uint8")
+        served.predict_on_batch(np.asarray(archive.X_test[:1]))  # Keras exports called models only
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
     try:
         work.chmod(0o777 & ~_UMASK)  # mkdtemp makes it private; an export is meant to be shared
@@ -268,10 +272,15 @@ def _uint8_batches(images) -> list[np.ndarray]:
 
 
 def _preprocessing(model) -> str:
-    try:
-        return model.get_layer("preprocess").mode
-    except ValueError:
-        return "none"
+    """The mode of the model's preprocessing layer, wherever it is nested."""
+    import keras
+
+    for layer in model.layers:
+        if layer.name == "preprocess":
+            return layer.mode
+        if isinstance(layer, keras.Model) and (mode := _preprocessing(layer)) != "none":
+            return mode
+    return "none"
 
 
 def _replace(new: Path, old: Path) -> None:

@@ -91,3 +91,28 @@ def scope(policy: str) -> Iterator[None]:
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def in_float32(model):
+    """`model` rebuilt to compute in float32, with the same weights; `model` itself if it does
+    already. An export runs where bfloat16 is not computed (LiteRT on phones, ONNX Runtime)."""
+    import keras
+
+    config = model.get_config()
+    if not _set_float32(config):
+        return model
+    rebuilt = keras.Model.from_config(config)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def _set_float32(node) -> bool:
+    """Turn every mixed dtype policy in a Keras config into float32; whether any was."""
+    if isinstance(node, dict):
+        if node.get("class_name") == "DTypePolicy" and node["config"].get("name") != "float32":
+            node["config"]["name"] = "float32"
+            return True
+        return any([_set_float32(value) for value in node.values()])
+    if isinstance(node, list):
+        return any([_set_float32(value) for value in node])
+    return False
