@@ -22,7 +22,8 @@ FAST = FetchOptions(timeout=2, total_timeout=3, retries=1, backoff=0.05)
 NAMES = np.array(["square", "disc", "bar"])
 
 #: train() options for a run that takes seconds.
-QUICK = dict(weights="none", batch_size=32, verbose=0)
+# float32 on every CPU: these tests check behaviour; test_precision.py checks bfloat16
+QUICK = dict(weights="none", batch_size=32, precision="float32", verbose=0)
 
 
 def run_cli(*args, **kwargs) -> Result:

@@ -95,7 +95,7 @@ def test_review_of_one_class_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_review_offline_with_imagenet_says_how_to_pass_weights(folder, monkeypatch, tmp_path):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    # KERAS_HOME is conftest's empty folder: Keras reads it once, when it is imported
     monkeypatch.setattr(keras.src.applications.mobilenet_v2, "BASE_WEIGHT_PATH",
                         "http://127.0.0.1:9/")  # nothing listens: as offline
     before = tree(folder)

@@ -1,5 +1,6 @@
 """toolkit train / evaluate / predict / compare on tiny data, with real Keras fits."""
 
+import glob
 import json
 import os
 import signal
@@ -201,7 +202,7 @@ def test_weights_from_a_file(tmp_path):
 def test_imagenet_offline_is_one_clear_error(monkeypatch, tmp_path):
     home = os.environ["KERAS_HOME"]  # set by conftest before Keras was imported: an empty cache
     assert keras.src.backend.config.keras_home() == home
-    assert not os.path.exists(os.path.join(home, "models"))
+    assert not glob.glob(os.path.join(home, "models", "vgg16*")), "no VGG16 weights cached"
     monkeypatch.setattr(keras.src.applications.vgg16, "WEIGHTS_PATH_NO_TOP",
                         "http://127.0.0.1:9/vgg16_notop.h5")  # nothing listens: as offline
     data = write_archive(tmp_path / "d.npz", n_per_class=6)
@@ -292,8 +293,11 @@ def test_real_mobilenet_weights_transfer_to_flowers(tmp_path):
         pytest.skip("../shared/data/flowers is absent")
     from toolkit.archive import pack
     pack(FLOWERS, tmp_path / "flowers.npz", per_class=40, size=96, test_size=0.25)
+    # 90 training photos: the pooled head (1,280 x 3 weights) learns from so few; Flatten's
+    # 46,080 x 128 varies from 0.5 to 0.77 with the seed (chance is 0.33)
     run = train(tmp_path / "flowers.npz", "extract", out=tmp_path / "run", backbone="mobilenet_v2",
-                weights=str(MOBILENET_WEIGHTS), epochs=15, batch_size=32, verbose=0)
+                weights=str(MOBILENET_WEIGHTS), epochs=15, batch_size=32, head="pool",
+                learning_rate=1e-2, verbose=0)
     assert run.metrics["accuracy"] >= 0.75, run.metrics["accuracy"]
 
 

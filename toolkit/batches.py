@@ -30,12 +30,17 @@ class Batches(keras.utils.PyDataset):
 
     With a seed, epoch e's order (and which view each sample shows) depends only on
     (seed, e): a resumed run sees exactly the batches an uninterrupted one would.
+    With labels and `replicas` > 1, every batch splits evenly over the replicas: Keras 3's
+    distributed fit and evaluate fail on a last batch they cannot share, so it loses up to
+    replicas - 1 samples (others each epoch, where the order is shuffled).
     """
 
     def __init__(self, views: Sequence[Rows], labels: np.ndarray | None, batch_size: int,
-                 seed: int | None = None):
+                 seed: int | None = None, replicas: int = 1):
         super().__init__()
         self.views, self.labels, self.batch_size, self.seed = list(views), labels, batch_size, seed
+        n = len(self.views[0])
+        self.used = n if labels is None else n - n % replicas
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -48,10 +53,10 @@ class Batches(keras.utils.PyDataset):
             self.choice = rng.integers(len(self.views), size=n)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.views[0]) / self.batch_size)
+        return math.ceil(self.used / self.batch_size)
 
     def __getitem__(self, i: int):
-        positions = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        positions = self.order[:self.used][i * self.batch_size:(i + 1) * self.batch_size]
         choice = self.choice[positions]
         first = self.views[0].take(positions[:1])
         x = np.empty((len(positions), *first.shape[1:]), dtype=first.dtype)

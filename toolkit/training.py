@@ -256,8 +256,7 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
     split, fitted, cached = _build(config, archive, plan)
 
     clock.start("features")
-    train_data, val_data, test_source = _inputs(config, archive, split, cached, plan.train_rows,
-                                                plan.val_rows, plan.global_batch, progress)
+    train_data, val_data, test_source = _inputs(config, archive, split, cached, plan, progress)
     clock.start("training")
     checkpoints = Checkpointer(folder / "checkpoint", config.patience, state, [train_data],
                                clock, write=plan.chief)
@@ -365,8 +364,9 @@ def _fit_and_predict(config: TrainConfig, archive: Archive, plan: _Plan, fitted,
         clock.start("evaluation")
         test_batches = Batches([Rows(test_source, None)], None, plan.global_batch)
         probabilities = fitted.predict(test_batches, verbose=0)
+        val_images = val_data and Batches(val_data.views, None, plan.global_batch)  # all of them
         calibrated = calibrate(fitted, Batches(train_data.views[:1], None, plan.global_batch),
-                               val_data, archive.y_train[plan.val_rows], test_batches,
+                               val_images, archive.y_train[plan.val_rows], test_batches,
                                archive.y_test, seed=config.seed)
         return probabilities, calibrated
 
@@ -400,11 +400,11 @@ def _metrics(config: TrainConfig, archive: Archive, plan: _Plan, split,
     return evaluation, metrics
 
 
-def _inputs(config: TrainConfig, archive: Archive, split, cached: bool, train_rows: np.ndarray,
-            val_rows: np.ndarray, batch: int, progress: bool):
+def _inputs(config: TrainConfig, archive: Archive, split, cached: bool, plan: _Plan,
+            progress: bool):
     """(training batches, validation batches or None, test rows): cached frozen features
     when the model has a frozen part, raw images otherwise."""
-    y = archive.y_train
+    y, train_rows, val_rows = archive.y_train, plan.train_rows, plan.val_rows
     if cached:
         cache = FeatureCache(config, archive, split.cut)
         source = cache.features(split.lower, archive.X_train, "X_train", progress=progress)
@@ -416,8 +416,10 @@ def _inputs(config: TrainConfig, archive: Archive, split, cached: bool, train_ro
     else:
         source, test = archive.X_train, archive.X_test
         views = [Rows(source, train_rows)]
-    train_data = Batches(views, y[train_rows], batch, seed=config.seed)
-    val_data = Batches([Rows(source, val_rows)], y[val_rows], batch) if len(val_rows) else None
+    batch, replicas = plan.global_batch, plan.replicas
+    train_data = Batches(views, y[train_rows], batch, seed=config.seed, replicas=replicas)
+    val_data = (Batches([Rows(source, val_rows)], y[val_rows], batch, replicas=replicas)
+                if len(val_rows) else None)
     return train_data, val_data, test
 
 
