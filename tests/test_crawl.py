@@ -13,7 +13,7 @@ from conftest import distinct_image, near_copy, png_bomb
 from fake_engine import Item
 from helpers import FAST, assert_consistent, assert_one_error_line, run_cli, tree
 from toolkit.archive import pack
-from toolkit.crawler import crawl, parse_query
+from toolkit.crawler import crawl, parse_query, read_url_list
 from toolkit.errors import ToolkitError
 
 
@@ -398,3 +398,14 @@ def test_an_interrupted_crawl_leaves_a_consistent_folder(engine, tmp_path, sig):
     engine.slow_seconds = 0
     report = crawl(["cat"], root=tmp_path, per_class=40, fetch=FAST)
     assert report.complete and len(assert_consistent(tmp_path, "cat")) == 40
+
+
+def test_url_lists_keep_commas_inside_urls(tmp_path):
+    """CDN addresses hold commas (w_300,h_200): a URL is never cut at one."""
+    listing = tmp_path / "urls.txt"
+    listing.write_text("https://cdn.example/w_300,h_200/a.jpg\n"
+                       "cat https://cdn.example/w_300,h_200/b.jpg\n"
+                       "dog,https://cdn.example/c.jpg\n")
+    assert read_url_list(listing, [parse_query("cat"), parse_query("dog")][:1]) == {
+        "cat": ["https://cdn.example/w_300,h_200/a.jpg", "https://cdn.example/w_300,h_200/b.jpg"],
+        "dog": ["https://cdn.example/c.jpg"]}

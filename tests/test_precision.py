@@ -15,7 +15,7 @@ from conftest import shapes_dataset
 from helpers import run_cli
 from toolkit import models, precision
 from toolkit.config import STRATEGIES
-from toolkit.inference import evaluate
+from toolkit.inference import evaluate, predict
 from toolkit.training import Interrupted, resume, train
 
 GPU = bool(tf.config.list_physical_devices("GPU"))
@@ -159,3 +159,25 @@ def test_resume_keeps_the_precision_the_run_resolved_to(tiny, tmp_path, monkeypa
     assert run.metrics["precision"]["policy"] == "mixed_bfloat16"
     assert run.metrics["epochs_run"] == 3
     assert cached_features(tmp_path / "cache") == features  # the bf16 cache, reused
+
+
+@pytest.mark.slow
+def test_a_bfloat16_finetune_model_gives_the_embedding_a_float32_one_does(tiny, tmp_path):
+    """A bfloat16 run saves image -> lower -> trainer; what predict, unknown and an export
+    call the embedding is still the backbone's pooled top, not the cut below the trainable
+    block (MobileNetV2: 1,280 wide, where the cut is 160)."""
+    from PIL import Image
+
+    from toolkit.serving import with_embedding
+
+    widths = {}
+    for kind in ("float32", "mixed"):
+        run = train(tiny, "finetune", backbone="mobilenet_v2", out=tmp_path / kind, epochs=1,
+                    weights="none", batch_size=16, precision=kind, verbose=0,
+                    cache_dir=str(tmp_path / "cache"))
+        served = with_embedding(run.model)
+        widths[kind] = served.predict_on_batch(np.zeros((1, 32, 32, 3), "uint8"))["embedding"].shape[-1]
+        Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "photo.png")
+        [answer] = predict(run.folder, [tmp_path / "photo.png"])  # unknown or not: no crash
+        assert not answer.error and answer.closest in ("square", "disc", "bar"), answer
+    assert widths == {"float32": 1280, "mixed": 1280}

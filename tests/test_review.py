@@ -149,6 +149,9 @@ def test_gallery_refuses_paths_outside_source_and_writes_only_decisions(gallery,
     assert fetch(gallery.url + "api/decisions", bad, {**post, "Origin": "http://evil.test"})[0] == 403
     good = json.dumps({"decisions": [{"file": "cat/img0001.jpg", "action": "drop"}]}).encode()
     assert fetch(gallery.url + "api/decisions", good, post)[0] == 200
+    port = gallery.url.rstrip("/").rsplit(":", 1)[1]  # the page opened as localhost works too
+    assert fetch(gallery.url + "api/decisions", good,
+                 {**post, "Origin": f"http://localhost:{port}", "Host": f"localhost:{port}"})[0] == 200
     restarted = Gallery(folder)  # a restart of the server shows the decision
     try:
         assert restarted.state()["decisions"] == {"cat/img0001.jpg": {"action": "drop",

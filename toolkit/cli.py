@@ -11,11 +11,10 @@ import warnings
 
 import click
 
-from . import __version__, archive, reviewer
+from . import __version__, archive, crawler, exporter, reviewer
 from .config import AUGMENT_MODES, BACKBONES, DISTRIBUTIONS, HEADS, PRECISIONS, STRATEGIES, TrainConfig
 from .engines import DEFAULT_PER_HOST, DEFAULT_THREADS, ENGINES, LICENSES, SEARCH_ENGINES
 from .errors import OptionError, ToolkitError
-from .exporter import FORMATS as EXPORT_FORMATS, QUANTIZATIONS
 from .images import FITS
 from .text import text_table
 
@@ -83,30 +82,38 @@ def _engines(ctx, param, values: tuple[str, ...]) -> list[str]:
     return engines or list(SEARCH_ENGINES)
 
 
+def _defaults(function) -> dict:
+    """A library function's keyword defaults: the flags' defaults, written once, there."""
+    return {p.name: p.default for p in inspect.signature(function).parameters.values()}
+
+
+CRAWL = _defaults(crawler.crawl)
+
+
 @cli.command()
 @click.argument("queries", nargs=-1)
-@click.option("--per-class", default=400, show_default=True, type=int,
+@click.option("--per-class", default=CRAWL["per_class"], show_default=True, type=int,
               help="Usable, distinct images wanted per class (counting those already there).")
 @click.option("--engine", "engines", multiple=True, callback=_engines, metavar="NAME",
               help=f"{', '.join(ENGINES)}; repeat (or comma-separate) for a fallback chain.  "
                    f"[default: {','.join(SEARCH_ENGINES)}]")
 @click.option("--urls", type=click.Path(dir_okay=False), default=None,
               help="File of image URLs (`URL` or `LABEL URL` per line); implies --engine urls.")
-@click.option("--license", "license_", default="any", show_default=True,
+@click.option("--license", "license_", default=CRAWL["license"], show_default=True,
               type=click.Choice(LICENSES),
               help="Only images under this license, from the engines that can filter by it "
                    "(the others are skipped).")
-@click.option("--root", default="datasets", show_default=True, type=click.Path(file_okay=False),
+@click.option("--root", default=CRAWL["root"], show_default=True, type=click.Path(file_okay=False),
               help="Data root: one folder per class.")
-@click.option("--min-side", default=100, show_default=True, type=click.IntRange(1),
+@click.option("--min-side", default=CRAWL["checks"].min_side, show_default=True, type=click.IntRange(1),
               help="Smallest usable image side, in pixels.")
-@click.option("--threshold", default=8, show_default=True, type=click.IntRange(0, 64),
+@click.option("--threshold", default=CRAWL["threshold"], show_default=True, type=click.IntRange(0, 64),
               help="Perceptual-hash bits within which two images are the same picture.")
 @click.option("--threads", default=DEFAULT_THREADS, show_default=True,
               type=click.IntRange(1, 64), help="Parallel downloads.")
 @click.option("--per-host", default=DEFAULT_PER_HOST, show_default=True,
               type=click.IntRange(1, 64), help="Parallel downloads from any one host.")
-@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1),
+@click.option("--timeout", default=CRAWL["fetch"].timeout, show_default=True, type=click.FloatRange(0.1),
               help="Seconds to wait on a server before giving up on it.")
 @user_errors
 def crawl(queries, per_class, engines, urls, license_, root, min_side, threshold, threads,
@@ -148,11 +155,6 @@ def crawl(queries, per_class, engines, urls, license_, root, min_side, threshold
 
 
 # --------------------------------------------------------------------------- pack
-
-def _defaults(function) -> dict:
-    """A library function's keyword defaults: the flags' defaults, written once, there."""
-    return {p.name: p.default for p in inspect.signature(function).parameters.values()}
-
 
 PACK = _defaults(archive.pack)
 
@@ -435,13 +437,16 @@ def predict(model, images, fmt, unknown):
         raise ToolkitError("none of the inputs is a usable image")
 
 
+EXPORT = _defaults(exporter.export)
+
+
 @cli.command("export")
 @click.argument("run", type=click.Path())
-@click.option("--format", "fmt", default="litert", show_default=True,
-              type=click.Choice(list(EXPORT_FORMATS)),
+@click.option("--format", "fmt", default=EXPORT["format"], show_default=True,
+              type=click.Choice(list(exporter.FORMATS)),
               help="litert: phones (.tflite); saved_model: TensorFlow Serving; onnx: onnxruntime.")
-@click.option("--quantize", default="none", show_default=True,
-              type=click.Choice(QUANTIZATIONS),
+@click.option("--quantize", default=EXPORT["quantize"], show_default=True,
+              type=click.Choice(exporter.QUANTIZATIONS),
               help="litert only: float16 weights, or int8 calibrated on the run's training images.")
 @click.option("--data", default=None, type=click.Path(dir_okay=False),
               help="The run's archive, if it moved.  [default: the one the run trained on]")

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 import unicodedata
@@ -164,14 +165,14 @@ def read_url_list(path: str | os.PathLike, queries: Sequence[Query]) -> dict[str
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        parts = line.replace(",", " ").replace("\t", " ").split()
-        if len(parts) == 1:
+        parts = re.split(r"[\s,]+", line, maxsplit=1)
+        if len(parts) == 1 or "://" in parts[0]:  # a URL alone (commas are common inside URLs)
             if len(queries) != 1:
                 raise ToolkitError(f"--urls {path} line {number} has no label; with "
                                    f"{len(queries) or 'no'} queries, write `LABEL URL` per line")
-            by_label[queries[0].label].append(parts[0])
+            by_label[queries[0].label].append(line)
         else:
-            by_label[check_label(parts[0])].append(parts[-1])
+            by_label[check_label(parts[0])].append(parts[1].strip())
     if not by_label:
         raise ToolkitError(f"--urls {path} lists no URLs")
     return dict(by_label)
@@ -301,7 +302,7 @@ def _read_jsonl(path: Path) -> list[dict]:
     except FileNotFoundError:
         return []
     records = []
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): a title may hold U+2028 or \x85
         with contextlib.suppress(ValueError):
             record = json.loads(line)
             if isinstance(record, dict):

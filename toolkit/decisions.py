@@ -49,7 +49,7 @@ def read(source: str | os.PathLike) -> dict[str, Decision]:
     except OSError:
         return {}
     made: dict[str, Decision] = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): a name may hold U+2028
         decision = _parse(line)
         if decision is not None:
             made[decision.file] = decision
@@ -142,7 +142,7 @@ class _ManifestUrls:
             self.by_class[label] = {}
             try:
                 lines = (self.source / f"{label}.manifest.jsonl").read_text(
-                    encoding="utf-8", errors="replace").splitlines()
+                    encoding="utf-8", errors="replace").split("\n")
             except OSError:
                 lines = []
             for line in lines:

@@ -29,7 +29,8 @@ FEATURE_BATCH = 32  # images per forward pass of the frozen part
 
 
 class FeatureCache:
-    """Outputs of a model's frozen part, one .npy per (archive, backbone, weights, cut, view).
+    """Outputs of a model's frozen part, one .npy per (archive, backbone, weights, cut, precision,
+    view).
 
     Files are written atomically and memory-mapped when read, so a run holds only the
     batches it is using, and a second run (or strategy) on the same data computes nothing.

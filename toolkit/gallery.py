@@ -130,8 +130,8 @@ class Handler(BaseHTTPRequestHandler):
         if urlsplit(self.path).path != "/api/decisions":
             return self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
         origin = self.headers.get("Origin")
-        if origin is not None and origin.rstrip("/") != self.server.url.rstrip("/"):
-            return self._send(HTTPStatus.FORBIDDEN, b"foreign origin\n", "text/plain")
+        if origin is not None and origin.rstrip("/") not in self._own_origins():
+            return self._json(HTTPStatus.FORBIDDEN, {"error": "foreign origin"})
         if self.headers.get_content_type() != "application/json":
             return self._send(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, b"send JSON\n", "text/plain")
         try:
@@ -146,8 +146,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def _host_ok(self) -> bool:
         """Only our own address: a page elsewhere cannot reach us by DNS rebinding."""
+        return self.headers.get("Host", "") in self._own_hosts()
+
+    def _own_hosts(self) -> tuple[str, str]:
         port = self.server.server_port
-        return self.headers.get("Host", "") in (f"{HOST}:{port}", f"localhost:{port}")
+        return f"{HOST}:{port}", f"localhost:{port}"
+
+    def _own_origins(self) -> list[str]:
+        return [f"http://{host}" for host in self._own_hosts()]
 
     def _json(self, status: HTTPStatus, obj: dict) -> None:
         self._send(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json")

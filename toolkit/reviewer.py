@@ -369,10 +369,16 @@ def write_html(result: Review, files: Sequence[InputFile], path: Path,
                checks: images.Checks = images.Checks()) -> None:
     """A page that needs nothing else: per class, suspects first, thumbnails inlined."""
     paths = {f.name: f.path for f in files}
+
+    def inline(path: str) -> str:
+        try:
+            return "data:image/jpeg;base64," + base64.b64encode(
+                thumbnail(path, HTML_THUMBNAIL, checks)).decode()
+        except (images.Unusable, OSError):  # changed or deleted since it was judged
+            return ""
+
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as executor:
-        inlined = dict(zip(paths, executor.map(
-            lambda p: base64.b64encode(thumbnail(p, HTML_THUMBNAIL, checks)).decode(),
-            paths.values())))
+        inlined = dict(zip(paths, executor.map(inline, paths.values())))
     sections = []
     for name in result.class_names:
         mine = sorted((v for v in result.verdicts if v.label == name),
@@ -382,7 +388,7 @@ def write_html(result: Review, files: Sequence[InputFile], path: Path,
             note = REASONS[v.reason] + (f": {v.suggested}?" if v.suggested else "")
             cards.append(
                 f'<figure class="{"suspect" if v.suspect else "fine"}">'
-                f'<img src="data:image/jpeg;base64,{inlined[v.file]}" alt="">'
+                f'<img src="{inlined[v.file]}" alt="(no longer readable)">'
                 f'<figcaption><b>{html.escape(v.reason)}</b> {v.score:.2f}<br>'
                 f'{html.escape(note)}<br><small>{html.escape(v.file)}</small>'
                 '</figcaption></figure>')

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 AUGMENTATION_LAYER = "augment"  # the name models.augmentation() gives its Sequential
+TRAINER = "trainer"  # the name models.build() gives the trainable part (features -> classes)
 
 
 def with_embedding(model: keras.Model, input_dtype: str | None = None) -> keras.Model:
@@ -28,7 +29,12 @@ def with_embedding(model: keras.Model, input_dtype: str | None = None) -> keras.
     shape = tuple(model.inputs[0].shape[1:])
     inputs = keras.Input(shape, dtype=input_dtype or model.inputs[0].dtype, name="image")
     x = inputs
-    layers = [layer for layer in model.layers[1:] if layer.name != AUGMENTATION_LAYER]
+    layers = []
+    for layer in model.layers[1:]:
+        if layer.name == TRAINER:  # a bfloat16 run's model is lower -> trainer: reach inside
+            layers += layer.layers[1:]
+        elif layer.name != AUGMENTATION_LAYER:
+            layers.append(layer)
     for layer in layers[:-1]:
         x = layer(x)
     pool = keras.layers.GlobalAveragePooling2D if len(x.shape) == 4 else keras.layers.Identity

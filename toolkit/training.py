@@ -5,7 +5,7 @@ checkpoints.py, distribution.py, precision.py and runs.py (the run folder).
 
 What the original notebook got wrong, done right here:
 - the frozen part of the backbone runs once per image; its output is cached on disk
-  (keyed by archive, backbone, weights and cut) and shared by every later run;
+  (keyed by archive, backbone, weights, cut and precision) and shared by every later run;
 - the backbone's preprocessing is inside the model, which takes raw 0-255 RGB;
 - validation is a seeded, stratified part of the training set; the test set is used once;
 - early stopping on validation loss restores the best weights;
@@ -97,7 +97,8 @@ def train(data: str | os.PathLike = "animal.npz", strategy: str = _DEFAULT.strat
         head: "flatten" (the study's) or "pool" (global average pooling first).
         views: augment, cached mode: feature views per training image (the original + views-1).
         augment_mode: "online" (on every batch), "cached" (fixed views) or "auto" (online on a GPU).
-        precision: "float32" or "mixed" (float16 on a GPU, bfloat16 on a CPU).
+        precision: "auto" (mixed where it is faster: a GPU, a CPU whose bfloat16 units speed
+            this model up), "float32", or "mixed" (float16 on a GPU, bfloat16 on a CPU).
         distribute: "none", "mirrored" (every local GPU) or "multiworker" (TF_CONFIG's machines).
         deterministic: deterministic TensorFlow ops; None: on for a CPU, off for a GPU.
         cache_dir: where frozen features are cached; None: $TOOLKIT_CACHE_DIR or ~/.cache/toolkit.
@@ -209,6 +210,8 @@ def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = 
     if unknown or not strategies:
         raise OptionError("strategies", ",".join(unknown) or "(none)",
                           f"choose from {', '.join(STRATEGIES)}")
+    if len(set(strategies)) < len(strategies):
+        raise OptionError("strategies", ",".join(strategies), "name each strategy once")
     folder = Path(out) if out else timestamped(Path("runs"), "compare")
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
