@@ -55,7 +55,7 @@ from .engines import (
 )
 from .errors import ToolkitError, first_line
 from .files import atomic_path, is_partial, write_text
-from .text import timestamp
+from .text import text_table, timestamp
 
 #: HTTP statuses worth retrying; others are final.
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
@@ -434,14 +434,14 @@ class CrawlReport:
 
     def table(self) -> str:
         """The summary: per class, per engine and class, and the top source hosts."""
-        lines = _columns(["class", "wanted", "kept", "new", "failed", "duplicates"],
-                         [[c.label, c.wanted, c.kept, c.new, sum(c.failed.values()),
-                           c.duplicates] for c in self.classes], left=(0,))
+        lines = text_table(["class", "wanted", "kept", "new", "failed", "duplicates"],
+                           [[c.label, c.wanted, c.kept, c.new, sum(c.failed.values()),
+                             c.duplicates] for c in self.classes]).splitlines()
         runs = [[r.engine, c.label, r.pages, r.results, r.kept, r.describe()]
                 for c in self.classes for r in c.engines]
         if runs:
-            lines += ["", *_columns(["engine", "class", "pages", "results", "kept", "stopped"],
-                                    runs, left=(0, 1, 5))]
+            lines += ["", *text_table(["engine", "class", "pages", "results", "kept", "stopped"],
+                                      runs, left=(0, 1, 5)).splitlines()]
         failures = collections.Counter()
         for c in self.classes:
             failures.update(c.failed)
@@ -452,17 +452,6 @@ class CrawlReport:
         if sources:
             lines.append("top sources: " + "; ".join(sources))
         return "\n".join(lines)
-
-
-def _columns(head: list[str], rows: list[list], left: tuple[int, ...]) -> list[str]:
-    """An aligned text table: columns in `left` are left-aligned, the others right."""
-    cells = [head, *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
-
-    def line(row):
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-    return [line(head), "  ".join("-" * w for w in widths), *map(line, cells[1:])]
 
 
 # --------------------------------------------------------------------------- downloading

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .errors import ToolkitError, first_line
-from .files import write_json, write_text
+from .files import UMASK, write_json, write_text
 from .text import timestamp
 
 #: format -> the model's file (or folder) in the export folder
@@ -36,8 +36,6 @@ REPRESENTATIVE_IMAGES = 200  # training images that calibrate int8 (seeded sampl
 EXPORT_FOLDER = "export"
 INFO_FILE = "export.json"
 BATCH = 32
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 @dataclass
@@ -103,7 +101,7 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
         served.predict_on_batch(np.asarray(archive.X_test[:1]))  # Keras exports called models only
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
     try:
-        work.chmod(0o777 & ~_UMASK)  # mkdtemp makes it private; an export is meant to be shared
+        work.chmod(0o777 & ~UMASK)  # mkdtemp makes it private; an export is meant to be shared
         target = work / FORMATS[format]
         _convert(served, target, format, quantize, archive.X_train, seed)
         runner = load_runner(target, format)

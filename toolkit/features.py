@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .archive import Archive, row_reader, write_npy_header
+from .errors import OptionError
 from .files import atomic_path, write_json
 
 if TYPE_CHECKING:
@@ -38,9 +39,7 @@ class FeatureCache:
 
     def __init__(self, config: TrainConfig, archive: Archive, cut: str):
         self.cut = cut
-        root = config.cache_dir or os.environ.get("TOOLKIT_CACHE_DIR") or os.path.join(
-            os.path.expanduser("~"), ".cache", "toolkit")
-        self.folder = Path(root) / "features"
+        self.folder = cache_root(config.cache_dir) / "features"
         self.config, self.archive = config, archive
 
     def key(self, array: str, rows: np.ndarray | None, view: int) -> dict:
@@ -118,9 +117,25 @@ def file_fingerprint(path: str) -> str:
     return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
 
 
+def cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    """Where frozen features (and review's embeddings) are cached: `cache_dir`,
+    $TOOLKIT_CACHE_DIR or ~/.cache/toolkit."""
+    return Path(cache_dir or os.environ.get("TOOLKIT_CACHE_DIR")
+                or os.path.join(os.path.expanduser("~"), ".cache", "toolkit"))
+
+
 def weights_fingerprint(weights: str, seed: int) -> str:
+    """What identifies the weights: a file by its content, random weights by their seed."""
     if weights == "none":
         return f"none:seed{seed}"
     if weights == "imagenet":
         return "imagenet"
-    return "file:" + file_fingerprint(weights)
+    digest = hashlib.sha256()
+    try:
+        with open(weights, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as e:
+        raise OptionError("weights", weights, f"{e.strerror}; give imagenet, none or the path "
+                          "of a .weights.h5 file") from None
+    return "file:" + digest.hexdigest()

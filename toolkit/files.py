@@ -10,8 +10,8 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+UMASK = os.umask(0o022)  # the process's umask (reading it means setting it)
+os.umask(UMASK)
 
 
 @contextlib.contextmanager
@@ -28,7 +28,7 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     # the name is chosen before the file exists, so a Ctrl-C at any moment can remove it
     tmp_path = target.parent / f".{target.name}.{secrets.token_hex(4)}.part{suffix}"
     try:
-        os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_UMASK))
+        os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~UMASK))
         yield tmp_path
         _fsync_file(tmp_path)
         os.replace(tmp_path, target)

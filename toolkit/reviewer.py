@@ -39,8 +39,9 @@ from . import __version__, dedupe, images
 from .archive import InputFile, find_usable
 from .decisions import REVIEW_FILE
 from .errors import ToolkitError
+from .features import cache_root, weights_fingerprint
 from .files import atomic_path, write_json, write_text
-from .text import timestamp
+from .text import text_table, timestamp
 
 DEFAULT_BACKBONE = "mobilenet_v2"
 FOLDS = 5
@@ -105,21 +106,16 @@ class Review:
         counts = {name: collections.Counter() for name in self.class_names}
         for v in self.verdicts:
             counts[v.label][v.reason] += 1
-        head = ["class", "images", "suspects", MISLABELED, OFF_TOPIC, AMBIGUOUS]
-        rows = [[name, str(sum(c.values())), str(sum(c.values()) - c[FINE]),
-                 *(str(c[r]) for r in head[3:])] for name, c in counts.items()]
+        reasons = [MISLABELED, OFF_TOPIC, AMBIGUOUS]
+
+        def row(name: str, c: collections.Counter) -> list:
+            return [name, sum(c.values()), sum(c.values()) - c[FINE], *(c[r] for r in reasons)]
+
         total = collections.Counter()
         for c in counts.values():
             total.update(c)
-        rows.append(["total", str(sum(total.values())), str(sum(total.values()) - total[FINE]),
-                     *(str(total[r]) for r in head[3:])])
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                           for i, (c, w) in enumerate(zip(cells, widths)))
-                 for cells in [head, *rows]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        lines.insert(-1, lines[1])
-        return "\n".join(lines)
+        return text_table(["class", "images", "suspects", *reasons],
+                          [row(name, c) for name, c in counts.items()], total=row("total", total))
 
     def to_json(self) -> dict:
         return {"toolkit": __version__, "source": self.source, "class_names": self.class_names,
@@ -215,12 +211,6 @@ def embed(files: Sequence[InputFile], *, backbone: str = DEFAULT_BACKBONE,
     return np.stack([known[f.info.sha256] for f in files]).astype(np.float32)
 
 
-def cache_root(cache_dir: str | os.PathLike | None) -> Path:
-    """The trainer's cache folder: --cache-dir, $TOOLKIT_CACHE_DIR or ~/.cache/toolkit."""
-    return Path(cache_dir or os.environ.get("TOOLKIT_CACHE_DIR")
-                or os.path.join(os.path.expanduser("~"), ".cache", "toolkit"))
-
-
 class EmbeddingCache:
     """Embeddings by image content (sha256), for one backbone, weights, input size.
 
@@ -252,23 +242,6 @@ class EmbeddingCache:
         name = hashlib.sha256("".join(shas).encode()).hexdigest()[:24]
         with atomic_path(self.folder / f"{name}.npz") as tmp:
             np.savez(tmp, sha256=np.array(shas, dtype=str), vectors=vectors)
-
-
-def weights_fingerprint(weights: str, seed: int) -> str:
-    """What identifies the weights: a file by its content, random weights by their seed."""
-    if weights == "none":
-        return f"none:seed{seed}"
-    if weights == "imagenet":
-        return "imagenet"
-    digest = hashlib.sha256()
-    try:
-        with open(weights, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as e:
-        raise ToolkitError(f"--weights {weights}: {e.strerror}; give imagenet, none or the "
-                           "path of a .weights.h5 file") from None
-    return "file:" + digest.hexdigest()
 
 
 def _pooled_backbone(backbone: str, weights: str, size: int, seed: int):
