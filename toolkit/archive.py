@@ -235,7 +235,7 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
         train, test = _split(chosen, test_size, seed, report)
         for f in chosen:
             f.status = PACKED
-        meta = {"toolkit": __version__, "created": timestamp(), "source": str(source),
+        meta = {"toolkit": __version__, "created": timestamp(), "source": str(Path(source).resolve()),
                 "size": size, "fit": fit, "seed": seed, "test_size": test_size, "per_class": per_class,
                 "min_side": checks.min_side, "threshold": threshold, "drop_suspects": drop_suspects}
         _write_archive(out, report.class_names, train, test, files, spill.fileno(), size, meta)

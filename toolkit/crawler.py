@@ -290,7 +290,8 @@ def _entry(name: str, info: images.ImageInfo, size: int, result: Result | None, 
 def _valid_entry(e: dict) -> bool:
     try:
         return (isinstance(e["file"], str) and isinstance(e["sha256"], str)
-                and int(e["phash"], 16) >= 0 and int(e["width"]) > 0 and int(e["height"]) > 0)
+                and int(e["phash"], 16) >= 0 and all(isinstance(e[side], int) and e[side] > 0
+                                                     for side in ("width", "height")))
     except (KeyError, TypeError, ValueError):
         return False
 

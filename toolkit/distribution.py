@@ -34,9 +34,9 @@ def is_chief(distribute: str) -> bool:
     try:
         spec = json.loads(os.environ.get("TF_CONFIG", "{}"))
         task, cluster = spec.get("task", {}), spec.get("cluster", {})
-    except (ValueError, AttributeError):
+        kind, index = task.get("type", "chief"), int(task.get("index", 0))
+    except (ValueError, AttributeError, TypeError):
         return True
-    kind, index = task.get("type", "chief"), int(task.get("index", 0))
     return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
 
 

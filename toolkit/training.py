@@ -134,8 +134,10 @@ def train(data: str | os.PathLike = "animal.npz", strategy: str = _DEFAULT.strat
         if not (folder / "checkpoint" / "state.json").exists():
             discard(folder, created)
         raise
+    finally:
+        if worker:  # a worker's folder is scratch, whatever happens
+            shutil.rmtree(folder, ignore_errors=True)
     if worker:
-        shutil.rmtree(folder, ignore_errors=True)
         run.folder = None
     return run
 
