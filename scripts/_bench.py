@@ -70,3 +70,19 @@ def scratch_folder() -> tempfile.TemporaryDirectory:
     killed half-way leaves its gigabytes where git does not pick them up."""
     Path("runs").mkdir(exist_ok=True)
     return tempfile.TemporaryDirectory(dir="runs", prefix="bench-")
+
+
+#: ../shared beside the repository root (TOOLKIT_SHARED names it elsewhere: a git worktree)
+SHARED = Path(os.environ.get("TOOLKIT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
+
+
+def flowers_archive(path: str) -> None:
+    """Pack ../shared/data/flowers (3 x 400 at 224 px, the defaults) into `path`, unless it
+    is there; exit with the reason when the shared weights are absent."""
+    if not WEIGHTS.exists():
+        sys.exit(f"{WEIGHTS} is absent")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not Path(path).exists():
+        subprocess.run(toolkit_command("pack", str(SHARED / "data" / "flowers"), "--out", path),
+                       check=True)

@@ -16,17 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-from _bench import machine, measure, table, toolkit_command
+from _bench import WEIGHTS, flowers_archive, machine, measure, table, toolkit_command
 from toolkit.text import folder_stamp
-
-# ../shared from the repository root; TOOLKIT_SHARED names it elsewhere (a git worktree)
-SHARED = Path(os.environ.get("TOOLKIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
 
 
 def probe(archive_path: str) -> None:
@@ -65,12 +59,7 @@ def main() -> None:
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="more options for toolkit compare")
     args = parser.parse_args()
-    if not WEIGHTS.exists():
-        sys.exit(f"{WEIGHTS} is absent")
-    Path(args.archive).parent.mkdir(parents=True, exist_ok=True)
-    if not Path(args.archive).exists():
-        subprocess.run(toolkit_command("pack", str(SHARED / "data" / "flowers"), "--out",
-                                       args.archive), check=True)
+    flowers_archive(args.archive)
     if args.probe:
         probe(args.archive)
         return

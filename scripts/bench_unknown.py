@@ -18,15 +18,11 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from _bench import machine, table, toolkit_command
-
-SHARED = Path(os.environ.get("TOOLKIT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
+from _bench import SHARED, WEIGHTS, flowers_archive, machine, table, toolkit_command
 
 
 def main() -> None:
@@ -34,12 +30,7 @@ def main() -> None:
     parser.add_argument("--archive", default="runs/flowers.npz")
     parser.add_argument("--run", default="runs/flowers-unknown")
     args = parser.parse_args()
-    if not WEIGHTS.exists():
-        sys.exit(f"{WEIGHTS} is absent")
-    Path(args.archive).parent.mkdir(parents=True, exist_ok=True)
-    if not Path(args.archive).exists():
-        subprocess.run(toolkit_command("pack", str(SHARED / "data" / "flowers"), "--out",
-                                       args.archive), check=True)
+    flowers_archive(args.archive)
     if not (Path(args.run) / "model.keras").exists():
         subprocess.run(toolkit_command("train", "--strategy", "extract", "--data", args.archive,
                                        "--backbone", "mobilenet_v2", "--weights", str(WEIGHTS),

@@ -91,7 +91,7 @@ def test_export_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
     cases = [
         ((tmp_path / "nothing",), "is not a run folder"),
         ((run, "--format", "coreml"), "--format"),
-        ((run, "--format", "onnx", "--quantize", "int8"), "is for --format litert"),
+        ((run, "--format", "onnx", "--quantize", "int8"), "--quantize int8: is for the litert format"),
     ]
     for args, message in cases:
         assert_one_error_line(run_cli("export", *args), message)
@@ -112,6 +112,19 @@ def test_export_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
         assert tree(moved) == before and not list(moved.glob(".export*"))
     finally:
         shutil.move(tmp_path / "elsewhere.npz", config["data"])
+
+
+def test_an_export_killed_half_way_is_recovered_by_the_next(tiny_run, tmp_path, monkeypatch):
+    """A SIGKILL leaves scratch folders, or the earlier export moved aside: the next export
+    cleans the first and puts the second back (here the next export fails on purpose)."""
+    run, _ = fresh_copy(tiny_run, tmp_path)
+    (run / ".export-k1l2" / "junk").mkdir(parents=True)
+    (run / ".export-old-k3" / "export").mkdir(parents=True)
+    (run / ".export-old-k3" / "export" / "labels.txt").write_text("square\ndisc\nbar\n")
+    monkeypatch.setitem(TOLERANCE, "none", -1.0)
+    assert run_cli("export", run, "--format", "onnx").exit_code == 1
+    assert not list(run.glob(".export*"))
+    assert (run / "export" / "labels.txt").read_text() == "square\ndisc\nbar\n"
 
 
 def test_an_export_that_drifts_is_an_error_naming_both_accuracies(tiny_run, tmp_path, monkeypatch):

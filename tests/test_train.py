@@ -359,7 +359,7 @@ def test_cli_train_evaluate_predict(shapes, tmp_path):
     result = run_cli("predict", tmp_path / "run", pictures, "--format", "csv", "--no-unknown")
     assert result.exit_code == 0, result.output
     rows = result.output.strip().splitlines()
-    assert rows[0] == "image,label,probability,error" and len(rows) == 5
+    assert rows[0] == "image,label,probability,closest,error" and len(rows) == 5
     assert sum(1 for r in rows[1:] if r.split(",")[1] in NAMES) == 3
     assert "not an image" in result.output
     result = run_cli("predict", tmp_path / "run" / "model.keras", pictures / "p0.png", "--format", "json",

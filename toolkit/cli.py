@@ -422,10 +422,10 @@ def predict(model, images, fmt, unknown):
         click.echo(json.dumps([r.__dict__ for r in results], indent=2, ensure_ascii=False))
     elif fmt == "csv":
         writer = csv.writer(click.get_text_stream("stdout"))
-        writer.writerow(["image", "label", "probability", "error"])
+        writer.writerow(["image", "label", "probability", "closest", "error"])
         for r in results:
             writer.writerow([r.path, r.label or "", "" if r.probability is None else
-                             f"{r.probability:.4f}", r.error])
+                             f"{r.probability:.4f}", r.closest or "", r.error])
     else:
         click.echo(text_table(["image", "label", "probability", "closest"],
                               [[r.path, r.label, f"{r.probability:.3f}", r.closest] for r in good],

@@ -53,7 +53,7 @@ from .engines import (
     license_capable,
     search_engine,
 )
-from .errors import ToolkitError, first_line
+from .errors import OptionError, ToolkitError, first_line
 from .files import atomic_path, is_partial, write_text
 from .text import text_table, timestamp
 
@@ -215,7 +215,7 @@ class ClassFolder:
         return self._scan(checks, remove_partials=False)[1] if self.dir.is_dir() else []
 
     def _scan(self, checks: images.Checks, remove_partials: bool) -> tuple[list[dict], list[dict]]:
-        entries = {e["file"]: e for e in _read_jsonl(self.manifest) if _valid_entry(e)}
+        entries = {e["file"]: e for e in read_jsonl(self.manifest) if _valid_entry(e)}
         on_disk = {}
         for entry in os.scandir(self.dir):
             if is_partial(entry.name):
@@ -238,7 +238,7 @@ class ClassFolder:
 
     def refused_urls(self) -> set[str]:
         try:
-            records = _read_jsonl(self.rejected_log)
+            records = read_jsonl(self.rejected_log)
         except OSError as e:
             self.reject_error = e
             return set()
@@ -296,7 +296,7 @@ def _valid_entry(e: dict) -> bool:
         return False
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     """Records of a JSON-lines file; a line cut short by a kill is skipped."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -860,9 +860,10 @@ def crawl(queries: Sequence[str | Query], *, root: str | os.PathLike = "datasets
         raise ToolkitError(f"none of {', '.join(engines)} can filter by license {license}; use "
                            f"--engine {','.join(license_capable(SEARCH_ENGINES, license))}")
     if per_class < 1:
-        raise ToolkitError(f"--per-class {per_class}: must be at least 1")
-    if threads < 1 or per_host < 1:
-        raise ToolkitError("--threads and --per-host must be at least 1")
+        raise OptionError("per_class", per_class, "must be at least 1")
+    for name, value in (("threads", threads), ("per_host", per_host)):
+        if value < 1:
+            raise OptionError(name, value, "must be at least 1")
     root = Path(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -904,7 +905,7 @@ def _crawl(parsed: list[Query], root: Path, per_class: int, engines: list[str],
                 chain.fill(job, [_UrlList(url_lists[q.label])] if url_lists.get(q.label) else [])
             else:
                 chain.fill(job, [search_engine(name) for name in engines])
-        result.top_hosts = top_hosts(_read_jsonl(folder.manifest))
+        result.top_hosts = top_hosts(read_jsonl(folder.manifest))
         if folder.reject_error:
             report.warnings.append(
                 f"cannot write {folder.rejected_log.name} ({folder.reject_error.strerror}): URLs "

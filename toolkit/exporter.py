@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__
-from .errors import ToolkitError, first_line
+from .errors import OptionError, ToolkitError, first_line
 from .files import UMASK, write_json, write_text
 from .text import timestamp
 
@@ -65,12 +65,12 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
     from .serving import with_embedding
 
     if format not in FORMATS:
-        raise ToolkitError(f"--format {format}: choose from {', '.join(FORMATS)}")
+        raise OptionError("format", format, f"choose from {', '.join(FORMATS)}")
     if quantize not in QUANTIZATIONS:
-        raise ToolkitError(f"--quantize {quantize}: choose from {', '.join(QUANTIZATIONS)}")
+        raise OptionError("quantize", quantize, f"choose from {', '.join(QUANTIZATIONS)}")
     if quantize != "none" and format != "litert":
-        raise ToolkitError(f"--quantize {quantize} is for --format litert; {format} exports "
-                           "float32 (use --quantize none)")
+        raise OptionError("quantize", quantize, f"is for the litert format; {format} exports "
+                          "float32 (use none)")
     folder = Path(run)
     if not folder.is_dir():
         raise ToolkitError(f"{run} is not a run folder; give the folder `toolkit train` wrote")
@@ -99,6 +99,7 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
     if (float32_model := precision.in_float32(model)) is not model:  # a bfloat16 run
         served = with_embedding(float32_model, input_dtype="uint8")
         served.predict_on_batch(np.asarray(archive.X_test[:1]))  # Keras exports called models only
+    _recover(folder)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
     try:
         work.chmod(0o777 & ~UMASK)  # mkdtemp makes it private; an export is meant to be shared
@@ -279,6 +280,17 @@ def _preprocessing(model) -> str:
         if isinstance(layer, keras.Model) and (mode := _preprocessing(layer)) != "none":
             return mode
     return "none"
+
+
+def _recover(folder: Path) -> None:
+    """Undo what a killed export left in RUN: its scratch folders, and an earlier export
+    moved aside but not yet replaced (put back)."""
+    current = folder / EXPORT_FOLDER
+    for scratch in sorted(folder.glob(".export-*")):
+        moved = scratch / EXPORT_FOLDER
+        if scratch.name.startswith(".export-old-") and moved.is_dir() and not current.exists():
+            os.replace(moved, current)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _replace(new: Path, old: Path) -> None:

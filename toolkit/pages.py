@@ -14,9 +14,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
+
+from .crawler import read_jsonl, top_hosts
 
 TOP_HOSTS = 5
 
@@ -42,10 +43,10 @@ class RunFacts:
 def gather(folder: str | os.PathLike, archive, test_probabilities: np.ndarray | None) -> RunFacts:
     """Everything the pages show about the finished run in `folder`."""
     folder = Path(folder)
-    metrics = _read_json(folder / "metrics.json")
+    metrics = read_json(folder / "metrics.json")
     n = len(archive.class_names)
     return RunFacts(
-        folder=folder, metrics=metrics, config=_read_json(folder / "config.json"),
+        folder=folder, metrics=metrics, config=read_json(folder / "config.json"),
         history=read_history(folder / "history.csv"), class_names=list(archive.class_names),
         train_counts=np.bincount(archive.y_train, minlength=n).tolist(),
         test_counts=np.bincount(archive.y_test, minlength=n).tolist(),
@@ -75,24 +76,14 @@ def crawl_provenance(source: str | None, class_names: list[str]) -> dict[str, di
         manifest = Path(source) / f"{name}.manifest.jsonl"
         if not manifest.is_file():
             continue
-        entries = []
-        with open(manifest, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(entry, dict):
-                    entries.append(entry)
-        hosts = collections.Counter(urlparse(str(e.get("url") or "")).hostname or "(local)"
-                                    for e in entries)
+        entries = read_jsonl(manifest)
         times = sorted(str(e["time"]) for e in entries if e.get("time"))
         out[name] = {
             "images": len(entries),
             "engines": dict(collections.Counter(str(e.get("engine")) for e in entries)),
             "queries": sorted({str(e["query"]) for e in entries if e.get("query")}),
             "first": times[0][:10] if times else None, "last": times[-1][:10] if times else None,
-            "top_hosts": hosts.most_common(TOP_HOSTS),
+            "top_hosts": top_hosts(entries, TOP_HOSTS),
         }
     return out
 
@@ -126,7 +117,7 @@ def _test_paths(archive: str, n: int) -> list[str]:
     return [f"test image {i}" for i in range(n)]
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -70,10 +70,10 @@ def write_run_page(facts: RunFacts) -> Path:
 
 def write_comparison_page(folder: str | os.PathLike, rows: Sequence[dict]) -> Path:
     """`report.html` of a comparison: the strategies' numbers, curves and confusions side by side."""
-    from .pages import _read_json
+    from .pages import read_json
 
     folder = Path(folder)
-    metrics = [_read_json(Path(r["run"]) / "metrics.json") for r in rows]
+    metrics = [read_json(Path(r["run"]) / "metrics.json") for r in rows]
     head = ["strategy", "accuracy", "macro F1", "test ECE (calibrated)", "epochs", "seconds", "report"]
     lines = [_table_head(head)]
     for r, m in zip(rows, metrics):
