@@ -3,17 +3,19 @@
     python scripts/bench_review.py [--flowers ../shared/data/flowers]
                                    [--offtopic ../shared/data/offtopic]
                                    [--weights ../shared/weights/mobilenet_v2_imagenet_notop.weights.h5]
-                                   [--mislabeled 30] [--cleanlab]
+                                   [--mislabeled 15] [--seed 0] [--variants] [--cleanlab]
 
 Builds a crawl-like folder (links, nothing copied) from the flower classes with two kinds
 of noise, both recorded: `mislabeled`, `--mislabeled` photos of each class moved into each
 other class in turn; `off-topic`, every photo of ../shared/data/offtopic (real photos of
-objects, none a flower) spread over the classes. Then, each in its own process:
-`toolkit review` from an empty embedding cache (timed: the whole command), the same review
-again (the cache's effect), and `toolkit pack --drop-suspects`. Prints the CPU, the load,
-recall and precision of the suspects by kind of noise, and what share of the archive is
-noise and of the clean images is kept. `--cleanlab` also scores cleanlab's label issues
-and out-of-distribution scores on the same embeddings and out-of-fold probabilities.
+objects, none a flower) spread over the classes; `--seed` draws which photos move and where
+each off-topic photo goes, so a second seed checks that a rule does not fit one draw. Then,
+each in its own process: `toolkit review` from an empty embedding cache (timed: the whole
+command), the same review again (the cache's effect), and `toolkit pack --drop-suspects`.
+Prints the CPU, the load, recall and precision of the suspects by kind of noise, and what
+share of the archive is noise and of the clean images is kept. `--variants` also scores
+other verdict rules on the same evidence; `--cleanlab` scores cleanlab's label issues and
+out-of-distribution scores on the same embeddings and out-of-fold probabilities.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import numpy as np
 
 from _bench import machine, measure, scratch_folder, table, toolkit_command
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# ../shared from the repository root; TOOLKIT_SHARED names it elsewhere (a git worktree)
+SHARED = Path(os.environ.get("TOOLKIT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 MISLABELED, OFF_TOPIC, CLEAN = "mislabeled", "off-topic", "clean"
 FOUND = "found"  # a photo of the flowers set that is not of its class (flowers_audit.txt)
 AUDIT = Path(__file__).with_name("flowers_audit.txt")
@@ -61,7 +64,8 @@ def build(flowers: Path, offtopic: Path, per_pair: int, into: Path, seed: int = 
             path = photos[c][k]
             (into / c / path.name).symlink_to(path.resolve())
             truth[f"{c}/{path.name}"] = FOUND if f"{c}/{path.name}" in audited else CLEAN
-    for k, path in enumerate(sorted(p for p in offtopic.iterdir() if p.is_file())):
+    others = sorted(p for p in offtopic.iterdir() if p.is_file())
+    for k, path in zip(rng.permutation(len(others)), others):
         name = f"{classes[k % len(classes)]}/offtopic_{path.name}"
         (into / name).symlink_to(path.resolve())
         truth[name] = OFF_TOPIC
@@ -95,14 +99,8 @@ def cleanlab_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
     from cleanlab.outlier import OutOfDistribution
 
     from toolkit import reviewer
-    from toolkit.archive import find_usable
 
-    source = review_json["source"]
-    _, found = find_usable(source)
-    files = [f for f in found if not f.status]
-    vectors = reviewer.embed(files, weights=weights, cache_dir=cache)
-    labels = np.array([f.label for f in files])
-    x = reviewer._normalised(vectors)
+    files, x, labels = judged_evidence(review_json, cache, weights)
     probabilities = reviewer.out_of_fold_probabilities(x, labels)
     judged = {f.name for f in files}
     issues = find_label_issues(labels, probabilities)
@@ -116,6 +114,70 @@ def cleanlab_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
     return rows
 
 
+def judged_evidence(review_json: dict, cache: Path, weights: str):
+    """The judged files, their embeddings and labels, as review computed them (from the cache)."""
+    from toolkit import reviewer
+    from toolkit.archive import find_usable
+
+    _, found = find_usable(review_json["source"])
+    files = [f for f in found if not f.status]
+    vectors = reviewer.embed(files, weights=weights, cache_dir=cache)
+    return files, reviewer._normalised(vectors), np.array([f.label for f in files])
+
+
+def variant_rows(truth: dict[str, str], review_json: dict, cache: Path, weights: str) -> list:
+    """Other verdict rules on the same evidence, each scored as `pack --drop-suspects` would
+    use it (every flagged image left out): the ideas of issue 9's precision follow-up."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from toolkit import reviewer
+
+    files, x, labels = judged_evidence(review_json, cache, weights)
+    n, rows_of = len(labels), np.arange(len(labels))
+    probabilities = reviewer.out_of_fold_probabilities(x, labels)
+    z, votes = reviewer.neighbourhood(x, labels, probabilities.shape[1])
+    evidence = (probabilities + votes) / 2
+    own = evidence[rows_of, labels]
+    others = np.where(np.eye(evidence.shape[1], dtype=bool)[labels], -1.0, evidence)
+    other, suggested = others.max(1), others.argmax(1)
+    distances, _ = NearestNeighbors(n_neighbors=reviewer.NEIGHBOURS + 1,
+                                    metric="cosine").fit(x).kneighbors(x)
+    spread = distances[:, 1:].mean(axis=1)  # as reviewer.neighbourhood measures it
+    spread_z = np.empty(n)  # its robust z-score within each class, not over all images
+    for c in np.unique(labels):
+        mine = spread[labels == c]
+        median = np.median(mine)
+        spread_z[labels == c] = (mine - median) / (np.median(np.abs(mine - median)) * 1.4826)
+    self_confidence = np.array([evidence[labels == c, c].mean() for c in range(evidence.shape[1])])
+    mislabeled = other >= reviewer.MISLABELED_EVIDENCE
+    ambiguous = own < reviewer.AMBIGUOUS_EVIDENCE
+    variants = {
+        "current rules": (z >= reviewer.OFF_TOPIC_Z) | mislabeled | ambiguous,
+        "ambiguous shown, not dropped": (z >= reviewer.OFF_TOPIC_Z) | mislabeled,
+        "off-topic z per class": (spread_z >= reviewer.OFF_TOPIC_Z) | mislabeled | ambiguous,
+        "mislabeled needs margin >= 0.3": (z >= reviewer.OFF_TOPIC_Z) | ambiguous
+                                          | (mislabeled & (other - own >= 0.3)),
+        "off-topic at 5% false alarms of a normal (z 1.64)": (z >= 1.645) | mislabeled | ambiguous,
+        "off-topic at 1% false alarms of a normal (z 2.33)": (z >= 2.326) | mislabeled | ambiguous,
+        "mislabeled at its class's mean self-confidence": (z >= reviewer.OFF_TOPIC_Z) | ambiguous
+                                                          | (other >= self_confidence[suggested]),
+        "mislabeled when another class leads": (z >= reviewer.OFF_TOPIC_Z) | (other > own),
+    }
+    kinds = np.array([truth[f.name] for f in files])
+    injected = np.isin(kinds, [MISLABELED, OFF_TOPIC])
+    audited = kinds == FOUND
+    clean = kinds == CLEAN
+    rows = []
+    for name, flagged in variants.items():
+        kept = ~flagged
+        rows.append([name, int(flagged.sum()), f"{(flagged & injected).sum() / injected.sum():.3f}",
+                     f"{(flagged & injected).sum() / flagged.sum():.3f}",
+                     f"{(flagged & (injected | audited)).sum() / flagged.sum():.3f}",
+                     f"{(kept & injected).sum() / kept.sum():.2%}",
+                     f"{(kept & clean).sum() / clean.sum():.1%}"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flowers", type=Path, default=SHARED / "data" / "flowers")
@@ -124,7 +186,11 @@ def main() -> None:
                                                  "mobilenet_v2_imagenet_notop.weights.h5"))
     parser.add_argument("--mislabeled", type=int, default=15,
                         help="photos of each class moved into each other class")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="which photos are moved and where the off-topic ones go")
     parser.add_argument("--cleanlab", action="store_true", help="also score cleanlab")
+    parser.add_argument("--variants", action="store_true",
+                        help="also score other verdict rules on the same evidence")
     parser.add_argument("--keep", type=Path, default=None, help="build the folder here and keep it")
     args = parser.parse_args()
     for path in (args.flowers, args.offtopic, Path(args.weights)):
@@ -132,11 +198,12 @@ def main() -> None:
             sys.exit(f"{path} is absent (../shared)")
 
     print(machine())
+    print(f"noise injected with --seed {args.seed}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with scratch_folder() as scratch:
         scratch = Path(scratch)
         source = args.keep or scratch / "crawl"
-        truth = build(args.flowers, args.offtopic, args.mislabeled, source)
+        truth = build(args.flowers, args.offtopic, args.mislabeled, source, args.seed)
         cache = scratch / "cache"
         env = {"TOOLKIT_CACHE_DIR": str(cache)}
         review = toolkit_command("review", str(source), "--weights", args.weights)
@@ -177,6 +244,11 @@ def main() -> None:
         print(f"\nafter `pack --drop-suspects`: {len(rows)} rows, {noise_rows} injected noise "
               f"({noise_rows / len(rows):.2%}), {found_rows} audited; clean images kept "
               f"{clean_rows} of {clean_usable} ({clean_rows / clean_usable:.1%})")
+        if args.variants:
+            print("\nother rules on the same evidence (pack leaves out every flagged image):")
+            print(table(["rule", "flagged", "recall", "precision", "precision with audited",
+                         "noise after drop", "clean kept"],
+                        variant_rows(truth, result, cache, args.weights)))
         if args.cleanlab:
             print()
             print(table(["method", "noise", "images", "flagged", "recall", "precision"],
