@@ -28,10 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _bench import machine, measure, scratch_folder, table, toolkit_command
+from _bench import SHARED, machine, measure, scratch_folder, table, toolkit_command
 
-# ../shared from the repository root; TOOLKIT_SHARED names it elsewhere (a git worktree)
-SHARED = Path(os.environ.get("TOOLKIT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 MISLABELED, OFF_TOPIC, CLEAN = "mislabeled", "off-topic", "clean"
 FOUND = "found"  # a photo of the flowers set that is not of its class (flowers_audit.txt)
 AUDIT = Path(__file__).with_name("flowers_audit.txt")
