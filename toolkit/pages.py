@@ -56,16 +56,6 @@ def gather(folder: str | os.PathLike, archive, test_probabilities: np.ndarray | 
         test_images=archive.X_test, test_paths=_test_paths(archive.path, len(archive.y_test)))
 
 
-def write_pages(folder: str | os.PathLike, archive, test_probabilities: np.ndarray) -> None:
-    """Write report.html and MODEL_CARD.md into a finished run's folder."""
-    from .model_card import write_model_card
-    from .report_html import write_run_page
-
-    facts = gather(folder, archive, test_probabilities)
-    write_run_page(facts)
-    write_model_card(facts)
-
-
 def crawl_provenance(source: str | None, class_names: list[str]) -> dict[str, dict]:
     """Per class: images, engines, queries, first and last date, top hosts, from the crawl's
     manifests (`<source>/<class>.manifest.jsonl`) when they are there."""

@@ -107,3 +107,14 @@ class Clock:
                   for p in phases if p != "total"}
         totals["total"] = round(sum(totals.values()), 2)
         return totals
+
+
+def write_pages(folder: str | os.PathLike, archive: Archive, test_probabilities) -> None:
+    """report.html and MODEL_CARD.md: the finished run, for people."""
+    from .model_card import write_model_card
+    from .pages import gather
+    from .report_html import write_run_page
+
+    facts = gather(folder, archive, test_probabilities)
+    write_run_page(facts)
+    write_model_card(facts)

@@ -41,7 +41,7 @@ from .distribution import distribution_strategy, is_chief, multiworker_workaroun
 from .errors import OptionError, ToolkitError
 from .features import FeatureCache
 from .files import write_json, write_text
-from .runs import Clock, discard, new_run_folder, save_run, timestamped
+from .runs import Clock, discard, new_run_folder, save_run, timestamped, write_pages
 from .text import text_table
 
 log = logging.getLogger("toolkit")
@@ -253,7 +253,6 @@ class _Plan:
 
 
 def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: bool) -> Run:
-    from .pages import write_pages
 
     clock = Clock(state.get("seconds", {}))
     archive = load_archive(config.data)
