@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="vgg16")
     parser.add_argument("--weights", default="none")
     parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--precision", default="float32",
+                        help="the toolkit's --precision (the recipe computes in float32)")
     parser.add_argument("--recipe-epochs", type=int, default=2)
     parser.add_argument("--second-run", action="store_true",
                         help="also time a second toolkit run that finds the features cached")
@@ -84,7 +86,8 @@ def main() -> None:
                 return measure(toolkit_command(
                     "train", "--strategy", strategy, "--data", args.archive, "--backbone",
                     args.backbone, "--weights", args.weights, "--epochs", str(args.epochs),
-                    "--patience", str(args.epochs), "--out", str(folder),
+                    "--patience", str(args.epochs), "--precision", args.precision,
+                    "--out", str(folder),
                     "--cache-dir", str(Path(work) / f"cache-{strategy}")))
 
             new = toolkit_run(run)
