@@ -13,7 +13,7 @@ from conftest import distinct_image, near_copy, png_bomb
 from fake_engine import Item
 from helpers import FAST, assert_consistent, assert_one_error_line, run_cli, tree
 from toolkit.archive import pack
-from toolkit.crawler import crawl, parse_query, read_url_list
+from toolkit.crawler import crawl, parse_query, read_jsonl, read_url_list
 from toolkit.errors import ToolkitError
 
 
@@ -409,3 +409,12 @@ def test_url_lists_keep_commas_inside_urls(tmp_path):
     assert read_url_list(listing, [parse_query("cat"), parse_query("dog")][:1]) == {
         "cat": ["https://cdn.example/w_300,h_200/a.jpg", "https://cdn.example/w_300,h_200/b.jpg"],
         "dog": ["https://cdn.example/c.jpg"]}
+
+
+def test_a_manifest_title_with_a_line_separator_stays_one_record(tmp_path):
+    """Titles are kept as pages give them (U+2028, \x85 included): one record a line."""
+    manifest = tmp_path / "cat.manifest.jsonl"
+    records = [{"file": "a.jpg", "title": "two\u2028lines\x85here"}, {"file": "b.jpg"}]
+    manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                        encoding="utf-8")
+    assert read_jsonl(manifest) == records

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from helpers import NAMES, assert_one_error_line, run_cli, tree, write_archive
+from toolkit import precision
 from toolkit.calibration import expected_calibration_error, fit_temperature
 from toolkit.exporter import TOLERANCE
 from toolkit.inference import evaluate, predict
@@ -68,6 +69,16 @@ def test_every_format_exports_and_matches_keras(tiny_run, tmp_path, fmt, quantiz
     assert [p.closest for p in predict(folder, paths)] == keras_labels
 
 
+def policies(model) -> set[str]:
+    """The dtype policies of every layer of a model, nested models included."""
+    found = set()
+    for layer in model.layers:
+        found.add(layer.dtype_policy.name)
+        if hasattr(layer, "layers"):
+            found |= policies(layer)
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["cnn", "extract"])
 def test_a_bfloat16_run_exports_a_float32_model_within_tolerance(tmp_path, strategy):
@@ -82,6 +93,9 @@ def test_a_bfloat16_run_exports_a_float32_model_within_tolerance(tmp_path, strat
     parity = json.loads((run.folder / "export" / "export.json").read_text())["parity"]
     assert parity["drift"] <= TOLERANCE["none"] and parity["max_probability_difference"] < 0.05
     info = json.loads((run.folder / "export" / "export.json").read_text())
+    assert info["trained_precision"]["trained"] == "mixed"
+    assert info["trained_precision"]["exported"] == "float32"
+    assert policies(precision.in_float32(run.model)) == {"float32"} != policies(run.model)
     assert info["input"]["preprocessing"] == ("caffe" if strategy != "cnn" else "unit")
 
 

@@ -158,6 +158,22 @@ def test_frozen_features_are_computed_once_and_reused(tiny, tmp_path):
     assert second.metrics["augment_mode"] == "cached"
 
 
+def test_batches_with_labels_split_evenly_over_replicas():
+    """Keras 3's distributed fit fails on a batch its replicas cannot share: labelled batches
+    stay even (losing at most replicas - 1 samples); predicting keeps every sample."""
+    rows = Rows(np.arange(13 * 2).reshape(13, 2), None)
+    labelled = Batches([rows], np.arange(13), 4, seed=0, replicas=2)
+    sizes = [len(labelled[i][0]) for i in range(len(labelled))]
+    assert sizes == [4, 4, 4]
+    assert sum(len(Batches([rows], None, 4, replicas=2)[i][0]) for i in range(4)) == 13
+
+
+def test_compare_refuses_a_strategy_named_twice(shapes, tmp_path):
+    result = run_cli("compare", "--data", shapes, "--strategies", "cnn,cnn", "--out", tmp_path / "c")
+    assert_one_error_line(result, "name each strategy once")
+    assert tree(tmp_path) == {}
+
+
 def test_validation_split_is_stratified_and_seeded():
     labels = np.repeat([0, 1, 2], [50, 30, 20])
     train_rows, val_rows = validation_split(labels, 0.2, seed=3)

@@ -10,11 +10,14 @@ uint8 (the backbone's preprocessing is inside; the augmentation layers are not) 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.metadata
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,13 +95,33 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
     runtime_name = RUNTIMES[format]
     _require(runtime_name)
 
-    trained = with_embedding(model, input_dtype="uint8")  # what the run trained and measured
-    keras_probabilities = np.concatenate([np.asarray(trained.predict_on_batch(x)["probabilities"])
-                                          for x in _uint8_batches(archive.X_test)])
-    served = trained
-    if (float32_model := precision.in_float32(model)) is not model:  # a bfloat16 run
-        served = with_embedding(float32_model, input_dtype="uint8")
-        served.predict_on_batch(np.asarray(archive.X_test[:1]))  # Keras exports called models only
+    def test_probabilities(keras_model) -> np.ndarray:
+        return np.concatenate([np.asarray(keras_model.predict_on_batch(x)["probabilities"])
+                               for x in _uint8_batches(archive.X_test)])
+
+    # phones' and ONNX's runtimes compute no bfloat16 or float16: a mixed-precision run is
+    # exported in float32, and the export is held against that float32 Keras model
+    float32_model = precision.in_float32(model)
+    served = with_embedding(float32_model, input_dtype="uint8")
+    keras_probabilities = test_probabilities(served)
+    trained_precision = None
+    if float32_model is not model:  # how far float32 is from the mixed-precision model trained
+        as_trained = test_probabilities(with_embedding(model, input_dtype="uint8"))
+        trained_precision = {
+            "trained": "mixed", "exported": "float32",
+            "same_label": round(float(np.mean(as_trained.argmax(1) == keras_probabilities.argmax(1))), 4),
+            "max_probability_difference": round(float(np.abs(as_trained - keras_probabilities).max()), 5)}
+    with _exclusive(folder):
+        return _export_checked(folder, run, served, keras_probabilities, trained_precision, model,
+                               calibration, archive, archive_path, info, format, quantize, seed,
+                               runtime_name, progress)
+
+
+def _export_checked(folder: Path, run, served, keras_probabilities: np.ndarray,
+                    trained_precision: dict | None, model, calibration, archive, archive_path,
+                    info: dict, format: str, quantize: str, seed: int, runtime_name: str,
+                    progress: bool) -> Exported:
+    """Convert, check on the test set in the deploy runtime, then put the export in place."""
     _recover(folder)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
     try:
@@ -137,6 +160,7 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
             "int8_representative": ({"images": min(REPRESENTATIVE_IMAGES, len(archive.y_train)),
                                      "from": "X_train", "seed": seed} if quantize == "int8" else None),
             "parity": parity,
+            "trained_precision": trained_precision,
             "size_bytes": _size(target),
             "run": str(folder.resolve()),
             "data": str(Path(archive_path).resolve()),
@@ -169,7 +193,7 @@ def load_export(path: str | os.PathLike):
     folder = Path(path)
     try:
         info = json.loads((folder / INFO_FILE).read_text())
-        names = (folder / info["labels"]).read_text(encoding="utf-8").splitlines()
+        names = info["class_names"]  # labels.txt is for people and other tools
         fmt, target = info["format"], folder / info["model"]
         shape = tuple(info["input"]["shape"][1:])
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -280,6 +304,20 @@ def _preprocessing(model) -> str:
         if isinstance(layer, keras.Model) and (mode := _preprocessing(layer)) != "none":
             return mode
     return "none"
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """One export of RUN at a time (a lock on the folder itself: nothing is written for it)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ToolkitError(f"another export of {folder} is running; wait for it") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _recover(folder: Path) -> None:

@@ -8,6 +8,7 @@ the same layer - computes nothing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -89,7 +90,8 @@ def read_features(path: Path) -> np.ndarray:
     import ml_dtypes
 
     features = np.load(path, mmap_mode="r")
-    dtype = json.loads(path.with_suffix(".json").read_text()).get("dtype", features.dtype.name)
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    dtype = sidecar.get("dtype", features.dtype.name) if isinstance(sidecar, dict) else None
     return features.view(ml_dtypes.bfloat16) if dtype == "bfloat16" else features
 
 
@@ -130,12 +132,19 @@ def weights_fingerprint(weights: str, seed: int) -> str:
         return f"none:seed{seed}"
     if weights == "imagenet":
         return "imagenet"
-    digest = hashlib.sha256()
     try:
-        with open(weights, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        st = os.stat(weights)
+        return "file:" + _content_hash(os.path.realpath(weights), st.st_size, st.st_mtime_ns)
     except OSError as e:
         raise OptionError("weights", weights, f"{e.strerror}; give imagenet, none or the path "
                           "of a .weights.h5 file") from None
-    return "file:" + digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _content_hash(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, read once per (path, size, mtime) however many keys ask for it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -153,8 +153,9 @@ def resume(folder: str | os.PathLike, *, verbose: int | str = "auto", progress: 
     if config.distribute == "multiworker":
         raise ToolkitError("a multiworker run cannot be resumed (only its chief kept "
                            "checkpoints); start it again on every worker")
-    if config.precision_policy is None:  # a run folder from before `auto`
+    if config.precision_policy is None:  # a run folder from before `auto`: resolved once
         _resolve_precision(config)
+        write_json(folder / "config.json", asdict(config))
     state = read_state(folder)
     if state.get("finished"):
         raise ToolkitError(f"run {folder} already finished; nothing to resume")
@@ -184,9 +185,10 @@ class Comparison:
     rows: list[dict]
 
     def table(self) -> str:
-        return text_table(["strategy", "accuracy", "macro F1", "epochs", "seconds"],
+        return text_table(["strategy", "accuracy", "macro F1", "epochs", "seconds", "precision"],
                           [[r["strategy"], f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}",
-                            r["epochs"], f"{r['seconds']:.1f}"] for r in self.rows])
+                            r["epochs"], f"{r['seconds']:.1f}", r["precision"]] for r in self.rows],
+                          left=(0, 5))
 
 
 def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = STRATEGIES, *,
@@ -226,7 +228,8 @@ def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = 
                     out=folder / strategy, verbose=verbose, progress=progress)
         rows.append({"strategy": strategy, "accuracy": run.metrics["accuracy"],
                      "macro_f1": run.metrics["macro_f1"], "epochs": run.metrics["epochs_run"],
-                     "seconds": run.metrics["seconds"]["total"], "run": str(run.folder)})
+                     "seconds": run.metrics["seconds"]["total"],
+                     "precision": run.metrics["precision"]["policy"], "run": str(run.folder)})
     comparison = Comparison(folder, rows)
     write_text(folder / "comparison.txt", comparison.table() + "\n")
     write_json(folder / "comparison.json", rows)
@@ -292,6 +295,10 @@ def _plan(config: TrainConfig, archive: Archive) -> _Plan:
         log.warning("batch size %d is larger than the %d training images: each epoch is one "
                     "batch of all of them", global_batch, len(train_rows))
         global_batch = len(train_rows)
+    if global_batch < replicas:
+        raise OptionError("distribute", config.distribute, f"{len(train_rows)} training images "
+                          f"cannot be shared by {replicas} replicas")
+    global_batch -= global_batch % replicas  # a batch the replicas share evenly
     online = config.strategy == "augment" and (
         config.augment_mode == "online" or (config.augment_mode == "auto" and gpu))
     return _Plan(gpu, distribution, replicas, is_chief(config.distribute), train_rows, val_rows,
@@ -311,7 +318,7 @@ def _build(config: TrainConfig, archive: Archive, plan: _Plan):
         fitted.compile(optimizer=keras.optimizers.Adam(plan.learning_rate),
                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     if cached and config.precision_policy != "float32":
-        split = _with_frozen_pass_in(config.precision_policy, split, config, archive)
+        split = _with_frozen_pass_in(config.precision_policy, split, config, archive, plan)
     return split, fitted, cached
 
 
@@ -324,10 +331,10 @@ def _build_split(config: TrainConfig, archive: Archive):
                         head_kind=config.head, seed=config.seed)
 
 
-def _with_frozen_pass_in(policy: str, split, config: TrainConfig, archive: Archive):
+def _with_frozen_pass_in(policy: str, split, config: TrainConfig, archive: Archive, plan: _Plan):
     """`split` with its frozen part computing under `policy`, and an end-to-end model made of
     that part and the trainer: the model saved predicts what the cached path predicted."""
-    with precision.scope(policy):
+    with precision.scope(policy), plan.distribution.scope():
         lower = _build_split(config, archive).lower
     lower.set_weights(split.lower.get_weights())
     image = keras.Input(archive.image_shape, name="image")
@@ -368,7 +375,8 @@ def _fit_and_predict(config: TrainConfig, archive: Archive, plan: _Plan, fitted,
         clock.start("evaluation")
         test_batches = Batches([Rows(test_source, None)], None, plan.global_batch)
         probabilities = fitted.predict(test_batches, verbose=0)
-        val_images = val_data and Batches(val_data.views, None, plan.global_batch)  # all of them
+        val_images = (None if val_data is None  # every validation image, uneven batch or not
+                      else Batches(val_data.views, None, plan.global_batch))
         calibrated = calibrate(fitted, Batches(train_data.views[:1], None, plan.global_batch),
                                val_images, archive.y_train[plan.val_rows], test_batches,
                                archive.y_test, seed=config.seed)
@@ -423,7 +431,7 @@ def _inputs(config: TrainConfig, archive: Archive, split, cached: bool, plan: _P
     batch, replicas = plan.global_batch, plan.replicas
     train_data = Batches(views, y[train_rows], batch, seed=config.seed, replicas=replicas)
     val_data = (Batches([Rows(source, val_rows)], y[val_rows], batch, replicas=replicas)
-                if len(val_rows) else None)
+                if len(val_rows) >= replicas else None)
     return train_data, val_data, test
 
 
