@@ -97,6 +97,7 @@ class Fitted:
     calibration: Calibration
     summary: dict
     test_probabilities: np.ndarray  # calibrated
+    uncalibrated: np.ndarray        # the model's own test probabilities
 
 
 def fit(train_embeddings: np.ndarray, val_probabilities: np.ndarray | None,
@@ -126,7 +127,7 @@ def fit(train_embeddings: np.ndarray, val_probabilities: np.ndarray | None,
         "test_rejected_as_unknown": float(np.mean(calibration.unknown(test_embeddings)))
         if len(test_labels) else 0.0,
     }
-    return Fitted(calibration, summary, calibrated)
+    return Fitted(calibration, summary, calibrated, test_probabilities)
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:

@@ -355,9 +355,9 @@ def _resolve_precision(config: TrainConfig) -> None:
 def _fit_and_predict(config: TrainConfig, archive: Archive, plan: _Plan, fitted, state: dict,
                      checkpoints: Checkpointer, train_data: Batches, val_data: Batches | None,
                      test_source: np.ndarray, clock: Clock, verbose):
-    """Fit from the last checkpoint (if any) to the end, keep the best weights, predict the
-    test set once; then fit the calibration (temperature, unknown threshold) on validation.
-    Returns (test probabilities, calibration.Fitted)."""
+    """Fit from the last checkpoint (if any) to the end, keep the best weights, then predict
+    the test set once while fitting the calibration (temperature, unknown threshold) on
+    validation. Returns (test probabilities, calibration.Fitted)."""
     from .calibration import calibrate
 
     if state:
@@ -374,13 +374,12 @@ def _fit_and_predict(config: TrainConfig, archive: Archive, plan: _Plan, fitted,
 
         clock.start("evaluation")
         test_batches = Batches([Rows(test_source, None)], None, plan.global_batch)
-        probabilities = fitted.predict(test_batches, verbose=0)
         val_images = (None if val_data is None  # every validation image, uneven batch or not
                       else Batches(val_data.views, None, plan.global_batch))
         calibrated = calibrate(fitted, Batches(train_data.views[:1], None, plan.global_batch),
                                val_images, archive.y_train[plan.val_rows], test_batches,
                                archive.y_test, seed=config.seed)
-        return probabilities, calibrated
+        return calibrated.uncalibrated, calibrated
 
 
 def _metrics(config: TrainConfig, archive: Archive, plan: _Plan, split,
