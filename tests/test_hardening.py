@@ -20,6 +20,7 @@ from toolkit import images
 from toolkit.archive import load_archive, pack
 from toolkit.crawler import FetchOptions, crawl
 from toolkit.errors import ToolkitError
+from toolkit.files import write_text
 
 # ---- crawl
 
@@ -128,6 +129,26 @@ def test_pack_interrupted_leaves_no_partial_file_and_the_old_archive_whole(tmp_p
     assert not list(tmp_path.glob(".*"))
     with np.load(out) as a:
         assert len(a["y_train"]) == 480
+
+
+def test_two_processes_writing_one_file_do_not_remove_each_others_partial_file(tmp_path):
+    """Two trainings sharing a feature cache write the same files: the second writer cleans
+    up only what a killed writer left, never the file a live one is still writing."""
+    target = tmp_path / "shared.json"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom toolkit.files import atomic_path\n"
+         f"with atomic_path({str(target)!r}) as tmp:\n"
+         "    tmp.write_text('slow')\n    print('writing', flush=True)\n    time.sleep(2)\n"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert writer.stdout.readline().strip() == "writing"
+    dead = tmp_path / f".shared.json.{2**22 + 7}-0123abcd.part.json"  # no such process
+    dead.write_text("left by a kill")
+    write_text(target, "fast")
+    output, _ = writer.communicate(timeout=60)
+    assert writer.returncode == 0, output
+    assert target.read_text() == "slow"  # the live writer's rename still worked
+    assert not dead.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.json"]
 
 
 # ---- archives handed to train / evaluate

@@ -86,6 +86,43 @@ def test_review_judges_what_pack_would_pack_and_a_second_review_computes_nothing
     assert [v.reason for v in again.verdicts] == [v.reason for v in result.verdicts]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not (FLOWERS.is_dir() and MOBILENET_WEIGHTS.exists()),
+                    reason="needs ../shared (real flower photos, object photos, MobileNetV2 weights)")
+def test_review_finds_real_off_topic_and_moved_photos_among_real_flowers(tmp_path, monkeypatch):
+    """Real photos and the real weights, at review's default size: the object photos are
+    flagged, the moved sunflowers are called mislabeled with their class suggested, and
+    few of the rest are flagged."""
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    source = tmp_path / "crawl"
+    truth = {}
+    for c in ("rose", "sunflower", "tulip"):
+        (source / c).mkdir(parents=True)
+        for path in sorted((FLOWERS / c).glob("*.jpg"))[:40]:
+            into = "rose" if c == "sunflower" and len(truth) % 20 == 0 else c  # 2 moved
+            (source / into / path.name).symlink_to(path)
+            truth[f"{into}/{path.name}"] = "moved" if into != c else "clean"
+    for i, path in enumerate(sorted((SHARED / "data" / "offtopic").glob("*.jpg"))[:6]):
+        into = ("rose", "sunflower", "tulip")[i % 3]
+        (source / into / path.name).symlink_to(path)
+        truth[f"{into}/{path.name}"] = "off-topic"
+    result = reviewer.review(source, weights=str(MOBILENET_WEIGHTS))
+    verdicts = {v.file: v for v in result.verdicts}
+    moved = [v for f, v in verdicts.items() if truth[f] == "moved"]
+    assert len(moved) == 2 and all(v.reason == "mislabeled" and v.suggested == "sunflower"
+                                   for v in moved), moved
+    assert all(verdicts[f].suspect for f, kind in truth.items() if kind == "off-topic")
+    clean = [v for f, v in verdicts.items() if truth[f] == "clean"]
+    assert sum(v.suspect for v in clean) <= 0.1 * len(clean)
+
+
+def test_an_image_torn_between_two_classes_is_not_called_mislabeled():
+    own, other = np.array([0.05, 0.38, 0.38, 0.7]), np.array([0.9, 0.62, 0.2, 0.1])
+    assert reviewer.reasons(own, other, np.zeros(4)).tolist() == [
+        "mislabeled", "fine", "fine", "fine"]
+    assert reviewer.reasons(own, other, np.full(4, 3.0)).tolist() == ["off-topic"] * 4
+
+
 def test_review_of_one_class_is_one_line(tmp_path):
     source = make_class_folders(tmp_path / "src", {"cat": range(6)})
     before = tree(source)

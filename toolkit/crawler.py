@@ -54,7 +54,7 @@ from .engines import (
     search_engine,
 )
 from .errors import OptionError, ToolkitError, first_line
-from .files import atomic_path, is_partial, write_text
+from .files import atomic_path, is_abandoned, is_partial, write_text
 from .text import text_table, timestamp
 
 #: HTTP statuses worth retrying; others are final.
@@ -219,7 +219,7 @@ class ClassFolder:
         on_disk = {}
         for entry in os.scandir(self.dir):
             if is_partial(entry.name):
-                if remove_partials:
+                if remove_partials and is_abandoned(entry.name):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
             elif entry.is_file() and not entry.name.startswith("."):

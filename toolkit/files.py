@@ -25,8 +25,10 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     target = Path(target)
     suffix = target.suffix if suffix is None else suffix
     remove_partials(target)
-    # the name is chosen before the file exists, so a Ctrl-C at any moment can remove it
-    tmp_path = target.parent / f".{target.name}.{secrets.token_hex(4)}.part{suffix}"
+    # the name is chosen before the file exists, so a Ctrl-C at any moment can remove it;
+    # it carries the writer's process id, so that another writer can tell a live one's file
+    # from a killed one's
+    tmp_path = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.part{suffix}"
     try:
         os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~UMASK))
         yield tmp_path
@@ -55,11 +57,13 @@ def write_json(target: str | os.PathLike, obj: object) -> None:
 
 
 def remove_partials(target: Path) -> None:
-    """Delete what a killed writer of `target` left (a SIGKILL cannot be cleaned up after)."""
+    """Delete what a killed writer of `target` left (a SIGKILL cannot be cleaned up after);
+    a live writer's file, in this process or another, is its own to rename or remove."""
     with contextlib.suppress(OSError):
         for leftover in target.parent.glob(f".{glob_escape(target.name)}.*.part*"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+            if is_abandoned(leftover.name):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
 
 
 def glob_escape(name: str) -> str:
@@ -67,12 +71,29 @@ def glob_escape(name: str) -> str:
 
 
 def is_partial(name: str) -> bool:
-    """True for the temporary files :func:`atomic_path` leaves if the process is killed
-    (`.<name>.<8 hex digits>.part<suffix>`), and for nothing else a user may keep."""
+    """True for the temporary files :func:`atomic_path` writes
+    (`.<name>.<writer's pid>-<8 hex digits>.part<suffix>`; older versions wrote no pid), and
+    for nothing else a user may keep."""
     return _PARTIAL.fullmatch(name) is not None
 
 
-_PARTIAL = re.compile(r"\..+\.[0-9a-f]{8}\.part(\.[^./]*)?", re.DOTALL)
+def is_abandoned(name: str) -> bool:
+    """True for a temporary file of :func:`atomic_path` whose writer is no longer running."""
+    match = _PARTIAL.fullmatch(name)
+    if match is None:
+        return False
+    if match["pid"] is None:
+        return True
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False  # another user's live process, or not a pid we can ask about
+    return False
+
+
+_PARTIAL = re.compile(r"\..+\.(?:(?P<pid>[0-9]+)-)?[0-9a-f]{8}\.part(\.[^./]*)?", re.DOTALL)
 
 
 def _fsync_file(path: Path) -> None:
