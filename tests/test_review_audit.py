@@ -1,0 +1,87 @@
+"""Audit of `toolkit review` and its gallery: what a real user's folders, files and browser do.
+
+Most tests build SOURCE/review.json directly (what `toolkit review` writes), so that the
+gallery and pack can be checked in a second, without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import distinct_image
+from toolkit import decisions
+from toolkit.gallery import Gallery
+
+
+def write_review(root: Path, classes: dict[str, list[str]], suspects: set[str] = frozenset(),
+                 images: bool = True) -> Path:
+    """SOURCE with `classes` (class -> file names) and the review.json review would write."""
+    entries = []
+    for i, (label, names) in enumerate(classes.items()):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for j, name in enumerate(names):
+            if images:
+                (root / label / name).write_bytes(distinct_image(1000 * i + j))
+            file = f"{label}/{name}"
+            entries.append({"file": file, "label": label, "suspect": file in suspects,
+                            "reason": "off-topic" if file in suspects else "fine",
+                            "score": 0.9 if file in suspects else 0.1, "suggested": None,
+                            "probability": 0.5, "outlier": 0.0})
+    (root / decisions.REVIEW_FILE).write_text(json.dumps(
+        {"source": str(root), "class_names": list(classes), "images": entries}))
+    return root
+
+
+def start(source: Path) -> Gallery:
+    server = Gallery(source)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def stop(server: Gallery) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+def fetch(url: str, data: bytes | None = None, headers: dict | None = None,
+          method: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+def small(tmp_path):
+    source = write_review(tmp_path / "src", {"cat": ["a.jpg", "b.jpg"], "dog": ["c.jpg", "d.jpg"]},
+                          suspects={"cat/a.jpg"})
+    server = start(source)
+    yield source, server
+    stop(server)
+
+
+# ---- the gallery's HTTP handling
+
+def test_deeply_nested_json_is_one_clean_400(small):
+    source, server = small
+    body = b'{"decisions": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    try:
+        status, reply = fetch(server.url + "api/decisions", body, JSON)
+    except (urllib.error.URLError, ConnectionError) as e:  # the handler died: no answer at all
+        pytest.fail(f"no HTTP answer to a deeply nested body: {e!r}")
+    assert status == 400 and b"error" in reply
+    assert fetch(server.url + "api/state")[0] == 200  # and the server still answers
