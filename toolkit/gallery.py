@@ -142,6 +142,8 @@ class Handler(BaseHTTPRequestHandler):
             recorded = self.server.decide(body["decisions"])
         except (ValueError, KeyError, TypeError) as e:
             return self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+        except RecursionError:  # JSON nested deeper than Python's stack: not a decision
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": "JSON nested too deep"})
         self._json(HTTPStatus.OK, {"decisions": recorded})
 
     def _host_ok(self) -> bool:
