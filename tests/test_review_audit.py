@@ -85,3 +85,43 @@ def test_deeply_nested_json_is_one_clean_400(small):
         pytest.fail(f"no HTTP answer to a deeply nested body: {e!r}")
     assert status == 400 and b"error" in reply
     assert fetch(server.url + "api/state")[0] == 200  # and the server still answers
+
+
+# ---- the gallery in a real browser
+
+from browser import browser, console_errors  # noqa: E402,F401 (a fixture)
+
+
+def open_gallery(driver, server: Gallery, n_cards: int):
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 20, ignored_exceptions=[StaleElementReferenceException])
+    driver.get(server.url)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid .card")) == n_cards)
+    return wait
+
+
+def test_arrow_keys_after_a_bulk_move_do_not_move_more_images(browser, tmp_path):  # noqa: F811
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    source = write_review(tmp_path / "src", {"cat": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"],
+                                             "dog": ["e.jpg", "f.jpg"], "fox": ["g.jpg", "h.jpg"]})
+    server = start(source)
+    try:
+        wait = open_gallery(browser, server, 4)
+        browser.find_element(By.CSS_SELECTOR, '#grid .card[data-file="cat/a.jpg"] img').click()
+        Select(browser.find_element(By.ID, "bulk-move")).select_by_value("dog")  # by mouse
+        wait.until(lambda d: "move" in d.find_element(
+            By.CSS_SELECTOR, '#grid .card[data-file="cat/a.jpg"]').get_attribute("class"))
+        # then on with the keyboard, as the page's key help says: next image, next one
+        ActionChains(browser).send_keys(Keys.ARROW_RIGHT).send_keys(Keys.ARROW_DOWN).perform()
+        time.sleep(1)
+    finally:
+        stop(server)
+    made = {f: (d.action, d.label) for f, d in decisions.read(source).items()}
+    assert made == {"cat/a.jpg": ("move", "dog")}, "arrow keys moved images nobody chose"
