@@ -125,3 +125,21 @@ def test_arrow_keys_after_a_bulk_move_do_not_move_more_images(browser, tmp_path)
         stop(server)
     made = {f: (d.action, d.label) for f, d in decisions.read(source).items()}
     assert made == {"cat/a.jpg": ("move", "dog")}, "arrow keys moved images nobody chose"
+
+
+def test_keys_answer_at_once_in_a_class_of_1200_images_among_30_classes(browser, tmp_path):  # noqa: F811
+    classes = {f"class {i:02d}": [f"img{j:04d}.jpg" for j in range(1200 if i == 0 else 2)]
+               for i in range(30)}
+    source = write_review(tmp_path / "src", classes, images=False)  # the page, not the pictures
+    server = start(source)
+    try:
+        open_gallery(browser, server, 1200)
+        took = {key: browser.execute_script(
+            "const t = performance.now();"
+            "document.dispatchEvent(new KeyboardEvent('keydown', {key: arguments[0]}));"
+            "document.body.offsetHeight;"  # and the layout it causes
+            "return performance.now() - t;", key) for key in ("ArrowRight", "ArrowDown", "x")}
+    finally:
+        stop(server)
+    # reviewing 1,200 images by keyboard takes thousands of keys: each must feel instant
+    assert max(took.values()) < 250, f"ms per key: {took}"
