@@ -121,10 +121,20 @@ def test_arrow_keys_after_a_bulk_move_do_not_move_more_images(browser, tmp_path)
         # then on with the keyboard, as the page's key help says: next image, next one
         ActionChains(browser).send_keys(Keys.ARROW_RIGHT).send_keys(Keys.ARROW_DOWN).perform()
         time.sleep(1)
+        made = {f: (d.action, d.label) for f, d in decisions.read(source).items()}
+        assert made == {"cat/a.jpg": ("move", "dog")}, "arrow keys moved images nobody chose"
+        # a card's own select, by mouse, then the arrow keys again
+        menu = browser.find_element(By.CSS_SELECTOR, '#grid .card[data-file="cat/c.jpg"] select')
+        menu.click()
+        Select(menu).select_by_value("fox")
+        wait.until(lambda d: "move" in d.find_element(
+            By.CSS_SELECTOR, '#grid .card[data-file="cat/c.jpg"]').get_attribute("class"))
+        ActionChains(browser).send_keys(Keys.ARROW_DOWN).send_keys(Keys.ARROW_DOWN).perform()
+        time.sleep(1)
     finally:
         stop(server)
     made = {f: (d.action, d.label) for f, d in decisions.read(source).items()}
-    assert made == {"cat/a.jpg": ("move", "dog")}, "arrow keys moved images nobody chose"
+    assert made == {"cat/a.jpg": ("move", "dog"), "cat/c.jpg": ("move", "fox")}
 
 
 def test_keys_answer_at_once_in_a_class_of_1200_images_among_30_classes(browser, tmp_path):  # noqa: F811
