@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import threading
 import time
 import urllib.error
@@ -153,3 +154,17 @@ def test_keys_answer_at_once_in_a_class_of_1200_images_among_30_classes(browser,
         stop(server)
     # reviewing 1,200 images by keyboard takes thousands of keys: each must feel instant
     assert max(took.values()) < 250, f"ms per key: {took}"
+
+
+def test_a_closed_tab_or_a_cancelled_thumbnail_prints_no_traceback(small, capfd):
+    """The browser cancels image loads whenever the grid changes or the tab closes."""
+    source, server = small
+    for _ in range(10):
+        s = socket.create_connection(("127.0.0.1", server.server_port))
+        s.sendall(f"GET /image?f=cat/a.jpg HTTP/1.1\r\nHost: 127.0.0.1:{server.server_port}"
+                  "\r\n\r\n".encode())
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # a reset, as a browser gives up on a request
+    time.sleep(1)
+    assert fetch(server.url + "image?f=cat/a.jpg")[0] == 200
+    assert "Traceback" not in capfd.readouterr().err
