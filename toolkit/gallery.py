@@ -56,6 +56,11 @@ class Gallery(ThreadingHTTPServer):
             raise ToolkitError(f"cannot listen on {HOST}:{port} ({e.strerror}); pass another "
                                "--port, or none for a free one") from None
 
+    def handle_error(self, request, client_address) -> None:
+        """A browser that went away (a closed tab, a thumbnail it no longer shows) is no error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.server_port}/"
