@@ -168,3 +168,24 @@ def test_a_closed_tab_or_a_cancelled_thumbnail_prints_no_traceback(small, capfd)
     time.sleep(1)
     assert fetch(server.url + "image?f=cat/a.jpg")[0] == 200
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_gallery_shows_a_file_whose_name_is_not_utf8(tmp_path):
+    """Names from a Windows zip (Latin-1 bytes): pack and review name them `caf\\xe9.jpg`."""
+    from toolkit.archive import find_usable
+
+    source = write_review(tmp_path / "src", {"cat": ["a.jpg"], "dog": ["c.jpg", "d.jpg"]})
+    with open(os.path.join(os.fsencode(source / "cat"), b"caf\xe9.jpg"), "wb") as f:
+        f.write(distinct_image(7))
+    class_names, found = find_usable(source)
+    names = sorted(f.name for f in found if not f.status)
+    assert "cat/caf\\xe9.jpg" in names
+    write_review(source, {label: [n.split("/", 1)[1] for n in names if n.startswith(label + "/")]
+                          for label in class_names}, images=False)
+    server = start(source)
+    try:
+        statuses = {name: fetch(server.url + "image?f=" + urllib.request.quote(name))[0]
+                    for name in names}
+    finally:
+        stop(server)
+    assert set(statuses.values()) == {200}, statuses
