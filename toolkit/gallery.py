@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from . import decisions, images
+from .archive import class_folders, list_files, printable
 from .decisions import REVIEW_FILE
 from .errors import ToolkitError
 from .reviewer import thumbnail
@@ -50,6 +51,7 @@ class Gallery(ThreadingHTTPServer):
         self.checks = checks
         self.thumbnails: dict[str, bytes] = {}
         self.thumbnail_lock = threading.Lock()
+        self.odd_names: dict[str, Path] | None = None  # see path_of
         try:
             super().__init__((HOST, port), Handler)
         except OSError as e:
@@ -75,10 +77,27 @@ class Gallery(ThreadingHTTPServer):
         with self.thumbnail_lock:
             cached = self.thumbnails.get(file)
         if cached is None:
-            cached = thumbnail(self.source / file, THUMBNAIL, self.checks)
+            cached = thumbnail(self.path_of(file), THUMBNAIL, self.checks)
             with self.thumbnail_lock:
                 self.thumbnails[file] = cached
         return cached
+
+    def path_of(self, file: str) -> Path:
+        """The file an image of the review is. Its name is the path under SOURCE, but bytes
+        of a name that are not UTF-8 are written \\xNN there (:func:`archive.printable`):
+        such a name is found again among the files pack would list."""
+        path = self.source / file
+        if "\\x" not in file or path.exists():
+            return path
+        with self.thumbnail_lock:
+            if self.odd_names is None:
+                try:
+                    folders = class_folders(self.source)
+                except ToolkitError:  # SOURCE changed since the review
+                    folders = []
+                self.odd_names = {printable(str(p.relative_to(self.source))): p
+                                  for _, folder in folders for p in list_files(folder)}
+            return self.odd_names.get(file, path)
 
     def decide(self, requested: list) -> dict:
         """Validate and record decisions; return them as recorded, by file."""
