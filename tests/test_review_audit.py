@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import distinct_image
@@ -189,3 +190,26 @@ def test_the_gallery_shows_a_file_whose_name_is_not_utf8(tmp_path):
     finally:
         stop(server)
     assert set(statuses.values()) == {200}, statuses
+
+
+# ---- review's embeddings
+
+def test_an_image_changed_during_the_review_never_caches_its_pixels_under_the_old_content(tmp_path):
+    from toolkit import reviewer
+    from toolkit.archive import find_usable
+    from toolkit.errors import ToolkitError
+
+    source = write_review(tmp_path / "src", {"cat": ["a.jpg", "b.jpg"], "dog": ["c.jpg", "d.jpg"]})
+    _, found = find_usable(source)
+    files = [f for f in found if not f.status]
+    (source / "cat" / "a.jpg").write_bytes(distinct_image(999))  # edited while review runs
+    quick = {"weights": "none", "size": 32, "cache_dir": tmp_path / "cache"}
+    try:
+        reviewer.embed(files, **quick)
+    except ToolkitError as e:
+        assert "changed during the review" in str(e)
+    (source / "cat" / "a.jpg").write_bytes(distinct_image(0))  # as it was when found
+    cached = reviewer.embed(files[:1], **quick)
+    fresh = reviewer.embed(files[:1], **{**quick, "cache_dir": tmp_path / "fresh"})
+    cosine = float(cached[0] @ fresh[0] / np.linalg.norm(cached[0]) / np.linalg.norm(fresh[0]))
+    assert cosine > 0.9999, "the cache holds the edited image under the original's content"
