@@ -231,3 +231,41 @@ def test_pack_drop_suspects_warns_when_images_came_after_the_review(tmp_path):
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert any("review" in line for line in warnings), result.output
+
+
+WEIRD = ["a b", "café ☕", "#1 & 50% \"q\" 'x' <b>", "a+b=c?d"]
+
+
+def test_classes_and_files_named_with_spaces_unicode_and_url_characters(browser, tmp_path):  # noqa: F811
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    classes = {name: [f"{name} #{i} 100%.jpg" for i in range(2)] for name in WEIRD}
+    source = write_review(tmp_path / "src", classes)
+    third, first = WEIRD[2], WEIRD[0]
+    server = start(source)
+    try:
+        wait = open_gallery(browser, server, 2)
+        tab = [b for b in browser.find_elements(By.CSS_SELECTOR, "#tabs button")
+               if b.get_attribute("data-klass") == third][0]
+        tab.click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#grid .card")
+                   .get_attribute("data-file").startswith(third + "/"))
+        ActionChains(browser).send_keys("1").perform()  # move the focused image to the first class
+        wait.until(lambda d: "move" in d.find_element(By.CSS_SELECTOR, "#grid .card.focus")
+                   .get_attribute("class"))
+        browser.refresh()  # the class is kept in the address
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .card") and all(
+            c.get_attribute("data-file").startswith(third + "/")
+            for c in d.find_elements(By.CSS_SELECTOR, "#grid .card")))
+        wait.until(lambda d: all(i.get_property("complete") and i.get_property("naturalWidth") > 0
+                                 for i in d.find_elements(By.CSS_SELECTOR, "#grid img")))
+        texts = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#tabs button")]
+        errors = console_errors(browser)
+    finally:
+        stop(server)
+    assert [t.split(" ", 1)[1].rsplit(" (", 1)[0] for t in texts] == WEIRD
+    assert not errors
+    made = decisions.read(source)
+    assert [(d.action, d.label) for d in made.values()] == [("move", first)]
+    assert list(made)[0].startswith(third + "/")
