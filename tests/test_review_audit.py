@@ -269,3 +269,13 @@ def test_classes_and_files_named_with_spaces_unicode_and_url_characters(browser,
     made = decisions.read(source)
     assert [(d.action, d.label) for d in made.values()] == [("move", first)]
     assert list(made)[0].startswith(third + "/")
+
+
+def test_a_body_over_the_limit_gets_an_answer_not_a_broken_connection(small):
+    source, server = small
+    try:
+        status, reply = fetch(server.url + "api/decisions", b" " * (5 * 2**20), JSON)
+    except (urllib.error.URLError, ConnectionError) as e:
+        pytest.fail(f"no HTTP answer to a 5 MiB body: {e!r}")
+    assert status in (400, 413) and b"error" in reply
+    assert not (source / decisions.DECISIONS_FILE).exists()
