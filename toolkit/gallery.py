@@ -28,6 +28,7 @@ from .reviewer import thumbnail
 HOST = "127.0.0.1"
 THUMBNAIL = 256
 MAX_BODY = 4 * 2**20
+DISCARD_LIMIT = 64 * 2**20  # a larger body is not read at all: the connection just closes
 
 
 class Gallery(ThreadingHTTPServer):
@@ -160,7 +161,16 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, b"send JSON\n", "text/plain")
         try:
             length = int(self.headers.get("Content-Length", "0"))
-            if not 0 < length <= MAX_BODY:
+        except ValueError:
+            length = 0
+        if length > MAX_BODY:
+            if length <= DISCARD_LIMIT:  # read it, so that the client gets to read the answer
+                for start in range(0, length, 2**16):
+                    self.rfile.read(min(2**16, length - start))
+            return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                              {"error": f"more than {MAX_BODY} bytes: decide on fewer images at once"})
+        try:
+            if length <= 0:
                 raise ValueError("bad length")
             body = json.loads(self.rfile.read(length))
             recorded = self.server.decide(body["decisions"])
