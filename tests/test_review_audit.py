@@ -279,3 +279,16 @@ def test_a_body_over_the_limit_gets_an_answer_not_a_broken_connection(small):
         pytest.fail(f"no HTTP answer to a 5 MiB body: {e!r}")
     assert status in (400, 413) and b"error" in reply
     assert not (source / decisions.DECISIONS_FILE).exists()
+
+
+def test_a_decision_made_in_another_tab_shows_after_a_switch_of_class(browser, small):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    source, server = small
+    wait = open_gallery(browser, server, 2)
+    other_tab = json.dumps({"decisions": [{"file": "cat/b.jpg", "action": "drop"}]}).encode()
+    assert fetch(server.url + "api/decisions", other_tab, JSON)[0] == 200
+    browser.find_element(By.CSS_SELECTOR, '#tabs button[data-klass="dog"]').click()
+    browser.find_element(By.CSS_SELECTOR, '#tabs button[data-klass="cat"]').click()
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, '#grid .card[data-file="cat/b.jpg"] '
+                                                         '.decision').text == "dropped")
