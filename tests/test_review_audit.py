@@ -45,7 +45,7 @@ def write_review(root: Path, classes: dict[str, list[str]], suspects: set[str] =
 
 def start(source: Path) -> Gallery:
     server = Gallery(source)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server
 
 
@@ -122,7 +122,7 @@ def test_arrow_keys_after_a_bulk_move_do_not_move_more_images(browser, tmp_path)
             By.CSS_SELECTOR, '#grid .card[data-file="cat/a.jpg"]').get_attribute("class"))
         # then on with the keyboard, as the page's key help says: next image, next one
         ActionChains(browser).send_keys(Keys.ARROW_RIGHT).send_keys(Keys.ARROW_DOWN).perform()
-        time.sleep(1)
+        time.sleep(0.5)
         made = {f: (d.action, d.label) for f, d in decisions.read(source).items()}
         assert made == {"cat/a.jpg": ("move", "dog")}, "arrow keys moved images nobody chose"
         # a card's own select, by mouse, then the arrow keys again
@@ -132,7 +132,7 @@ def test_arrow_keys_after_a_bulk_move_do_not_move_more_images(browser, tmp_path)
         wait.until(lambda d: "move" in d.find_element(
             By.CSS_SELECTOR, '#grid .card[data-file="cat/c.jpg"]').get_attribute("class"))
         ActionChains(browser).send_keys(Keys.ARROW_DOWN).send_keys(Keys.ARROW_DOWN).perform()
-        time.sleep(1)
+        time.sleep(0.5)
     finally:
         stop(server)
     made = {f: (d.action, d.label) for f, d in decisions.read(source).items()}
@@ -194,6 +194,7 @@ def test_the_gallery_shows_a_file_whose_name_is_not_utf8(tmp_path):
 
 # ---- review's embeddings
 
+@pytest.mark.slow
 def test_an_image_changed_during_the_review_never_caches_its_pixels_under_the_old_content(tmp_path):
     from toolkit import reviewer
     from toolkit.archive import find_usable
