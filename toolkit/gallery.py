@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from . import decisions, images
+from .archive import class_folders, list_files, printable
 from .decisions import REVIEW_FILE
 from .errors import ToolkitError
 from .reviewer import thumbnail
@@ -27,6 +28,7 @@ from .reviewer import thumbnail
 HOST = "127.0.0.1"
 THUMBNAIL = 256
 MAX_BODY = 4 * 2**20
+DISCARD_LIMIT = 64 * 2**20  # a larger body is not read at all: the connection just closes
 
 
 class Gallery(ThreadingHTTPServer):
@@ -50,11 +52,17 @@ class Gallery(ThreadingHTTPServer):
         self.checks = checks
         self.thumbnails: dict[str, bytes] = {}
         self.thumbnail_lock = threading.Lock()
+        self.odd_names: dict[str, Path] | None = None  # see path_of
         try:
             super().__init__((HOST, port), Handler)
         except OSError as e:
             raise ToolkitError(f"cannot listen on {HOST}:{port} ({e.strerror}); pass another "
                                "--port, or none for a free one") from None
+
+    def handle_error(self, request, client_address) -> None:
+        """A browser that went away (a closed tab, a thumbnail it no longer shows) is no error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:
@@ -70,10 +78,27 @@ class Gallery(ThreadingHTTPServer):
         with self.thumbnail_lock:
             cached = self.thumbnails.get(file)
         if cached is None:
-            cached = thumbnail(self.source / file, THUMBNAIL, self.checks)
+            cached = thumbnail(self.path_of(file), THUMBNAIL, self.checks)
             with self.thumbnail_lock:
                 self.thumbnails[file] = cached
         return cached
+
+    def path_of(self, file: str) -> Path:
+        """The file an image of the review is. Its name is the path under SOURCE, but bytes
+        of a name that are not UTF-8 are written \\xNN there (:func:`archive.printable`):
+        such a name is found again among the files pack would list."""
+        path = self.source / file
+        if "\\x" not in file or path.exists():
+            return path
+        with self.thumbnail_lock:
+            if self.odd_names is None:
+                try:
+                    folders = class_folders(self.source)
+                except ToolkitError:  # SOURCE changed since the review
+                    folders = []
+                self.odd_names = {printable(str(p.relative_to(self.source))): p
+                                  for _, folder in folders for p in list_files(folder)}
+            return self.odd_names.get(file, path)
 
     def decide(self, requested: list) -> dict:
         """Validate and record decisions; return them as recorded, by file."""
@@ -136,12 +161,23 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, b"send JSON\n", "text/plain")
         try:
             length = int(self.headers.get("Content-Length", "0"))
-            if not 0 < length <= MAX_BODY:
+        except ValueError:
+            length = 0
+        if length > MAX_BODY:
+            if length <= DISCARD_LIMIT:  # read it, so that the client gets to read the answer
+                for start in range(0, length, 2**16):
+                    self.rfile.read(min(2**16, length - start))
+            return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                              {"error": f"more than {MAX_BODY} bytes: decide on fewer images at once"})
+        try:
+            if length <= 0:
                 raise ValueError("bad length")
             body = json.loads(self.rfile.read(length))
             recorded = self.server.decide(body["decisions"])
         except (ValueError, KeyError, TypeError) as e:
             return self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+        except RecursionError:  # JSON nested deeper than Python's stack: not a decision
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": "JSON nested too deep"})
         self._json(HTTPStatus.OK, {"decisions": recorded})
 
     def _host_ok(self) -> bool:

@@ -191,10 +191,14 @@ def embed(files: Sequence[InputFile], *, backbone: str = DEFAULT_BACKBONE,
 
         def pixels(f: InputFile) -> np.ndarray:
             try:
-                return images.decode(images.read_file(f.path, checks), checks, size, "crop")[1]
+                info, x = images.decode(images.read_file(f.path, checks), checks, size, "crop")
             except images.Unusable as e:
                 raise ToolkitError(f"{f.name} changed during the review ({e}); run "
                                    "`toolkit review` again") from None
+            if info.sha256 != f.info.sha256:  # never cache these pixels under the old content
+                raise ToolkitError(f"{f.name} changed during the review; run `toolkit review` "
+                                   "again")
+            return x
 
         try:
             with tqdm(total=len(todo), desc=f"embed ({backbone})", unit="img",
