@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -228,6 +229,28 @@ def test_pack_honours_decisions_and_drop_suspects(folder, tmp_path):
     undecided = suspects - {"cat/img0001.jpg", "dog/img0102.jpg", *kept}
     assert packed.isdisjoint(undecided) and set(kept) <= packed
     assert len(packed) == 24 - 1 - len(undecided)
+
+
+@pytest.mark.slow
+def test_pack_drop_suspects_packs_what_came_or_changed_after_the_review_with_a_warning(folder, tmp_path):
+    reviewer.review(folder, **QUICK)
+    entries = json.loads((folder / decisions.REVIEW_FILE).read_text())["images"]
+    assert all(e["sha256"] == hashlib.sha256((folder / e["file"]).read_bytes()).hexdigest()
+               for e in entries)
+    changed = (sorted(decisions.suspects(folder)) or [entries[0]["file"]])[0]
+    (folder / changed).write_bytes(distinct_image(999))  # a new picture under the old name
+    (folder / "cat" / "new.jpg").write_bytes(distinct_image(998))  # a crawl top-up
+    result = run_cli("pack", folder, "--out", tmp_path / "a.npz", "--per-class", "20",
+                     "--size", "32", "--allow-fewer", "--drop-suspects")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: 2 usable images came or changed after the review and are "
+                        f"packed unjudged: run `toolkit review {folder}` again, then pack"]
+    with np.load(tmp_path / "a.npz") as npz:
+        packed = {*npz["paths_train"], *npz["paths_test"]}
+    assert {changed, "cat/new.jpg"} <= packed  # not judged, so not left out as a suspect
+    report = json.loads((tmp_path / "a.report.json").read_text())
+    assert report["warnings"] == [w.removeprefix("warning: ") for w in warnings]
 
 
 def test_pack_drop_suspects_without_a_review_is_one_line(folder, tmp_path):

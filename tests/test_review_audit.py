@@ -218,8 +218,6 @@ def test_an_image_changed_during_the_review_never_caches_its_pixels_under_the_ol
 
 # ---- pack after a review
 
-@pytest.mark.xfail(strict=True, reason="defect, not fixed here (archive.py): review.json is "
-                   "not checked against the files pack finds")
 def test_pack_drop_suspects_warns_when_images_came_after_the_review(tmp_path):
     """The no-human path must not pack, unjudged and unannounced, what a top-up added later."""
     from helpers import run_cli

@@ -143,6 +143,7 @@ class PackReport:
     per_class: int = 0
     train_counts: list[int] = field(default_factory=list)
     test_counts: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def counts(self) -> list[collections.Counter]:
         """Per class (after review's moves): files by status, and `moved_in_review`."""
@@ -184,6 +185,7 @@ class PackReport:
             "per_class": self.per_class,
             "train_counts": self.train_counts,
             "test_counts": self.test_counts,
+            "warnings": self.warnings,
             "counts": {name: dict(c) for name, c in zip(self.class_names, self.counts())},
             "files": [{"class": self.class_names[f.label], "path": f.name, "status": f.status,
                        **({"detail": f.detail} if f.detail else {}),
@@ -224,13 +226,13 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
     _check_pack_arguments(out, per_class, test_size, size, fit, threshold, force)
     class_folders(source)  # a missing or empty SOURCE is the first error
     made = decisions.read(source)
-    suspects = decisions.suspects(source) if drop_suspects else set()
+    judged = decisions.read_review(source) if drop_suspects else None
     with tempfile.TemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".spill") as spill:
         class_names, files = find_usable(source, checks=checks, threshold=threshold, size=size,
                                          fit=fit, spill_fd=spill.fileno(), workers=workers,
                                          progress=progress)
         report = PackReport(str(source), class_names, files, str(out), per_class)
-        _apply_review(files, class_names, made, suspects)
+        _apply_review(files, class_names, made, judged, report)
         chosen = _choose(report, per_class, seed, allow_fewer)
         train, test = _split(chosen, test_size, seed, report)
         for f in chosen:
@@ -270,14 +272,21 @@ def find_usable(source: str | os.PathLike, *, checks: images.Checks = images.Che
 
 
 def _apply_review(files: list[InputFile], class_names: list[str],
-                  made: dict[str, decisions.Decision], suspects: set[str]) -> None:
-    """Leave out what review dropped and the undecided `suspects`; relabel what it moved."""
+                  made: dict[str, decisions.Decision], judged: decisions.Judged | None,
+                  report: PackReport) -> None:
+    """Leave out what review dropped and, given `judged`, its undecided suspects; relabel
+    what it moved. Images the review did not see as they are now are packed, with a warning."""
+    unjudged = 0
     for f in files:
         if f.status:
             continue
         decision = made.get(f.name)
         if decision is None:
-            if f.name in suspects:
+            if judged is None:
+                continue
+            if judged.unjudged(f.name, f.info.sha256):
+                unjudged += 1
+            elif f.name in judged.suspects:
                 f.status = SUSPECT
         elif decision.action == decisions.DROP:
             f.status = DROPPED_IN_REVIEW
@@ -285,6 +294,11 @@ def _apply_review(files: list[InputFile], class_names: list[str],
             label = class_names.index(decision.label)
             if label != f.label:
                 f.moved_from, f.label = class_names[f.label], label
+    if unjudged:
+        report.warnings.append(
+            f"{unjudged} usable image{'s' if unjudged > 1 else ''} came or changed after the "
+            f"review and {'are' if unjudged > 1 else 'is'} packed unjudged: run `toolkit review "
+            f"{report.source}` again, then pack")
 
 
 def _check_pack_arguments(out: Path, per_class: int, test_size: float, size: int, fit: str,

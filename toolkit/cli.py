@@ -210,6 +210,8 @@ def pack(source, out, per_class, test_size, size, fit, seed, min_side, threshold
     click.echo(report.table())
     click.echo(f"\nwrote {out}: {sum(report.train_counts)} train / {sum(report.test_counts)} "
                f"test images of {size}x{size} ({', '.join(report.class_names)})")
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if size < 32:
         click.echo(f"warning: --size {size} is below 32, the smallest input of the pretrained "
                    "backbones; only --strategy cnn can train on it", err=True)

@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +94,7 @@ class Verdict:
     suggested: str | None    # the class it most likely belongs to, if not its own
     probability: float       # out-of-fold probability of its own class
     outlier: float           # robust z-score of the distance to its nearest neighbours
+    sha256: str = ""         # the content judged: pack tells an image changed since
 
 
 @dataclass
@@ -159,8 +160,9 @@ def review(source: str | os.PathLike = "datasets", *, backbone: str = DEFAULT_BA
     vectors = embed(files, backbone=backbone, weights=weights, size=size, checks=checks,
                     cache_dir=cache_dir, seed=seed, workers=workers, progress=progress)
     clock["embed"] = time.perf_counter()
-    verdicts = judge(vectors, labels, class_names, [f.name for f in files], folds=folds,
-                     seed=seed)
+    verdicts = [replace(v, sha256=f.info.sha256) for v, f in zip(
+        judge(vectors, labels, class_names, [f.name for f in files], folds=folds, seed=seed),
+        files)]
     clock["judge"] = time.perf_counter()
     result = Review(str(source), class_names, verdicts, backbone, weights)
     result.seconds = {"find": clock["find"] - clock["start"],
