@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +25,7 @@ from PIL import Image
 from browser import browser, console_errors  # noqa: F401 (a fixture)
 from conftest import FLOWERS, MOBILENET_WEIGHTS, distinct_image, make_class_folders
 from helpers import assert_one_error_line, run_cli, tree
-from toolkit import decisions, reviewer
+from toolkit import decisions, gallery as gallery_module, reviewer
 from toolkit.archive import load_archive, pack
 from toolkit.crawler import FetchOptions, crawl
 from toolkit.gallery import Gallery
@@ -32,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: ../shared, or where TOOLKIT_SHARED says it is (a worktree elsewhere)
 SHARED = Path(os.environ.get("TOOLKIT_SHARED", FLOWERS.parents[1]))
 QUICK = {"weights": "none", "size": 32}  # MobileNetV2, random weights, 32 px: a second or two
+QUICK_FLAGS = ("--weights", "none", "--size", "32")
 
 
 @pytest.fixture
@@ -129,6 +132,44 @@ def test_review_of_one_class_is_one_line(tmp_path):
     before = tree(source)
     assert_one_error_line(run_cli("review", source, "--weights", "none"), "one class folder")
     assert tree(source) == before
+
+
+def test_review_serve_on_a_port_in_use_fails_before_the_review(folder):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        before = tree(folder)
+        result = run_cli("review", folder, "--serve", "--port", port, "--no-browser", *QUICK_FLAGS)
+        assert_one_error_line(result, f"cannot listen on 127.0.0.1:{port}")
+        assert tree(folder) == before  # no review was run
+
+
+@pytest.mark.slow
+def test_review_html_shows_every_suspect_and_caps_the_fine_images(folder, monkeypatch):
+    monkeypatch.setattr(reviewer, "HTML_FINE_PER_CLASS", 2)
+    result = reviewer.review(folder, **QUICK)
+    page = (folder / reviewer.REVIEW_HTML).read_text()
+    suspects = {v.file for v in result.suspects()}
+    assert page.count("data:image/jpeg;base64,") == len(suspects) + 3 * 2
+    assert all(html.escape(f) in page for f in suspects)
+    for name in ("cat", "dog", "fox"):
+        hidden = 8 - 2 - sum(v.label == name for v in result.suspects())
+        assert f"{name} <small>8 images" in page
+        assert (f"and {hidden} more fine images" in page) == (hidden > 0)
+
+
+@pytest.mark.slow
+def test_the_gallery_keeps_a_bounded_number_of_thumbnails(folder, monkeypatch):
+    reviewer.review(folder, **QUICK)
+    monkeypatch.setattr(gallery_module, "THUMBNAILS_KEPT", 2)
+    server = Gallery(folder)
+    try:
+        for file in ("cat/img0000.jpg", "cat/img0001.jpg", "cat/img0000.jpg", "dog/img0100.jpg"):
+            assert server.thumbnail(file)[:2] == b"\xff\xd8"
+        assert list(server.thumbnails) == ["cat/img0000.jpg", "dog/img0100.jpg"]
+    finally:
+        server.server_close()
 
 
 @pytest.mark.slow

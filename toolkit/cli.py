@@ -253,6 +253,10 @@ def review(source, backbone, weights, size, min_side, threshold, cache_dir, serv
     from .images import Checks
 
     class_folders(source)  # a missing or one-class SOURCE fails before TensorFlow starts
+    if serve:
+        from .gallery import check_port
+
+        check_port(port)  # a port in use fails before the review, not after it
     load_tensorflow()
     from .reviewer import review as run_review
 

@@ -8,8 +8,10 @@ only as JSON from its own page's origin, and writes nothing but decisions.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import socket
 import sys
 import threading
 import webbrowser
@@ -27,6 +29,7 @@ from .reviewer import thumbnail
 
 HOST = "127.0.0.1"
 THUMBNAIL = 256
+THUMBNAILS_KEPT = 2000  # in memory, ~15 KB each: a class of a crawl and then some
 MAX_BODY = 4 * 2**20
 DISCARD_LIMIT = 64 * 2**20  # a larger body is not read at all: the connection just closes
 
@@ -50,14 +53,13 @@ class Gallery(ThreadingHTTPServer):
             raise ToolkitError(f"{path} is damaged ({type(e).__name__}); run `toolkit review "
                                f"{source}` again") from None
         self.checks = checks
-        self.thumbnails: dict[str, bytes] = {}
+        self.thumbnails: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self.thumbnail_lock = threading.Lock()
         self.odd_names: dict[str, Path] | None = None  # see path_of
         try:
             super().__init__((HOST, port), Handler)
         except OSError as e:
-            raise ToolkitError(f"cannot listen on {HOST}:{port} ({e.strerror}); pass another "
-                               "--port, or none for a free one") from None
+            raise _cannot_listen(port, e) from None
 
     def handle_error(self, request, client_address) -> None:
         """A browser that went away (a closed tab, a thumbnail it no longer shows) is no error."""
@@ -77,10 +79,14 @@ class Gallery(ThreadingHTTPServer):
     def thumbnail(self, file: str) -> bytes:
         with self.thumbnail_lock:
             cached = self.thumbnails.get(file)
+            if cached is not None:
+                self.thumbnails.move_to_end(file)
         if cached is None:
             cached = thumbnail(self.path_of(file), THUMBNAIL, self.checks)
             with self.thumbnail_lock:
                 self.thumbnails[file] = cached
+                while len(self.thumbnails) > THUMBNAILS_KEPT:  # the least recently shown go
+                    self.thumbnails.popitem(last=False)
         return cached
 
     def path_of(self, file: str) -> Path:
@@ -221,6 +227,22 @@ def serve(source: str | os.PathLike, *, port: int = 0, open_browser: bool = True
     finally:
         server.server_close()
     echo(f"gallery stopped; decisions are in {Path(source) / decisions.DECISIONS_FILE}")
+
+
+def check_port(port: int) -> None:
+    """Raise the error `serve` would, now: before a long review, not after it."""
+    if port:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+            try:
+                probe.bind((HOST, port))
+            except OSError as e:
+                raise _cannot_listen(port, e) from None
+
+
+def _cannot_listen(port: int, e: OSError) -> ToolkitError:
+    return ToolkitError(f"cannot listen on {HOST}:{port} ({e.strerror}); pass another --port, "
+                        "or none for a free one")
 
 
 def _can_open_browser() -> bool:

@@ -80,6 +80,9 @@ AMBIGUOUS_EVIDENCE = 0.25
 
 REVIEW_HTML = "review.html"
 HTML_THUMBNAIL = 96
+#: review.html shows every suspect but at most this many fine images per class, so that a
+#: crawl of 20,000 images still gives a page a browser opens (the gallery shows them all).
+HTML_FINE_PER_CLASS = 300
 
 
 @dataclass
@@ -364,7 +367,13 @@ def thumbnail(path: str | os.PathLike, side: int, checks: images.Checks = images
 def write_html(result: Review, files: Sequence[InputFile], path: Path,
                checks: images.Checks = images.Checks()) -> None:
     """A page that needs nothing else: per class, suspects first, thumbnails inlined."""
-    paths = {f.name: f.path for f in files}
+    shown = {name: sorted((v for v in result.verdicts if v.label == name),
+                          key=lambda v: (not v.suspect, -v.score, v.file))
+             for name in result.class_names}
+    for name, mine in shown.items():
+        shown[name] = mine[:sum(v.suspect for v in mine) + HTML_FINE_PER_CLASS]
+    on_page = {v.file for mine in shown.values() for v in mine}
+    paths = {f.name: f.path for f in files if f.name in on_page}
 
     def inline(path: str) -> str:
         try:
@@ -377,9 +386,7 @@ def write_html(result: Review, files: Sequence[InputFile], path: Path,
         inlined = dict(zip(paths, executor.map(inline, paths.values())))
     sections = []
     for name in result.class_names:
-        mine = sorted((v for v in result.verdicts if v.label == name),
-                      key=lambda v: (not v.suspect, -v.score, v.file))
-        cards = []
+        mine, cards = shown[name], []
         for v in mine:
             note = REASONS[v.reason] + (f": {v.suggested}?" if v.suggested else "")
             cards.append(
@@ -388,9 +395,13 @@ def write_html(result: Review, files: Sequence[InputFile], path: Path,
                 f'<figcaption><b>{html.escape(v.reason)}</b> {v.score:.2f}<br>'
                 f'{html.escape(note)}<br><small>{html.escape(v.file)}</small>'
                 '</figcaption></figure>')
+        n_images = sum(v.label == name for v in result.verdicts)
         n_suspects = sum(v.suspect for v in mine)
-        sections.append(f'<h2>{html.escape(name)} <small>{len(mine)} images, {n_suspects} '
-                        f'suspects</small></h2><div class="grid">{"".join(cards)}</div>')
+        more = (f'<p class="more">and {n_images - len(mine)} more fine images: '
+                '<code>toolkit review --serve</code> shows every one</p>'
+                if n_images > len(mine) else "")
+        sections.append(f'<h2>{html.escape(name)} <small>{n_images} images, {n_suspects} '
+                        f'suspects</small></h2><div class="grid">{"".join(cards)}</div>{more}')
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>review of {html.escape(result.source)}</title><style>
 body{{font:14px system-ui,sans-serif;margin:1em 2em}}
