@@ -294,6 +294,19 @@ def test_pack_drop_suspects_packs_what_came_or_changed_after_the_review_with_a_w
     assert report["warnings"] == [w.removeprefix("warning: ") for w in warnings]
 
 
+def test_pack_warns_of_moves_to_a_class_that_is_gone(folder, tmp_path):
+    decisions.append(folder, [decisions.Decision("cat/img0002.jpg", "move", "wolf")])
+    result = run_cli("pack", folder, "--out", tmp_path / "a.npz", "--per-class", "20",
+                     "--size", "32", "--allow-fewer")
+    assert result.exit_code == 0, result.output
+    assert ("warning: 1 image(s) moved in review to a class that is no longer a folder of "
+            "SOURCE (wolf) are packed in their own class") in result.output
+    archive = load_archive(tmp_path / "a.npz")
+    with np.load(tmp_path / "a.npz") as npz:
+        rows = dict(zip([*npz["paths_train"], *npz["paths_test"]], [*npz["y_train"], *npz["y_test"]]))
+    assert archive.class_names[rows["cat/img0002.jpg"]] == "cat"
+
+
 def test_pack_drop_suspects_without_a_review_is_one_line(folder, tmp_path):
     result = run_cli("pack", folder, "--out", tmp_path / "a.npz", "--drop-suspects")
     assert_one_error_line(result, "toolkit review")

@@ -276,7 +276,7 @@ def _apply_review(files: list[InputFile], class_names: list[str],
                   report: PackReport) -> None:
     """Leave out what review dropped and, given `judged`, its undecided suspects; relabel
     what it moved. Images the review did not see as they are now are packed, with a warning."""
-    unjudged = 0
+    unjudged, lost_classes = 0, collections.Counter()
     for f in files:
         if f.status:
             continue
@@ -290,10 +290,17 @@ def _apply_review(files: list[InputFile], class_names: list[str],
                 f.status = SUSPECT
         elif decision.action == decisions.DROP:
             f.status = DROPPED_IN_REVIEW
-        elif decision.action == decisions.MOVE and decision.label in class_names:
+        elif decision.action == decisions.MOVE and decision.label not in class_names:
+            lost_classes[decision.label] += 1
+        elif decision.action == decisions.MOVE:
             label = class_names.index(decision.label)
             if label != f.label:
                 f.moved_from, f.label = class_names[f.label], label
+    if lost_classes:
+        report.warnings.append(
+            f"{sum(lost_classes.values())} image(s) moved in review to a class that is no "
+            f"longer a folder of SOURCE ({', '.join(sorted(lost_classes))}) are packed in "
+            "their own class; run `toolkit review --serve` to decide again")
     if unjudged:
         report.warnings.append(
             f"{unjudged} usable image{'s' if unjudged > 1 else ''} came or changed after the "
