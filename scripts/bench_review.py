@@ -5,6 +5,7 @@
                                    [--weights ../shared/weights/mobilenet_v2_imagenet_notop.weights.h5]
                                    [--mislabeled 15] [--seed 0] [--variants] [--evidence]
                                    [--cleanlab]
+    python scripts/bench_review.py --intruders [--seed 0]
 
 Builds a crawl-like folder (links, nothing copied) from the flower classes with two kinds
 of noise, both recorded: `mislabeled`, `--mislabeled` photos of each class moved into each
@@ -19,6 +20,8 @@ other verdict rules on the same evidence; `--evidence` scores other evidence fro
 same weights (views, classifiers) and the rules' thresholds tuned on the answers, a ceiling
 for any verdict rule on that evidence; `--cleanlab` scores cleanlab's label issues and
 out-of-distribution scores on the same embeddings and out-of-fold probabilities.
+`--intruders` measures instead a coherent group of intruders in a class (sunflower photos
+filed as roses in a rose/tulip crawl), with and without `review --reference`.
 """
 
 from __future__ import annotations
@@ -271,6 +274,43 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
     return rows
 
 
+def intruder_rows(flowers: Path, scratch: Path, weights: str, seed: int) -> list:
+    """A crawl of two classes (rose, tulip) with a coherent group of intruders: sunflower
+    photos filed as roses, as "hedgehog" brings Sonic. Review compares images with each
+    other, so a group of the same intruders can look like part of the class. With
+    `--reference`, a folder of 100 other sunflower photos judged alongside: review then
+    knows what the intruders are."""
+    from toolkit import reviewer
+
+    rng = np.random.default_rng(seed)
+    sunflowers = sorted(p for p in (flowers / "sunflower").iterdir() if p.is_file())
+    order = rng.permutation(len(sunflowers))
+    reference = scratch / "reference"
+    (reference / "sunflower").mkdir(parents=True)
+    for k in order[-100:]:
+        (reference / "sunflower" / sunflowers[k].name).symlink_to(sunflowers[k].resolve())
+    rows = []
+    for intruders in (5, 20, 80):
+        source = scratch / f"intruders-{intruders}"
+        for c in ("rose", "tulip"):
+            (source / c).mkdir(parents=True)
+            for path in sorted(p for p in (flowers / c).iterdir() if p.is_file()):
+                (source / c / path.name).symlink_to(path.resolve())
+        for k in order[:intruders]:
+            (source / "rose" / f"intruder_{sunflowers[k].name}").symlink_to(
+                sunflowers[k].resolve())
+        for given in (None, reference):
+            result = reviewer.review(source, reference=given, weights=weights,
+                                     cache_dir=scratch / "cache")
+            found = [v for v in result.verdicts if "intruder_" in v.file]
+            others = [v for v in result.verdicts if "intruder_" not in v.file]
+            rows.append([intruders, "100 sunflowers" if given else "none", len(found),
+                         f"{sum(v.suspect for v in found) / len(found):.2f}",
+                         sum(v.suggested == "sunflower" for v in found),
+                         f"{sum(v.suspect for v in others) / len(others):.1%}"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flowers", type=Path, default=SHARED / "data" / "flowers")
@@ -287,6 +327,9 @@ def main() -> None:
     parser.add_argument("--evidence", action="store_true",
                         help="also score other evidence from the same weights, and the rules' "
                              "best thresholds chosen on the answers")
+    parser.add_argument("--intruders", action="store_true",
+                        help="only the intruders benchmark: sunflowers filed as roses in a "
+                             "rose/tulip crawl, with and without a --reference folder")
     parser.add_argument("--keep", type=Path, default=None, help="build the folder here and keep it")
     args = parser.parse_args()
     for path in (args.flowers, args.offtopic, Path(args.weights)):
@@ -296,6 +339,12 @@ def main() -> None:
     print(machine())
     print(f"noise injected with --seed {args.seed}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.intruders:
+        with scratch_folder() as scratch:
+            print(table(["sunflowers filed as roses", "--reference", "judged", "recall",
+                         "called sunflower", "other roses and tulips flagged"],
+                        intruder_rows(args.flowers, Path(scratch), args.weights, args.seed)))
+        return
     with scratch_folder() as scratch:
         scratch = Path(scratch)
         source = args.keep or scratch / "crawl"

@@ -26,7 +26,7 @@ from browser import browser, console_errors  # noqa: F401 (a fixture)
 from conftest import FLOWERS, MOBILENET_WEIGHTS, distinct_image, make_class_folders
 from helpers import assert_one_error_line, run_cli, tree
 from toolkit import decisions, gallery as gallery_module, reviewer
-from toolkit.archive import load_archive, pack
+from toolkit.archive import find_usable, load_archive, pack
 from toolkit.crawler import FetchOptions, crawl
 from toolkit.gallery import Gallery
 
@@ -118,6 +118,46 @@ def test_review_finds_real_off_topic_and_moved_photos_among_real_flowers(tmp_pat
     assert all(verdicts[f].suspect for f, kind in truth.items() if kind == "off-topic")
     clean = [v for f, v in verdicts.items() if truth[f] == "clean"]
     assert sum(v.suspect for v in clean) <= 0.1 * len(clean)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (FLOWERS.is_dir() and MOBILENET_WEIGHTS.exists()),
+                    reason="needs ../shared (real flower photos, MobileNetV2 weights)")
+def test_a_reference_folder_names_a_group_of_intruders_off_topic(tmp_path, monkeypatch):
+    """Sunflowers filed as roses in a rose/tulip crawl look like roses to a review that
+    knows only roses and tulips; a reference folder of other sunflowers names them."""
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    source, reference = tmp_path / "crawl", tmp_path / "reference"
+    for c in ("rose", "tulip"):
+        (source / c).mkdir(parents=True)
+        for path in sorted((FLOWERS / c).glob("*.jpg"))[:40]:
+            (source / c / path.name).symlink_to(path)
+    sunflowers = sorted((FLOWERS / "sunflower").glob("*.jpg"))
+    intruders = {f"rose/{p.name}" for p in sunflowers[:4]}
+    for path in sunflowers[:4]:
+        (source / "rose" / path.name).symlink_to(path)
+    (reference / "sunflower").mkdir(parents=True)
+    for path in sunflowers[100:140]:
+        (reference / "sunflower" / path.name).symlink_to(path)
+    result = run_cli("review", source, "--reference", reference, "--weights", MOBILENET_WEIGHTS)
+    assert result.exit_code == 0, result.output
+    written = json.loads((source / decisions.REVIEW_FILE).read_text())
+    assert written["reference_classes"] == ["sunflower"] and written["class_names"] == ["rose", "tulip"]
+    verdicts = {e["file"]: e for e in written["images"]}
+    _, found = find_usable(source)
+    assert set(verdicts) == {f.name for f in found if not f.status}  # SOURCE's images only
+    assert all(verdicts[f]["reason"] == "off-topic" and verdicts[f]["suggested"] == "sunflower"
+               for f in intruders), [verdicts[f] for f in intruders]
+    assert "looks like sunflower, a reference class" in (source / reviewer.REVIEW_HTML).read_text()
+    assert not list(reference.rglob("*.json"))  # nothing written into the reference
+
+
+def test_a_reference_class_named_as_a_class_is_one_line(folder, tmp_path):
+    reference = make_class_folders(tmp_path / "reference", {"dog": range(300, 303)})
+    before = tree(folder)
+    result = run_cli("review", folder, "--reference", reference, *QUICK_FLAGS)
+    assert_one_error_line(result, "dog is a class of both")
+    assert tree(folder) == before
 
 
 def test_an_image_torn_between_two_classes_is_not_called_mislabeled():

@@ -67,8 +67,9 @@ class InputFile:
     moved_from: str = ""  # the class folder it is in, when a review moved it to `label`
 
 
-def class_folders(source: str | os.PathLike) -> list[tuple[str, Path]]:
-    """The class folders of SOURCE as (class name, path), sorted by name: label i is the i-th."""
+def class_folders(source: str | os.PathLike, min_classes: int = 2) -> list[tuple[str, Path]]:
+    """The class folders of SOURCE as (class name, path), sorted by name: label i is the i-th.
+    A classifier needs two; review's reference folder may hold one (`min_classes`)."""
     source = Path(source)
     if not source.exists():
         raise ToolkitError(f"source folder {source} does not exist; run `toolkit crawl` first "
@@ -84,7 +85,7 @@ def class_folders(source: str | os.PathLike) -> list[tuple[str, Path]]:
     if not folders:
         raise ToolkitError(f"{source} holds no class folders; put each class's images in "
                            "a folder of its own (e.g. {source}/cat/, {source}/dog/)")
-    if len(folders) < 2:
+    if len(folders) < min_classes:
         raise ToolkitError(f"{source} holds one class folder ({folders[0][0]}); a classifier "
                            "needs at least two")
     return folders
@@ -251,7 +252,7 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
 def find_usable(source: str | os.PathLike, *, checks: images.Checks = images.Checks(),
                 threshold: int = dedupe.DEFAULT_THRESHOLD, size: int | None = None,
                 fit: str = "crop", spill_fd: int | None = None, workers: int | None = None,
-                progress: bool = False) -> tuple[list[str], list[InputFile]]:
+                progress: bool = False, min_classes: int = 2) -> tuple[list[str], list[InputFile]]:
     """Find, verify and dedupe every file under SOURCE's class folders: what pack considers.
 
     Returns the class names and every file found; a file whose `status` is still "" is
@@ -259,7 +260,7 @@ def find_usable(source: str | os.PathLike, *, checks: images.Checks = images.Che
     With `spill_fd`, each usable file's pixels (`size`, `fit`) are written there at
     row = its index in the list.
     """
-    folders = class_folders(source)
+    folders = class_folders(source, min_classes)
     files = [InputFile(label, path, printable(str(path.relative_to(source))))
              for label, (_, folder) in enumerate(folders) for path in list_files(folder)]
     for f in files:

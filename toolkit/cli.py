@@ -236,13 +236,16 @@ REVIEW = _defaults(reviewer.review)
               help="Perceptual-hash bits within which two images are the same picture (as for pack).")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
               help="Where embeddings are cached.  [default: $TOOLKIT_CACHE_DIR or ~/.cache/toolkit]")
+@click.option("--reference", default=None, type=click.Path(file_okay=False),
+              help="Folder of class folders of what the classes are not (sonic/ beside "
+                   "hedgehog/): images like them are off-topic. Never packed.")
 @click.option("--serve", is_flag=True, help="Then open the gallery: keep, drop or move images.")
 @click.option("--port", default=0, type=click.IntRange(0, 65535),
               help="Gallery port on 127.0.0.1.  [default: a free one]")
 @click.option("--no-browser", is_flag=True, help="Serve without opening a browser.")
 @user_errors
-def review(source, backbone, weights, size, min_side, threshold, cache_dir, serve, port,
-           no_browser):
+def review(source, backbone, weights, size, min_side, threshold, cache_dir, reference, serve,
+           port, no_browser):
     """Find off-topic and mislabeled images in SOURCE before `pack`.
 
     Judges exactly the images pack would use and writes SOURCE/review.json and a
@@ -253,6 +256,8 @@ def review(source, backbone, weights, size, min_side, threshold, cache_dir, serv
     from .images import Checks
 
     class_folders(source)  # a missing or one-class SOURCE fails before TensorFlow starts
+    if reference is not None:
+        class_folders(reference, min_classes=1)
     if serve:
         from .gallery import check_port
 
@@ -260,7 +265,7 @@ def review(source, backbone, weights, size, min_side, threshold, cache_dir, serv
     load_tensorflow()
     from .reviewer import review as run_review
 
-    result = run_review(source, backbone=backbone, weights=weights, size=size,
+    result = run_review(source, reference=reference, backbone=backbone, weights=weights, size=size,
                         checks=Checks(min_side=min_side), threshold=threshold,
                         cache_dir=cache_dir, progress=progress_enabled())
     click.echo(result.table())

@@ -109,6 +109,8 @@ class Review:
     verdicts: list[Verdict]
     backbone: str
     weights: str
+    reference: str | None = None  # the folder of what the classes are not, if any
+    reference_classes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def suspects(self) -> list[Verdict]:
@@ -133,41 +135,58 @@ class Review:
     def to_json(self) -> dict:
         return {"toolkit": __version__, "source": self.source, "class_names": self.class_names,
                 "backbone": self.backbone, "weights": self.weights,
+                "reference": self.reference, "reference_classes": self.reference_classes,
                 "created": timestamp(),
                 "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
                 "images": [asdict(v) for v in self.verdicts]}
 
 
-def review(source: str | os.PathLike = "datasets", *, backbone: str = DEFAULT_BACKBONE,
-           weights: str = "imagenet", size: int = DEFAULT_SIZE, checks: images.Checks = images.Checks(),
-           threshold: int = dedupe.DEFAULT_THRESHOLD, cache_dir: str | os.PathLike | None = None,
-           folds: int = FOLDS, seed: int = 0, workers: int | None = None, write: bool = True,
-           progress: bool = False) -> Review:
+def review(source: str | os.PathLike = "datasets", *, reference: str | os.PathLike | None = None,
+           backbone: str = DEFAULT_BACKBONE, weights: str = "imagenet", size: int = DEFAULT_SIZE,
+           checks: images.Checks = images.Checks(), threshold: int = dedupe.DEFAULT_THRESHOLD,
+           cache_dir: str | os.PathLike | None = None, folds: int = FOLDS, seed: int = 0,
+           workers: int | None = None, write: bool = True, progress: bool = False) -> Review:
     """Judge every image `pack` would consider in SOURCE; write review.json and review.html.
 
+    `reference` is a folder of class folders of what SOURCE's classes are not (`sonic/`
+    beside `hedgehog/`): they are judged alongside, so that a group of such intruders in a
+    class, which would look like part of it, is called off-topic with the reference class
+    suggested. Nothing of `reference` is written or packed.
+
     Raises :class:`ToolkitError` (nothing written) for a SOURCE that is missing, holds one
-    class, or has a class with fewer than 2 usable images, and for weights that cannot
-    be loaded.
+    class, or has a class with fewer than 2 usable images, for a reference class named as
+    a class of SOURCE, and for weights that cannot be loaded.
     """
     clock = {"start": time.perf_counter()}
     class_names, found = find_usable(source, checks=checks, threshold=threshold,
                                      workers=workers, progress=progress)
     files = [f for f in found if not f.status]
-    labels = np.array([f.label for f in files], dtype=np.int64)
-    counts = np.bincount(labels, minlength=len(class_names))
-    if counts.min() < 2:
-        thin = ", ".join(f"{n} ({c})" for n, c in zip(class_names, counts) if c < 2)
-        raise ToolkitError(f"class {thin} has fewer than 2 usable images; review compares each "
-                           "image with the rest of its class: add images or remove the folder")
+    labels = [f.label for f in files]
+    references: list[str] = []
+    if reference is not None:
+        references, found = find_usable(reference, checks=checks, threshold=threshold,
+                                        workers=workers, progress=progress, min_classes=1)
+        clash = sorted(set(references) & set(class_names))
+        if clash:
+            raise ToolkitError(f"{clash[0]} is a class of both {source} and the reference "
+                               f"{reference}; the reference holds what the classes are not: "
+                               "rename its folder")
+        known = [f for f in found if not f.status]
+        labels += [len(class_names) + f.label for f in known]
+        files += known
+    _check_class_sizes(class_names + references, labels)
     clock["find"] = time.perf_counter()
     vectors = embed(files, backbone=backbone, weights=weights, size=size, checks=checks,
                     cache_dir=cache_dir, seed=seed, workers=workers, progress=progress)
     clock["embed"] = time.perf_counter()
-    verdicts = [replace(v, sha256=f.info.sha256) for v, f in zip(
-        judge(vectors, labels, class_names, [f.name for f in files], folds=folds, seed=seed),
-        files)]
+    judged = judge(vectors, np.array(labels, dtype=np.int64), class_names + references,
+                   [f.name for f in files], folds=folds, seed=seed, references=len(references))
+    files = files[:len(judged)]  # SOURCE's images come first
+    verdicts = [replace(v, sha256=f.info.sha256) for v, f in zip(judged, files)]
     clock["judge"] = time.perf_counter()
-    result = Review(str(source), class_names, verdicts, backbone, weights)
+    result = Review(str(source), class_names, verdicts, backbone, weights,
+                    reference=None if reference is None else str(reference),
+                    reference_classes=references)
     result.seconds = {"find": clock["find"] - clock["start"],
                       "embed": clock["embed"] - clock["find"],
                       "judge": clock["judge"] - clock["embed"]}
@@ -177,6 +196,14 @@ def review(source: str | os.PathLike = "datasets", *, backbone: str = DEFAULT_BA
         result.seconds["write"] = time.perf_counter() - clock["judge"]
     result.seconds["total"] = time.perf_counter() - clock["start"]
     return result
+
+
+def _check_class_sizes(class_names: list[str], labels: list[int]) -> None:
+    counts = np.bincount(np.array(labels, dtype=np.int64), minlength=len(class_names))
+    if counts.min() < 2:
+        thin = ", ".join(f"{n} ({c})" for n, c in zip(class_names, counts) if c < 2)
+        raise ToolkitError(f"class {thin} has fewer than 2 usable images; review compares each "
+                           "image with the rest of its class: add images or remove the folder")
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -280,21 +307,31 @@ def _pooled_backbone(backbone: str, weights: str, size: int, seed: int):
 # --------------------------------------------------------------------------- verdicts
 
 def judge(vectors: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-          files: Sequence[str], *, folds: int = FOLDS, seed: int = 0) -> list[Verdict]:
-    """Verdicts from embeddings: out-of-fold probabilities and nearest neighbours."""
+          files: Sequence[str], *, folds: int = FOLDS, seed: int = 0,
+          references: int = 0) -> list[Verdict]:
+    """Verdicts from embeddings: out-of-fold probabilities and nearest neighbours.
+
+    The last `references` classes are reference classes: their images are evidence only
+    (no verdict), and an image that looks like one of them is off-topic.
+    """
     x = _normalised(vectors)
     probabilities = out_of_fold_probabilities(x, labels, folds, seed)
     outlier, votes = neighbourhood(x, labels, len(class_names))
     evidence = (probabilities + votes) / 2
     own, other, suggested = own_and_other(evidence, labels)
+    found = reasons(own, other, outlier)
+    named = np.isin(found, [MISLABELED, AMBIGUOUS])  # with the class it looks like
+    n_classes = len(class_names) - references
+    found[named & (suggested >= n_classes)] = OFF_TOPIC  # it looks like what no class is
     verdicts = []
-    for i, reason in enumerate(reasons(own, other, outlier).tolist()):
+    for i in np.flatnonzero(labels < n_classes):
+        reason = str(found[i])
         # one scale for sorting: how little evidence for its own class, or how far out it lies
         score = max(1.0 - float(own[i]),
                     float(1.0 - np.exp(-max(outlier[i], 0.0) / OFF_TOPIC_Z)))
         verdicts.append(Verdict(
             files[i], class_names[labels[i]], reason != FINE, reason, round(score, 4),
-            class_names[suggested[i]] if reason in (MISLABELED, AMBIGUOUS) else None,
+            class_names[suggested[i]] if named[i] else None,
             round(float(probabilities[i, labels[i]]), 4), round(float(outlier[i]), 3)))
     return verdicts
 
@@ -388,7 +425,10 @@ def write_html(result: Review, files: Sequence[InputFile], path: Path,
     for name in result.class_names:
         mine, cards = shown[name], []
         for v in mine:
-            note = REASONS[v.reason] + (f": {v.suggested}?" if v.suggested else "")
+            if v.suggested and v.reason == OFF_TOPIC:  # like a class of the reference
+                note = f"looks like {v.suggested}, a reference class"
+            else:
+                note = REASONS[v.reason] + (f": {v.suggested}?" if v.suggested else "")
             cards.append(
                 f'<figure class="{"suspect" if v.suspect else "fine"}">'
                 f'<img src="{inlined[v.file]}" alt="(no longer readable)">'
