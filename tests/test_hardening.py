@@ -138,16 +138,19 @@ def test_two_processes_writing_one_file_do_not_remove_each_others_partial_file(t
     writer = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom toolkit.files import atomic_path\n"
          f"with atomic_path({str(target)!r}) as tmp:\n"
-         "    tmp.write_text('slow')\n    print('writing', flush=True)\n    time.sleep(2)\n"],
+         "    tmp.write_text('slow')\n    print('writing', flush=True)\n    time.sleep(3)\n"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert writer.stdout.readline().strip() == "writing"
     dead = tmp_path / f".shared.json.{2**22 + 7}-0123abcd.part.json"  # no such process
     dead.write_text("left by a kill")
+    # a container's toolkit is pid 1 at every run: a leftover can carry this process's pid
+    ours = tmp_path / f".shared.json.{os.getpid()}-89abcdef.part.json"
+    ours.write_text("left by an earlier run with the same pid")
     write_text(target, "fast")
     output, _ = writer.communicate(timeout=60)
     assert writer.returncode == 0, output
     assert target.read_text() == "slow"  # the live writer's rename still worked
-    assert not dead.exists()
+    assert not dead.exists() and not ours.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.json"]
 
 

@@ -152,6 +152,43 @@ def test_a_reference_folder_names_a_group_of_intruders_off_topic(tmp_path, monke
     assert not list(reference.rglob("*.json"))  # nothing written into the reference
 
 
+@pytest.mark.slow
+def test_review_with_a_reference_judges_only_source_and_records_what_it_judged(folder, tmp_path):
+    reference = make_class_folders(tmp_path / "reference", {"wolf": range(300, 305)})
+    before = tree(reference)
+    result = reviewer.review(folder, reference=reference, **QUICK)
+    written = json.loads((folder / decisions.REVIEW_FILE).read_text())
+    assert written["reference"] == str(reference) and written["reference_classes"] == ["wolf"]
+    assert {e["file"] for e in written["images"]} == {
+        f"{c}/img{i:04d}.jpg" for c, start in (("cat", 0), ("dog", 100), ("fox", 200))
+        for i in range(start, start + 8)}
+    assert all(e["sha256"] == hashlib.sha256((folder / e["file"]).read_bytes()).hexdigest()
+               for e in written["images"])
+    assert {v.label for v in result.verdicts} == {"cat", "dog", "fox"}
+    assert "wolf" not in result.table() and tree(reference) == before
+
+
+def test_a_reference_inside_source_is_one_line(folder):
+    before = tree(folder)
+    result = run_cli("review", folder, "--reference", folder / "cat", *QUICK_FLAGS)
+    assert_one_error_line(result, "must be separate folders")
+    assert tree(folder) == before
+
+
+@pytest.mark.slow
+def test_review_of_a_class_with_two_images_prints_no_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    source = make_class_folders(tmp_path / "src", {"cat": range(2), "dog": range(100, 108),
+                                                   "fox": range(200, 208)})
+    # in a process of its own, as a user runs it: pytest would catch the warnings
+    result = subprocess.run([sys.executable, "-m", "toolkit.cli", "review", str(source),
+                             *QUICK_FLAGS], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr
+    assert "warn" not in result.stderr.lower(), result.stderr
+    assert len(json.loads((source / decisions.REVIEW_FILE).read_text())["images"]) == 18
+
+
 def test_a_reference_class_named_as_a_class_is_one_line(folder, tmp_path):
     reference = make_class_folders(tmp_path / "reference", {"dog": range(300, 303)})
     before = tree(folder)

@@ -84,7 +84,7 @@ def class_folders(source: str | os.PathLike, min_classes: int = 2) -> list[tuple
                if not e.name.startswith(".") and _is_dir(e)]
     if not folders:
         raise ToolkitError(f"{source} holds no class folders; put each class's images in "
-                           "a folder of its own (e.g. {source}/cat/, {source}/dog/)")
+                           f"a folder of its own (e.g. {source}/cat/, {source}/dog/)")
     if len(folders) < min_classes:
         raise ToolkitError(f"{source} holds one class folder ({folders[0][0]}); a classifier "
                            "needs at least two")
@@ -244,7 +244,8 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
         _write_archive(out, report.class_names, train, test, files, spill.fileno(), size, meta)
 
     stem = out.with_suffix("")
-    write_text(f"{stem}.report.txt", report.table() + "\n")
+    write_text(f"{stem}.report.txt", report.table() + "".join(
+        f"\nwarning: {w}" for w in report.warnings) + "\n")
     write_json(f"{stem}.report.json", report.to_json())
     return report
 

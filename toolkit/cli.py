@@ -236,7 +236,7 @@ REVIEW = _defaults(reviewer.review)
               help="Perceptual-hash bits within which two images are the same picture (as for pack).")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
               help="Where embeddings are cached.  [default: $TOOLKIT_CACHE_DIR or ~/.cache/toolkit]")
-@click.option("--reference", default=None, type=click.Path(file_okay=False),
+@click.option("--reference", default=None, type=click.Path(exists=True, file_okay=False),
               help="Folder of class folders of what the classes are not (sonic/ beside "
                    "hedgehog/): images like them are off-topic. Never packed.")
 @click.option("--serve", is_flag=True, help="Then open the gallery: keep, drop or move images.")
@@ -257,7 +257,9 @@ def review(source, backbone, weights, size, min_side, threshold, cache_dir, refe
 
     class_folders(source)  # a missing or one-class SOURCE fails before TensorFlow starts
     if reference is not None:
-        class_folders(reference, min_classes=1)
+        from .reviewer import check_reference
+
+        check_reference(source, reference)
     if serve:
         from .gallery import check_port
 

@@ -29,6 +29,7 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     # it carries the writer's process id, so that another writer can tell a live one's file
     # from a killed one's
     tmp_path = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.part{suffix}"
+    _writing.add(tmp_path.name)
     try:
         os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~UMASK))
         yield tmp_path
@@ -38,6 +39,14 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+    finally:
+        _writing.discard(tmp_path.name)
+
+
+#: The temporary files this process is writing now. A killed process's leftover can carry
+#: this process's pid (a container's toolkit is pid 1 at every run), so a file with our pid
+#: that is not one of these is abandoned too.
+_writing: set[str] = set()
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:
@@ -84,6 +93,8 @@ def is_abandoned(name: str) -> bool:
         return False
     if match["pid"] is None:
         return True
+    if int(match["pid"]) == os.getpid():
+        return name not in _writing
     try:
         os.kill(int(match["pid"]), 0)
     except ProcessLookupError:

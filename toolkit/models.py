@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 
@@ -119,7 +120,10 @@ def load_backbone(name: str, weights: str, input_shape: tuple[int, int, int]) ->
                               "of a .weights.h5 / .h5 file")
         source = weights
     try:
-        return constructor(include_top=False, weights=source, input_shape=input_shape)
+        with warnings.catch_warnings():  # the weights of a base hold at any input size
+            warnings.filterwarnings("ignore", message=".*will be loaded as the default",
+                                    category=UserWarning)
+            return constructor(include_top=False, weights=source, input_shape=input_shape)
     except Exception as e:  # Keras raises many types for a failed download or a bad file
         if source == "imagenet":
             raise OptionError(

@@ -26,6 +26,7 @@ import io
 import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -36,7 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import __version__, dedupe, images
-from .archive import InputFile, find_usable
+from .archive import InputFile, class_folders, find_usable
 from .decisions import REVIEW_FILE
 from .errors import ToolkitError
 from .features import cache_root, weights_fingerprint
@@ -164,17 +165,14 @@ def review(source: str | os.PathLike = "datasets", *, reference: str | os.PathLi
     labels = [f.label for f in files]
     references: list[str] = []
     if reference is not None:
+        check_reference(source, reference)
         references, found = find_usable(reference, checks=checks, threshold=threshold,
                                         workers=workers, progress=progress, min_classes=1)
-        clash = sorted(set(references) & set(class_names))
-        if clash:
-            raise ToolkitError(f"{clash[0]} is a class of both {source} and the reference "
-                               f"{reference}; the reference holds what the classes are not: "
-                               "rename its folder")
         known = [f for f in found if not f.status]
         labels += [len(class_names) + f.label for f in known]
         files += known
-    _check_class_sizes(class_names + references, labels)
+    _check_class_sizes(class_names + [f"{name} (of the reference)" for name in references],
+                       labels)
     clock["find"] = time.perf_counter()
     vectors = embed(files, backbone=backbone, weights=weights, size=size, checks=checks,
                     cache_dir=cache_dir, seed=seed, workers=workers, progress=progress)
@@ -196,6 +194,21 @@ def review(source: str | os.PathLike = "datasets", *, reference: str | os.PathLi
         result.seconds["write"] = time.perf_counter() - clock["judge"]
     result.seconds["total"] = time.perf_counter() - clock["start"]
     return result
+
+
+def check_reference(source: str | os.PathLike, reference: str | os.PathLike) -> None:
+    """Refuse a reference folder that `pack` would read as part of SOURCE (inside it, or
+    holding it), or that names a class as SOURCE does."""
+    inner, outer = Path(source).resolve(), Path(reference).resolve()
+    if inner == outer or inner.is_relative_to(outer) or outer.is_relative_to(inner):
+        raise ToolkitError(f"the reference {reference} and {source} must be separate folders, "
+                           "neither inside the other: pack would read the reference as classes")
+    names = {name for name, _ in class_folders(reference, min_classes=1)}
+    clash = sorted(names & {name for name, _ in class_folders(source)})
+    if clash:
+        raise ToolkitError(f"{clash[0]} is a class of both {source} and the reference "
+                           f"{reference}; the reference holds what the classes are not: "
+                           "rename its folder")
 
 
 def _check_class_sizes(class_names: list[str], labels: list[int]) -> None:
@@ -364,10 +377,15 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, folds: int = FO
 
     components = min(PRINCIPAL_COMPONENTS, *x.shape)
     reduced = PCA(components, random_state=seed).fit_transform(x)
-    n_splits = int(min(folds, np.bincount(labels).min()))
+    # A class with fewer images than folds is in fewer test folds, but in every training
+    # set (it has 2 or more): a small class does not shrink every other class's training set.
+    n_splits = int(min(folds, np.bincount(labels).max()))
     model = LogisticRegression(C=1.0, max_iter=2000)
-    return cross_val_predict(model, reduced, labels, method="predict_proba",
-                             cv=StratifiedKFold(n_splits, shuffle=True, random_state=seed))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class",
+                                category=UserWarning)
+        return cross_val_predict(model, reduced, labels, method="predict_proba",
+                                 cv=StratifiedKFold(n_splits, shuffle=True, random_state=seed))
 
 
 def neighbourhood(x: np.ndarray, labels: np.ndarray, n_classes: int,
