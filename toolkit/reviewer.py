@@ -155,8 +155,8 @@ def review(source: str | os.PathLike = "datasets", *, reference: str | os.PathLi
     suggested. Nothing of `reference` is written or packed.
 
     Raises :class:`ToolkitError` (nothing written) for a SOURCE that is missing, holds one
-    class, or has a class with fewer than 2 usable images, for a reference class named as
-    a class of SOURCE, and for weights that cannot be loaded.
+    class, or has a class with fewer than 2 usable images, for a reference inside SOURCE
+    (or holding it) or naming a class as SOURCE does, and for weights that cannot be loaded.
     """
     clock = {"start": time.perf_counter()}
     class_names, found = find_usable(source, checks=checks, threshold=threshold,
