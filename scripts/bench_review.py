@@ -221,10 +221,11 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
     n_classes = labels.max() + 1
     size = reviewer.DEFAULT_SIZE
 
-    def view(side: int, fit: str) -> np.ndarray:
+    def padded(side: int) -> np.ndarray:
+        """The whole image fitted inside the square (review's embeddings are centre crops)."""
         model = reviewer._pooled_backbone(reviewer.DEFAULT_BACKBONE, weights, side, 0)
         out = [np.asarray(model.predict_on_batch(np.stack([
-            images.decode(images.read_file(f.path), images.Checks(), side, fit)[1]
+            images.decode(images.read_file(f.path), images.Checks(), side, "pad")[1]
             for f in files[i:i + 32]]))) for i in range(0, len(files), 32)]
         return reviewer._normalised(np.concatenate(out))
 
@@ -250,9 +251,10 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
 
     variants = {f"review's: {size} px centre crop, regression + neighbours": (x, None)}
     for side in (224, 256, 288, 384):
-        variants[f"{side} px centre crop"] = (view(side, "crop"), None)
+        variants[f"{side} px centre crop"] = (reviewer._normalised(reviewer.embed(
+            files, weights=weights, size=side, cache_dir=cache)), None)
     variants[f"{size} px centre crop + whole image padded (mean of two views)"] = (
-        reviewer._normalised(x + view(size, "pad")), None)
+        reviewer._normalised(x + padded(size)), None)
     variants.update({
         "regression averaged over 3 draws of the folds": (x, lambda v: np.mean(
             [reviewer.out_of_fold_probabilities(v, labels, seed=s) for s in range(3)], axis=0)),

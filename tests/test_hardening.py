@@ -123,7 +123,7 @@ def test_pack_interrupted_leaves_no_partial_file_and_the_old_archive_whole(tmp_p
         output, _ = process.communicate(timeout=60)
         assert out.read_bytes() == before, "the older archive must survive"
         if sig == signal.SIGINT:
-            assert process.returncode == 130 and "Interrupted" in output
+            assert process.returncode == 130 and "Interrupted" in output, output
             assert not list(tmp_path.glob(".*")), "no partial file after Ctrl-C"
     pack(src, out, per_class=200, size=32, force=True)  # a rerun cleans up and converges
     assert not list(tmp_path.glob(".*"))

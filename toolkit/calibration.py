@@ -111,8 +111,7 @@ def fit(train_embeddings: np.ndarray, val_probabilities: np.ndarray | None,
     calibration = Calibration()
     if val_probabilities is not None and len(val_labels):
         calibration.temperature = fit_temperature(val_probabilities, val_labels)
-        rng = np.random.default_rng(seed)
-        rows = np.sort(rng.permutation(len(train_embeddings))[:REFERENCE_ROWS])
+        rows = reference_rows(len(train_embeddings), seed)
         calibration.reference = _unit(train_embeddings[rows]).astype("float16")
         # the k-th neighbour should lie within the image's own class, even for small classes
         calibration.neighbours = max(1, min(NEIGHBOURS, len(rows) // (4 * val_probabilities.shape[1])))
@@ -128,6 +127,13 @@ def fit(train_embeddings: np.ndarray, val_probabilities: np.ndarray | None,
         if len(test_labels) else 0.0,
     }
     return Fitted(calibration, summary, calibrated, test_probabilities)
+
+
+def reference_rows(n: int, seed: int) -> np.ndarray:
+    """Which of n training rows the unknown detector keeps: a seeded sample, in order. A
+    caller that embeds only these rows gets the same detector (of at most REFERENCE_ROWS
+    rows, this keeps every one)."""
+    return np.sort(np.random.default_rng(seed).permutation(n)[:REFERENCE_ROWS])
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:

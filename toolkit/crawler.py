@@ -883,10 +883,12 @@ def _crawl(parsed: list[Query], root: Path, per_class: int, engines: list[str],
     for label in _other_classes(root, folders):  # pack sees them too: no duplicate of theirs
         entries[label] = ClassFolder(root, label).entries(checks)
     usable = usable_counts(entries, checks, threshold)
+    made = decisions.read(root)
     for label in usable:  # review: what was dropped (or moved away) does not count
-        usable[label] -= len(decisions.left_out(root, label) & {e["file"] for e in entries[label]})
+        usable[label] -= len(decisions.left_out(root, label, made)
+                             & {e["file"] for e in entries[label]})
     known_urls = {e["url"] for kept in entries.values() for e in kept if e.get("url")}
-    known_urls |= decisions.dropped_urls(root)  # review: a dropped image is never fetched again
+    known_urls |= decisions.dropped_urls(root, made)  # review: never fetch a dropped image again
     for folder in folders.values():
         known_urls |= folder.refused_urls()
     chain = _Chain(license, threads)

@@ -123,18 +123,20 @@ def suspects(source: str | os.PathLike) -> set[str]:
     return read_review(source).suspects
 
 
-def left_out(root: str | os.PathLike, label: str) -> set[str]:
+def left_out(root: str | os.PathLike, label: str,
+             made: dict[str, Decision] | None = None) -> set[str]:
     """Names of the files in `root/label/` that review dropped or moved to another class:
-    a crawl top-up does not count them."""
+    a crawl top-up does not count them. `made`: root's decisions, when already read."""
     prefix = f"{label}/"
-    return {d.file[len(prefix):] for d in read(root).values()
+    return {d.file[len(prefix):] for d in (read(root) if made is None else made).values()
             if d.file.startswith(prefix) and (d.action == DROP
                                               or (d.action == MOVE and d.label != label))}
 
 
-def dropped_urls(root: str | os.PathLike) -> set[str]:
+def dropped_urls(root: str | os.PathLike, made: dict[str, Decision] | None = None) -> set[str]:
     """URLs of every image review dropped: a crawl never downloads them again."""
-    return {d.url for d in read(root).values() if d.action == DROP and d.url}
+    return {d.url for d in (read(root) if made is None else made).values()
+            if d.action == DROP and d.url}
 
 
 def _parse(line: str) -> Decision | None:

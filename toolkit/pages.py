@@ -1,7 +1,7 @@
 """A run's pages for people - report.html and MODEL_CARD.md - and the facts they show.
 
-The facts are gathered once (:class:`RunFacts`): the run's metrics, settings and history
-from its folder, the test images and their predictions, and where the data came from
+The facts are gathered once (:class:`RunFacts`): the run's metrics and settings from its
+folder, the test images and their predictions, and where the data came from
 (the archive's pack settings and, when the crawl's manifests are still beside the
 source folder, the engines, queries, dates and source hosts).
 """
@@ -9,7 +9,6 @@ source folder, the engines, queries, dates and source hosts).
 from __future__ import annotations
 
 import collections
-import csv
 import json
 import os
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ class RunFacts:
     folder: Path
     metrics: dict
     config: dict
-    history: dict[str, list[float]]
     class_names: list[str]
     train_counts: list[int]
     test_counts: list[int]
@@ -47,7 +45,7 @@ def gather(folder: str | os.PathLike, archive, test_probabilities: np.ndarray | 
     n = len(archive.class_names)
     return RunFacts(
         folder=folder, metrics=metrics, config=read_json(folder / "config.json"),
-        history=read_history(folder / "history.csv"), class_names=list(archive.class_names),
+        class_names=list(archive.class_names),
         train_counts=np.bincount(archive.y_train, minlength=n).tolist(),
         test_counts=np.bincount(archive.y_test, minlength=n).tolist(),
         archive=archive.path, pack=dict(archive.meta),
@@ -76,15 +74,6 @@ def crawl_provenance(source: str | None, class_names: list[str]) -> dict[str, di
             "top_hosts": top_hosts(entries, TOP_HOSTS),
         }
     return out
-
-
-def read_history(path: Path) -> dict[str, list[float]]:
-    if not path.exists():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    names = [n for n in (rows[0] if rows else {}) if n != "epoch"]
-    return {n: [float(r[n]) for r in rows] for n in names}
 
 
 def known_confusions(metrics: dict, limit: int = 3) -> list[tuple[str, str, int, float]]:

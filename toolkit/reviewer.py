@@ -296,7 +296,8 @@ class EmbeddingCache:
 
     def save(self, shas: list[str], vectors: np.ndarray) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_json(self.folder / "key.json", self.key)
+        if not (self.folder / "key.json").exists():  # what the folder's name stands for
+            write_json(self.folder / "key.json", self.key)
         name = hashlib.sha256("".join(shas).encode()).hexdigest()[:24]
         with atomic_path(self.folder / f"{name}.npz") as tmp:
             np.savez(tmp, sha256=np.array(shas, dtype=str), vectors=vectors)

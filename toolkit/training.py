@@ -334,8 +334,8 @@ def _build_split(config: TrainConfig, archive: Archive):
 def _with_frozen_pass_in(policy: str, split, config: TrainConfig, archive: Archive, plan: _Plan):
     """`split` with its frozen part computing under `policy`, and an end-to-end model made of
     that part and the trainer: the model saved predicts what the cached path predicted."""
-    with precision.scope(policy), plan.distribution.scope():
-        lower = _build_split(config, archive).lower
+    with precision.scope(policy), plan.distribution.scope():  # weights: set just below
+        lower = _build_split(replace(config, weights="none"), archive).lower
     lower.set_weights(split.lower.get_weights())
     image = keras.Input(archive.image_shape, name="image")
     x = split.model.get_layer("augment")(image) if config.strategy == "augment" else image
@@ -358,7 +358,7 @@ def _fit_and_predict(config: TrainConfig, archive: Archive, plan: _Plan, fitted,
     """Fit from the last checkpoint (if any) to the end, keep the best weights, then predict
     the test set once while fitting the calibration (temperature, unknown threshold) on
     validation. Returns (test probabilities, calibration.Fitted)."""
-    from .calibration import calibrate
+    from .calibration import calibrate, reference_rows
 
     if state:
         checkpoints.restore_last(fitted)
@@ -376,7 +376,9 @@ def _fit_and_predict(config: TrainConfig, archive: Archive, plan: _Plan, fitted,
         test_batches = Batches([Rows(test_source, None)], None, plan.global_batch)
         val_images = (None if val_data is None  # every validation image, uneven batch or not
                       else Batches(val_data.views, None, plan.global_batch))
-        calibrated = calibrate(fitted, Batches(train_data.views[:1], None, plan.global_batch),
+        train = train_data.views[0]  # only the rows the unknown detector keeps are embedded
+        reference = Rows(train.array, train.index[reference_rows(len(train), config.seed)])
+        calibrated = calibrate(fitted, Batches([reference], None, plan.global_batch),
                                val_images, archive.y_train[plan.val_rows], test_batches,
                                archive.y_test, seed=config.seed)
         return calibrated.uncalibrated, calibrated
