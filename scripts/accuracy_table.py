@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from _bench import WEIGHTS, flowers_archive, machine, measure, table, toolkit_command
-from toolkit.text import folder_stamp
+from toolkit.core.text import folder_stamp
 
 
 def probe(archive_path: str) -> None:
@@ -28,9 +28,9 @@ def probe(archive_path: str) -> None:
     from sklearn.linear_model import LogisticRegression
 
     from toolkit import models
-    from toolkit.archive import load_archive
-    from toolkit.config import TrainConfig
-    from toolkit.features import FeatureCache
+    from toolkit.data.archive import load_archive
+    from toolkit.training.config import TrainConfig
+    from toolkit.training.features import FeatureCache
 
     archive = load_archive(archive_path)
     split = models.build("extract", archive.image_shape, len(archive.class_names),

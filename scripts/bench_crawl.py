@@ -122,7 +122,7 @@ def main() -> None:
     labels = [f"class{k}" for k in range(args.classes)]
     engine = SlowEngine(labels, args.per_class, args.latency)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import toolkit.cli, toolkit.crawler"], check=True)
+    subprocess.run([sys.executable, "-c", "import toolkit.cli, toolkit.collect.crawler"], check=True)
     startup = time.perf_counter() - start
     rows = []
     try:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from _bench import machine, measure, scratch_folder, table, toolkit_command
-from toolkit.precision import cpu_bf16_flags
+from toolkit.training.precision import cpu_bf16_flags
 
 
 def subset(archive: str, per_class: int, seed: int, out: Path) -> str:
@@ -58,7 +58,8 @@ def forward_speed(backbone: str, policy: str, seconds: float) -> float:
     """Images/s of `backbone`'s forward pass under the dtype `policy` (in a child process)."""
     import time
 
-    from toolkit import models, precision
+    from toolkit import models
+    from toolkit.training import precision
 
     with precision.scope(policy):
         base = models.load_backbone(backbone, "none", (224, 224, 3))

@@ -102,7 +102,7 @@ def cleanlab_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
     from cleanlab.filter import find_label_issues
     from cleanlab.outlier import OutOfDistribution
 
-    from toolkit import reviewer
+    from toolkit.curate import reviewer
 
     files, x, labels = judged_evidence(review_json, cache, weights)
     probabilities = reviewer.out_of_fold_probabilities(x, labels)
@@ -120,8 +120,8 @@ def cleanlab_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
 
 def judged_evidence(review_json: dict, cache: Path, weights: str):
     """The judged files, their embeddings and labels, as review computed them (from the cache)."""
-    from toolkit import reviewer
-    from toolkit.archive import find_usable
+    from toolkit.curate import reviewer
+    from toolkit.data.archive import find_usable
 
     _, found = find_usable(review_json["source"])
     files = [f for f in found if not f.status]
@@ -134,7 +134,7 @@ def variant_rows(truth: dict[str, str], review_json: dict, cache: Path, weights:
     use it (every flagged image left out): the ideas of issue 9's precision follow-up."""
     from sklearn.neighbors import NearestNeighbors
 
-    from toolkit import reviewer
+    from toolkit.curate import reviewer
 
     files, x, labels = judged_evidence(review_json, cache, weights)
     n = len(labels)
@@ -214,7 +214,8 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.svm import SVC
 
-    from toolkit import images, reviewer
+    from toolkit.core import images
+    from toolkit.curate import reviewer
 
     files, x, labels = judged_evidence(review_json, cache, weights)
     kinds = np.array([truth[f.name] for f in files])
@@ -284,7 +285,7 @@ def intruder_rows(flowers: Path, scratch: Path, weights: str, seed: int) -> list
     other, so a group of the same intruders can look like part of the class. With
     `--reference`, a folder of 100 other sunflower photos judged alongside: review then
     knows what the intruders are."""
-    from toolkit import reviewer
+    from toolkit.curate import reviewer
 
     rng = np.random.default_rng(seed)
     sunflowers = sorted(p for p in (flowers / "sunflower").iterdir() if p.is_file())

@@ -36,8 +36,8 @@ def main() -> None:
                                        "--backbone", "mobilenet_v2", "--weights", str(WEIGHTS),
                                        "--head", "pool", "--out", args.run), check=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from toolkit.archive import load_archive
-    from toolkit.inference import load_classifier, predict
+    from toolkit.data.archive import load_archive
+    from toolkit.ship.inference import load_classifier, predict
 
     off_topic = predict(args.run, [SHARED / "data" / "offtopic"])
     off_share = np.mean([p.label == "unknown" for p in off_topic if not p.error])

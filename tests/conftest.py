@@ -34,7 +34,7 @@ MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5
 @pytest.fixture
 def engine(monkeypatch):
     """A fake Bing/DuckDuckGo/Baidu/Google on 127.0.0.1; the crawler is pointed at it."""
-    from toolkit.engines import SEARCH_ENGINES, search_engine
+    from toolkit.collect.engines import SEARCH_ENGINES, search_engine
     server = FakeEngine()
     for name in SEARCH_ENGINES:
         monkeypatch.setenv(search_engine(name).env_var, server.url)

@@ -10,10 +10,10 @@ import numpy as np
 from click.testing import CliRunner, Result
 
 from conftest import shapes_dataset
-from toolkit import images
 from toolkit.cli import cli
-from toolkit.crawler import FetchOptions
-from toolkit.files import is_partial
+from toolkit.collect.crawler import FetchOptions
+from toolkit.core import images
+from toolkit.core.files import is_partial
 
 #: Crawl options that fail fast against the loopback engine.
 FAST = FetchOptions(timeout=2, total_timeout=3, retries=1, backoff=0.05)

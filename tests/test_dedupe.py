@@ -3,7 +3,7 @@
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from toolkit.dedupe import Candidate, HashIndex, find_duplicates, near_pairs
+from toolkit.core.dedupe import Candidate, HashIndex, find_duplicates, near_pairs
 
 
 def cand(label, phash, pixels=100, sha=None, key=None):

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from helpers import NAMES, assert_one_error_line, run_cli, tree, write_archive
-from toolkit import precision
-from toolkit.calibration import expected_calibration_error, fit_temperature
-from toolkit.exporter import TOLERANCE
-from toolkit.inference import evaluate, predict
-from toolkit.training import train
+from toolkit.ship.exporter import TOLERANCE
+from toolkit.ship.inference import evaluate, predict
+from toolkit.training import precision
+from toolkit.training.calibration import expected_calibration_error, fit_temperature
+from toolkit.training.trainer import train
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from PIL import Image
 
 from conftest import png_bomb
-from toolkit import images
-from toolkit.archive import load_archive
-from toolkit.errors import ToolkitError
+from toolkit.core import images
+from toolkit.core.errors import ToolkitError
+from toolkit.data.archive import load_archive
 
 FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 
@@ -97,7 +97,7 @@ def test_damaged_images_never_crash(data):
 BOMBS = """
 import sys
 from pathlib import Path
-from toolkit import images
+from toolkit.core import images
 
 def kib(field):
     with open("/proc/self/status") as f:

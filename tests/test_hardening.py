@@ -16,11 +16,11 @@ from PIL import Image
 from conftest import distinct_image, encode, make_class_folders
 from fake_engine import Item
 from helpers import FAST, assert_consistent, assert_one_error_line, run_cli, write_archive
-from toolkit import images
-from toolkit.archive import load_archive, pack
-from toolkit.crawler import FetchOptions, crawl
-from toolkit.errors import ToolkitError
-from toolkit.files import write_text
+from toolkit.collect.crawler import FetchOptions, crawl
+from toolkit.core import images
+from toolkit.core.errors import ToolkitError
+from toolkit.core.files import write_text
+from toolkit.data.archive import load_archive, pack
 
 # ---- crawl
 
@@ -136,7 +136,7 @@ def test_two_processes_writing_one_file_do_not_remove_each_others_partial_file(t
     up only what a killed writer left, never the file a live one is still writing."""
     target = tmp_path / "shared.json"
     writer = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom toolkit.files import atomic_path\n"
+        [sys.executable, "-c", "import sys, time\nfrom toolkit.core.files import atomic_path\n"
          f"with atomic_path({str(target)!r}) as tmp:\n"
          "    tmp.write_text('slow')\n    print('writing', flush=True)\n    time.sleep(3)\n"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -222,7 +222,7 @@ def test_evaluate_checks_the_archive_fits_the_model(tmp_path):
 
 
 def test_a_batch_larger_than_the_data_is_a_warning(tmp_path, caplog):
-    from toolkit.training import train
+    from toolkit.training.trainer import train
     data = write_archive(tmp_path / "d.npz", n_per_class=8)
     run = train(data, "cnn", out=tmp_path / "run", epochs=1, weights="none", verbose=0,
                 batch_size=512)

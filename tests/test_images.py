@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from conftest import encode, grid_image, png_bomb
-from toolkit import images
+from toolkit.core import images
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from PIL import Image
 
 from conftest import distinct_image, encode, grid_image, make_class_folders, near_copy, png_bomb
 from helpers import run_cli
-from toolkit import images
-from toolkit.archive import NotEnoughImages, load_archive, pack
+from toolkit.core import images
+from toolkit.data.archive import NotEnoughImages, load_archive, pack
 
 
 @pytest.fixture

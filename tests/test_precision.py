@@ -13,10 +13,11 @@ import tensorflow as tf
 
 from conftest import shapes_dataset
 from helpers import run_cli
-from toolkit import models, precision
-from toolkit.config import STRATEGIES
-from toolkit.inference import evaluate, predict
-from toolkit.training import Interrupted, resume, train
+from toolkit import models
+from toolkit.ship.inference import evaluate, predict
+from toolkit.training import precision
+from toolkit.training.config import STRATEGIES
+from toolkit.training.trainer import Interrupted, resume, train
 
 GPU = bool(tf.config.list_physical_devices("GPU"))
 on_cpu_only = pytest.mark.skipif(GPU, reason="checks bfloat16 on a CPU; on a GPU mixed is float16")
@@ -168,7 +169,7 @@ def test_a_bfloat16_finetune_model_gives_the_embedding_a_float32_one_does(tiny, 
     block (MobileNetV2: 1,280 wide, where the cut is 160)."""
     from PIL import Image
 
-    from toolkit.serving import with_embedding
+    from toolkit.models.serving import with_embedding
 
     widths = {}
     for kind in ("float32", "mixed"):

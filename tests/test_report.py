@@ -7,10 +7,10 @@ import pytest
 
 from browser import browser, console_errors, requested_urls  # noqa: F401 (the fixture)
 from conftest import make_class_folders
-from toolkit.archive import pack
-from toolkit.images import Checks
-from toolkit.report_html import write_comparison_page
-from toolkit.training import train
+from toolkit.core.images import Checks
+from toolkit.data.archive import pack
+from toolkit.reports.report_html import write_comparison_page
+from toolkit.training.trainer import train
 
 CLASSES = ("hedgehog", "hamster", "poodle")
 

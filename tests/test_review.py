@@ -25,10 +25,10 @@ from PIL import Image
 from browser import browser, console_errors  # noqa: F401 (a fixture)
 from conftest import FLOWERS, MOBILENET_WEIGHTS, distinct_image, make_class_folders
 from helpers import assert_one_error_line, run_cli, tree
-from toolkit import decisions, gallery as gallery_module, reviewer
-from toolkit.archive import find_usable, load_archive, pack
-from toolkit.crawler import FetchOptions, crawl
-from toolkit.gallery import Gallery
+from toolkit.collect.crawler import FetchOptions, crawl
+from toolkit.curate import decisions, gallery as gallery_module, reviewer
+from toolkit.curate.gallery import Gallery
+from toolkit.data.archive import find_usable, load_archive, pack
 
 REPO = Path(__file__).resolve().parents[1]
 #: ../shared, or where TOOLKIT_SHARED says it is (a worktree elsewhere)

@@ -17,10 +17,10 @@ from PIL import Image
 from conftest import FLOWERS, MOBILENET_WEIGHTS, shapes_dataset
 from helpers import NAMES, QUICK, assert_one_error_line, run_cli, tree, write_archive
 from toolkit import models
-from toolkit.batches import Batches, Rows, validation_split
-from toolkit.errors import ToolkitError
-from toolkit.inference import evaluate
-from toolkit.training import resume, train
+from toolkit.core.errors import ToolkitError
+from toolkit.ship.inference import evaluate
+from toolkit.training.batches import Batches, Rows, validation_split
+from toolkit.training.trainer import resume, train
 
 
 @pytest.fixture(scope="module")
@@ -270,8 +270,8 @@ def test_cli_deterministic_flag_is_kept_in_the_run(tiny, tmp_path):
 def test_online_augment_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
     """Online augmentation draws on from where the interrupted run was, so a resumed run
     ends where an uninterrupted one would (the random layers' state is checkpointed)."""
-    from toolkit.checkpoints import Checkpointer
-    from toolkit.training import Interrupted
+    from toolkit.training.checkpoints import Checkpointer
+    from toolkit.training.trainer import Interrupted
 
     options = dict(augment_mode="online", backbone="vgg16", epochs=2, patience=10,
                    batch_size=8, weights="none", verbose=0)
@@ -307,7 +307,7 @@ def test_resume_of_a_damaged_state_is_one_line(tiny, tmp_path):
 def test_real_mobilenet_weights_transfer_to_flowers(tmp_path):
     if not FLOWERS.exists():
         pytest.skip("../shared/data/flowers is absent")
-    from toolkit.archive import pack
+    from toolkit.data.archive import pack
     pack(FLOWERS, tmp_path / "flowers.npz", per_class=40, size=96, test_size=0.25)
     # 90 training photos: the pooled head (1,280 x 3 weights) learns from so few; Flatten's
     # 46,080 x 128 varies from 0.5 to 0.77 with the seed (chance is 0.33)
@@ -409,7 +409,7 @@ import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from toolkit.training import train
+from toolkit.training.trainer import train
 for mode in ("none", "mirrored"):
     run = train(sys.argv[1], "cnn", out=sys.argv[2] + "/" + mode, distribute=mode, weights="none",
                 epochs=25, batch_size=16, learning_rate=1e-3, patience=6, verbose=0)

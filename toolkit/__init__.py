@@ -21,16 +21,16 @@ import importlib
 __version__ = "0.1.0"
 
 _API = {
-    "crawl": "toolkit.crawler",
-    "review": "toolkit.reviewer",
-    "pack": "toolkit.archive",
-    "load_archive": "toolkit.archive",
-    "train": "toolkit.training",
-    "compare": "toolkit.training",
-    "evaluate": "toolkit.inference",
-    "predict": "toolkit.inference",
-    "export": "toolkit.exporter",
-    "ToolkitError": "toolkit.errors",
+    "crawl": "toolkit.collect.crawler",
+    "review": "toolkit.curate.reviewer",
+    "pack": "toolkit.data.archive",
+    "load_archive": "toolkit.data.archive",
+    "train": "toolkit.training.trainer",
+    "compare": "toolkit.training.trainer",
+    "evaluate": "toolkit.ship.inference",
+    "predict": "toolkit.ship.inference",
+    "export": "toolkit.ship.exporter",
+    "ToolkitError": "toolkit.core.errors",
 }
 
 __all__ = [*_API, "__version__"]

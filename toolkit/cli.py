@@ -11,12 +11,24 @@ import warnings
 
 import click
 
-from . import __version__, archive, crawler, exporter, reviewer
-from .config import AUGMENT_MODES, BACKBONES, DISTRIBUTIONS, HEADS, PRECISIONS, STRATEGIES, TrainConfig
-from .engines import DEFAULT_PER_HOST, DEFAULT_THREADS, ENGINES, LICENSES, SEARCH_ENGINES
-from .errors import OptionError, ToolkitError
-from .images import FITS
-from .text import text_table
+from . import __version__
+from .collect import crawler
+from .collect.engines import DEFAULT_PER_HOST, DEFAULT_THREADS, ENGINES, LICENSES, SEARCH_ENGINES
+from .core.errors import OptionError, ToolkitError
+from .core.images import FITS
+from .core.text import text_table
+from .curate import reviewer
+from .data import archive
+from .ship import exporter
+from .training.config import (
+    AUGMENT_MODES,
+    BACKBONES,
+    DISTRIBUTIONS,
+    HEADS,
+    PRECISIONS,
+    STRATEGIES,
+    TrainConfig,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -128,8 +140,8 @@ def crawl(queries, per_class, engines, urls, license_, root, min_side, threshold
     engines' own log lines go to ROOT/crawl.log. Set TOOLKIT_BING_URL (or _DDG_, _BAIDU_,
     _GOOGLE_) to reach an engine at another address.
     """
-    from .crawler import FetchOptions, crawl as run_crawl
-    from .images import Checks
+    from .collect.crawler import FetchOptions, crawl as run_crawl
+    from .core.images import Checks
 
     report = run_crawl(list(queries), root=root, per_class=per_class, engines=engines, urls=urls,
                        license=license_, checks=Checks(min_side=min_side), threshold=threshold,
@@ -195,8 +207,8 @@ def pack(source, out, per_class, test_size, size, fit, seed, min_side, threshold
     `toolkit review` (moved ones are packed under their new class). The report - printed and saved as
     <out>.report.txt/.json - says what happened to each file.
     """
-    from .archive import NotEnoughImages, pack as run_pack
-    from .images import Checks
+    from .core.images import Checks
+    from .data.archive import NotEnoughImages, pack as run_pack
 
     try:
         report = run_pack(source, out, per_class=per_class, test_size=test_size, size=size,
@@ -252,20 +264,20 @@ def review(source, backbone, weights, size, min_side, threshold, cache_dir, refe
     self-contained SOURCE/review.html. With --serve, a local gallery records keep / drop /
     move decisions in SOURCE/decisions.jsonl, which `pack` honours.
     """
-    from .archive import class_folders
-    from .images import Checks
+    from .core.images import Checks
+    from .data.archive import class_folders
 
     class_folders(source)  # a missing or one-class SOURCE fails before TensorFlow starts
     if reference is not None:
-        from .reviewer import check_reference
+        from .curate.reviewer import check_reference
 
         check_reference(source, reference)
     if serve:
-        from .gallery import check_port
+        from .curate.gallery import check_port
 
         check_port(port)  # a port in use fails before the review, not after it
     load_tensorflow()
-    from .reviewer import review as run_review
+    from .curate.reviewer import review as run_review
 
     result = run_review(source, reference=reference, backbone=backbone, weights=weights, size=size,
                         checks=Checks(min_side=min_side), threshold=threshold,
@@ -274,7 +286,7 @@ def review(source, backbone, weights, size, min_side, threshold, cache_dir, refe
     click.echo(f"\nwrote {os.path.join(source, 'review.json')} and "
                f"{os.path.join(source, 'review.html')} in {result.seconds['total']:.0f} s")
     if serve:
-        from .gallery import serve as run_gallery
+        from .curate.gallery import serve as run_gallery
 
         run_gallery(source, port=port, open_browser=not no_browser, checks=Checks(min_side=min_side),
                     echo=click.echo)
@@ -364,7 +376,7 @@ def train(strategy, data, out, resume, **options):
     Interrupted? `toolkit train --resume RUN` continues from the last finished epoch.
     """
     load_tensorflow()
-    from .training import resume as run_resume, train as run_train
+    from .training.trainer import resume as run_resume, train as run_train
 
     if resume:
         _report_run(lambda: run_resume(resume, verbose=_fit_verbosity(), progress=progress_enabled()))
@@ -401,7 +413,7 @@ def _report_run(start) -> None:
 def evaluate(run_or_model, data, out):
     """Print the test-set report of a run folder, a .keras model or an export folder."""
     load_tensorflow()
-    from .inference import evaluate as run_evaluate
+    from .ship.inference import evaluate as run_evaluate
 
     result = run_evaluate(run_or_model, data, out=out)
     click.echo(result.report)
@@ -427,7 +439,7 @@ def predict(model, images, fmt, unknown):
     import json
 
     load_tensorflow()
-    from .inference import predict as run_predict
+    from .ship.inference import predict as run_predict
 
     results = run_predict(model, list(images), unknown=unknown)
     good = [r for r in results if not r.error]
@@ -471,7 +483,7 @@ def export(run, fmt, quantize, data):
     and export.json (input, outputs, calibration, parity with Keras) come with it.
     """
     load_tensorflow()
-    from .exporter import export as run_export
+    from .ship.exporter import export as run_export
 
     result = run_export(run, fmt, quantize, data=data, progress=progress_enabled())
     click.echo(result.summary())
@@ -487,7 +499,7 @@ def export(run, fmt, quantize, data):
 def compare(strategies, data, out, **options):
     """Train several strategies on one archive: one table, one plot."""
     load_tensorflow()
-    from .training import compare as run_compare
+    from .training.trainer import compare as run_compare
 
     chosen = [s.strip() for s in strategies.split(",") if s.strip()]
     result = run_compare(data, chosen, out=out, verbose=_fit_verbosity(),

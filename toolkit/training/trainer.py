@@ -32,17 +32,17 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from ..core.errors import OptionError, ToolkitError
+from ..core.files import write_json, write_text
+from ..core.text import text_table
+from ..data.archive import Archive, load_archive
 from . import precision
-from .archive import Archive, load_archive
 from .batches import Batches, Rows, validation_split
 from .checkpoints import Checkpointer, read_state
 from .config import LEARNING_RATES, STRATEGIES, TrainConfig
 from .distribution import distribution_strategy, is_chief, multiworker_workarounds
-from .errors import OptionError, ToolkitError
 from .features import FeatureCache
-from .files import write_json, write_text
 from .runs import Clock, discard, new_run_folder, save_run, timestamped, write_pages
-from .text import text_table
 
 log = logging.getLogger("toolkit")
 
@@ -207,8 +207,8 @@ def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = 
 
     Each strategy's run goes to `out`/<strategy>; every other parameter is `train`'s.
     """
-    from .report import plot_comparison
-    from .report_html import write_comparison_page
+    from ..reports.report import plot_comparison
+    from ..reports.report_html import write_comparison_page
 
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
@@ -323,7 +323,7 @@ def _build(config: TrainConfig, archive: Archive, plan: _Plan):
 
 
 def _build_split(config: TrainConfig, archive: Archive):
-    from . import models
+    from .. import models
 
     return models.build(config.strategy, archive.image_shape, len(archive.class_names),
                         backbone=config.backbone, weights=config.weights,
@@ -388,8 +388,8 @@ def _metrics(config: TrainConfig, archive: Archive, plan: _Plan, split,
              checkpoints: Checkpointer, probabilities: np.ndarray, clock: Clock
              ) -> tuple[dict, dict]:
     """(the test-set evaluation, the run's metrics.json)."""
-    from . import models
-    from .report import evaluate_predictions
+    from .. import models
+    from ..reports.report import evaluate_predictions
 
     evaluation = evaluate_predictions(archive.y_test, probabilities, archive.class_names)
     metrics = {

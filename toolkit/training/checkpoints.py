@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
+from ..core.errors import ToolkitError, first_line
+from ..core.files import atomic_path, write_json
 from .batches import Batches
-from .errors import ToolkitError, first_line
-from .files import atomic_path, write_json
 
 if TYPE_CHECKING:
     from .runs import Clock

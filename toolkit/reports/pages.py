@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .crawler import read_jsonl, top_hosts
+from ..collect.crawler import read_jsonl, top_hosts
 
 TOP_HOSTS = 5
 

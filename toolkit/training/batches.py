@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from .archive import row_reader, stratified_split
+from ..data.archive import row_reader, stratified_split
 
 
 class Rows:

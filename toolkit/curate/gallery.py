@@ -21,10 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from . import decisions, images
-from .archive import class_folders, list_files, printable
+from ..core import images
+from ..core.errors import ToolkitError
+from ..data.archive import class_folders, list_files, printable
+from . import decisions
 from .decisions import REVIEW_FILE
-from .errors import ToolkitError
 from .reviewer import thumbnail
 
 HOST = "127.0.0.1"

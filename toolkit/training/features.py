@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__
-from .archive import Archive, row_reader, write_npy_header
-from .errors import OptionError
-from .files import atomic_path, write_json
+from .. import __version__
+from ..core.errors import OptionError
+from ..core.files import atomic_path, write_json
+from ..data.archive import Archive, row_reader, write_npy_header
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -98,7 +98,7 @@ def read_features(path: Path) -> np.ndarray:
 def forward(lower, images: np.ndarray, rows: np.ndarray, augment_seed: int | None, desc: str,
             progress: bool) -> Iterator[np.ndarray]:
     """Run `lower` over images[rows] in batches, optionally augmented; yield the outputs."""
-    from . import models
+    from .. import models
 
     augment = models.augmentation(augment_seed) if augment_seed is not None else None
     images = row_reader(images)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .files import write_text
+from ..core.files import write_text
 from .pages import RunFacts, known_confusions
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ToolkitError
-from .files import atomic_path, write_json
+from ..core.errors import ToolkitError
+from ..core.files import atomic_path, write_json
 
 NEIGHBOURS = 20            # k of the k-th nearest training embedding
 REFERENCE_ROWS = 2000      # training embeddings kept (seeded sample) for the distances
@@ -183,7 +183,7 @@ def calibrate(model, train_inputs, validation_inputs, validation_labels: np.ndar
               test_inputs, test_labels: np.ndarray, *, seed: int = 0) -> Fitted:
     """`fit` on a trained Keras model's outputs; inputs are anything `model.predict` reads
     (the training run passes its batches of images, or of cached frozen features)."""
-    from .serving import run_batches, with_embedding
+    from ..models.serving import run_batches, with_embedding
 
     served = with_embedding(model)
     train_embeddings = run_batches(served, train_inputs)[1]

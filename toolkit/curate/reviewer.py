@@ -1,6 +1,6 @@
 """Review a crawl: find off-topic and mislabeled images before they reach the archive.
 
-Review judges exactly the images `pack` would consider (:func:`toolkit.archive.find_usable`:
+Review judges exactly the images `pack` would consider (:func:`toolkit.data.archive.find_usable`:
 the same "usable" and duplicate rules). For each it computes an embedding with a frozen
 pretrained backbone, globally average-pooled, cached on disk per image; then
 
@@ -36,13 +36,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from . import __version__, dedupe, images
-from .archive import InputFile, class_folders, find_usable
+from .. import __version__
+from ..core import dedupe, images
+from ..core.errors import ToolkitError
+from ..core.files import atomic_path, write_json, write_text
+from ..core.text import text_table, timestamp
+from ..data.archive import InputFile, class_folders, find_usable
+from ..training.features import cache_root, weights_fingerprint
 from .decisions import REVIEW_FILE
-from .errors import ToolkitError
-from .features import cache_root, weights_fingerprint
-from .files import atomic_path, write_json, write_text
-from .text import text_table, timestamp
 
 DEFAULT_BACKBONE = "mobilenet_v2"
 #: The side of the square review embeds. Larger than the 224 px the backbone was trained at:
@@ -307,7 +308,7 @@ def _pooled_backbone(backbone: str, weights: str, size: int, seed: int):
     """raw 0-255 RGB -> the backbone's preprocessing -> frozen base -> global average pool."""
     import keras
 
-    from .models import Preprocess, backbone_spec, load_backbone
+    from ..models import Preprocess, backbone_spec, load_backbone
 
     keras.utils.set_random_seed(seed)  # only `--weights none` depends on it
     spec = backbone_spec(backbone)

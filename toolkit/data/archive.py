@@ -25,10 +25,12 @@ from typing import BinaryIO
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__, decisions, dedupe, images
-from .errors import OptionError, ToolkitError, first_line
-from .files import atomic_path, write_json, write_text
-from .text import text_table, timestamp
+from .. import __version__
+from ..core import dedupe, images
+from ..core.errors import OptionError, ToolkitError, first_line
+from ..core.files import atomic_path, write_json, write_text
+from ..core.text import text_table, timestamp
+from ..curate import decisions
 
 IMAGE_KEYS = ("X_train", "X_test")
 LABEL_KEYS = ("y_train", "y_test")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import images
-from .archive import list_files, load_archive, printable, row_reader
-from .errors import ToolkitError
+from ..core import images
+from ..core.errors import ToolkitError
+from ..data.archive import list_files, load_archive, printable, row_reader
 
 UNKNOWN = "unknown"  # the label of an image unlike every class
 
@@ -33,10 +33,10 @@ def find_model(run_or_model: str | os.PathLike) -> Path:
 def load_classifier(run_or_model: str | os.PathLike):
     """A run folder, a .keras file or an export folder, as a :class:`serving.Classifier`:
     an export runs in its own runtime (LiteRT, TensorFlow, onnxruntime), the rest in Keras."""
-    from . import models
-    from .calibration import Calibration
+    from .. import models
+    from ..models.serving import keras_classifier
+    from ..training.calibration import Calibration
     from .exporter import is_export, load_export
-    from .serving import keras_classifier
 
     if is_export(run_or_model):
         return load_export(run_or_model)
@@ -61,7 +61,7 @@ def evaluate(run_or_model: str | os.PathLike, data: str | os.PathLike | None = N
     With `out`, the report files (classification_report.txt, metrics.json,
     confusion_matrix.png) are written into that folder.
     """
-    from .report import evaluate_predictions, write_run_report
+    from ..reports.report import evaluate_predictions, write_run_report
 
     classifier = load_classifier(run_or_model)
     data = data or classifier.data
@@ -81,7 +81,7 @@ def evaluate(run_or_model: str | os.PathLike, data: str | os.PathLike | None = N
         Path(out).mkdir(parents=True, exist_ok=True)
         text = write_run_report(out, evaluation, {}, evaluation, title)
     else:
-        from .report import classification_text, confusion_text
+        from ..reports.report import classification_text, confusion_text
         text = (f"{title}\n\n{classification_text(evaluation)}\n\nconfusion matrix\n"
                 f"{confusion_text(evaluation)}\n")
     return Evaluation(classifier.source, str(data), evaluation, text)

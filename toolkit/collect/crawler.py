@@ -38,7 +38,11 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from . import decisions, dedupe, images
+from ..core import dedupe, images
+from ..core.errors import OptionError, ToolkitError, first_line
+from ..core.files import atomic_path, is_abandoned, is_partial, write_text
+from ..core.text import text_table, timestamp
+from ..curate import decisions
 from .engines import (
     DEFAULT_PER_HOST,
     DEFAULT_THREADS,
@@ -53,9 +57,6 @@ from .engines import (
     license_capable,
     search_engine,
 )
-from .errors import OptionError, ToolkitError, first_line
-from .files import atomic_path, is_abandoned, is_partial, write_text
-from .text import text_table, timestamp
 
 #: HTTP statuses worth retrying; others are final.
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .archive import Archive
-from .errors import OptionError, ToolkitError
-from .files import atomic_path
-from .text import folder_stamp, timestamp
+from .. import __version__
+from ..core.errors import OptionError, ToolkitError
+from ..core.files import atomic_path
+from ..core.text import folder_stamp, timestamp
+from ..data.archive import Archive
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -62,8 +62,8 @@ def timestamped(parent: Path, name: str) -> Path:
 def save_run(folder: Path, config: TrainConfig, archive: Archive, model, evaluation: dict,
              metrics: dict, history: dict) -> str:
     """Write the model and the report files; return the report text."""
-    from . import models
-    from .report import write_run_report
+    from .. import models
+    from ..reports.report import write_run_report
 
     models.save_model(model, folder / "model.keras", {
         "class_names": archive.class_names, "image_size": list(archive.image_shape),
@@ -111,9 +111,9 @@ class Clock:
 
 def write_pages(folder: str | os.PathLike, archive: Archive, test_probabilities) -> None:
     """report.html and MODEL_CARD.md: the finished run, for people."""
-    from .model_card import write_model_card
-    from .pages import gather
-    from .report_html import write_run_page
+    from ..reports.model_card import write_model_card
+    from ..reports.pages import gather
+    from ..reports.report_html import write_run_page
 
     facts = gather(folder, archive, test_probabilities)
     write_run_page(facts)

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__
-from .errors import OptionError, ToolkitError, first_line
-from .files import UMASK, write_json, write_text
-from .text import timestamp
+from .. import __version__
+from ..core.errors import OptionError, ToolkitError, first_line
+from ..core.files import UMASK, write_json, write_text
+from ..core.text import timestamp
 
 #: format -> the model's file (or folder) in the export folder
 FORMATS = {"litert": "model.tflite", "saved_model": "saved_model", "onnx": "model.onnx"}
@@ -62,10 +62,11 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
     Nothing is written unless the export passes the check; an earlier export is replaced
     only then.
     """
-    from . import models, precision
-    from .archive import load_archive
-    from .calibration import Calibration
-    from .serving import with_embedding
+    from .. import models
+    from ..data.archive import load_archive
+    from ..models.serving import with_embedding
+    from ..training import precision
+    from ..training.calibration import Calibration
 
     if format not in FORMATS:
         raise OptionError("format", format, f"choose from {', '.join(FORMATS)}")
@@ -187,8 +188,8 @@ def load_export(path: str | os.PathLike):
     """An export folder as a :class:`serving.Classifier` (for predict and evaluate)."""
     import json
 
-    from .calibration import Calibration
-    from .serving import Classifier
+    from ..models.serving import Classifier
+    from ..training.calibration import Calibration
 
     folder = Path(path)
     try:
@@ -288,7 +289,7 @@ def _parity(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray, qua
 
 
 def _uint8_batches(images) -> list[np.ndarray]:
-    from .archive import row_reader
+    from ..data.archive import row_reader
 
     rows = row_reader(images)
     return [np.asarray(rows[i:i + BATCH], dtype="uint8") for i in range(0, len(rows), BATCH)]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .files import write_text
+from ..core.files import write_text
 from .pages import RunFacts, known_confusions
 
 THUMBNAIL = 96      # px, the side of an inlined test image

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import classification_report, confusion_matrix
 
-from .files import atomic_path, write_json, write_text
+from ..core.files import atomic_path, write_json, write_text
 
 
 def evaluate_predictions(y_true: np.ndarray, probabilities: np.ndarray,

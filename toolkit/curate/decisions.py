@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import ToolkitError
-from .text import timestamp
+from ..core.errors import ToolkitError
+from ..core.text import timestamp
 
 DECISIONS_FILE = "decisions.jsonl"
 REVIEW_FILE = "review.json"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .errors import OptionError
+from ..core.errors import OptionError
 from .precision import PRECISIONS
 
 STRATEGIES = ("cnn", "extract", "finetune", "augment")

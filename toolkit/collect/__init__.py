@@ -1,0 +1,1 @@
+"""Stage 1, collect: search engines, bounded downloads and the class folders a crawl fills."""

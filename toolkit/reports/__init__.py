@@ -1,0 +1,1 @@
+"""Pages for people: a run's metrics, report.html and MODEL_CARD.md, written from a run's files."""
