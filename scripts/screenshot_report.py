@@ -1,4 +1,4 @@
-"""Screenshot a run's report.html in headless Chromium (the picture in the README).
+"""Screenshot a run's report.html in headless Chromium (the picture in docs/reports.md).
 
     python scripts/screenshot_report.py runs/flowers-unknown docs/run-report.png
 """
