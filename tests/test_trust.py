@@ -1,0 +1,131 @@
+"""Issue 17: what the toolkit reads or writes in a folder someone else shared cannot make it write
+outside that folder, run code, or read files from elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toolkit.core.errors import ToolkitError
+from toolkit.core.files import open_to_append, write_text
+
+
+def test_an_append_never_follows_a_link_to_a_file_outside(tmp_path):
+    outside = tmp_path / "bashrc"
+    outside.write_text("# the user's profile\n")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "decisions.jsonl").symlink_to(outside)
+    with pytest.raises(ToolkitError, match=r"decisions\.jsonl is a symbolic link"):
+        open_to_append(shared / "decisions.jsonl")
+    assert outside.read_text() == "# the user's profile\n"
+
+
+def test_a_dangling_link_is_refused_too_and_nothing_is_created(tmp_path):
+    (tmp_path / "log.jsonl").symlink_to(tmp_path / "elsewhere.txt")
+    with pytest.raises(ToolkitError, match="symbolic link"):
+        open_to_append(tmp_path / "log.jsonl")
+    assert not (tmp_path / "elsewhere.txt").exists()
+
+
+def test_an_append_refuses_what_is_not_a_regular_file(tmp_path):
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    with pytest.raises(ToolkitError, match="not a regular file"):
+        open_to_append(tmp_path / "fifo.jsonl")
+
+
+def test_an_atomic_write_refuses_a_link_and_leaves_its_target_alone(tmp_path):
+    outside = tmp_path / "profile"
+    outside.write_text("mine\n")
+    (tmp_path / "review.json").symlink_to(outside)
+    with pytest.raises(ToolkitError, match=r"review\.json is a symbolic link"):
+        write_text(tmp_path / "review.json", "{}")
+    assert outside.read_text() == "mine\n"
+    assert (tmp_path / "review.json").is_symlink()
+
+
+def test_a_linked_folder_above_the_file_still_works(tmp_path):
+    """A dataset moved to a bigger disk and linked back keeps working: only the file itself
+    may not be a link."""
+    disk = tmp_path / "bigdisk"
+    disk.mkdir()
+    (tmp_path / "datasets").symlink_to(disk)
+    fd = open_to_append(tmp_path / "datasets" / "cat.manifest.jsonl")
+    try:
+        os.write(fd, b"{}\n")
+    finally:
+        os.close(fd)
+    write_text(tmp_path / "datasets" / "review.json", "{}")
+    assert (disk / "cat.manifest.jsonl").read_text() == "{}\n"
+    assert (disk / "review.json").read_text() == "{}"
+
+
+# --------------------------------------------------------------------------- export folders
+
+def export_folder(tmp_path, fmt: str, model: str) -> Path:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "export.json").write_text(json.dumps({
+        "format": fmt, "model": model, "class_names": ["a", "b"],
+        "input": {"shape": [None, 32, 32, 3], "fit": "crop"}}))
+    return folder
+
+
+@pytest.mark.parametrize("model", ["../../elsewhere/model.tflite", "/tmp/model.tflite", "other.tflite"])
+def test_an_export_loads_its_model_only_from_the_name_its_format_fixes(tmp_path, model):
+    from toolkit.ship.export_folder import load_export
+
+    with pytest.raises(ToolkitError, match="model is always 'model.tflite'"):
+        load_export(export_folder(tmp_path, "litert", model))
+
+
+def test_an_export_model_that_is_a_link_out_of_its_folder_is_refused(tmp_path):
+    from toolkit.ship.export_folder import load_export
+
+    outside = tmp_path / "someone-elses.tflite"
+    outside.write_bytes(b"TFL3")
+    folder = export_folder(tmp_path, "litert", "model.tflite")
+    (folder / "model.tflite").symlink_to(outside)
+    with pytest.raises(ToolkitError, match="leads outside"):
+        load_export(folder)
+
+
+def test_a_saved_model_export_loads_only_when_trusted(tmp_path):
+    from toolkit.ship.export_folder import load_export
+    from toolkit.ship.inference import predict
+
+    folder = export_folder(tmp_path, "saved_model", "saved_model")
+    (folder / "saved_model").mkdir()
+    for load in (lambda: load_export(folder), lambda: predict(folder, [tmp_path / "x.png"])):
+        with pytest.raises(ToolkitError, match=r"which is code.*your own exports included.*"
+                                               r"--trust-saved-model"):
+            load()
+    # trusted, it goes on to TensorFlow, which finds no graph in the empty folder
+    with pytest.raises(ToolkitError, match="cannot be loaded by tensorflow"):
+        load_export(folder, trust_saved_model=True)
+
+
+def test_onnx_external_data_must_lie_inside_the_export_folder(tmp_path):
+    onnx = pytest.importorskip("onnx")  # tf2onnx, a dependency, brings it
+    from onnx import TensorProto, helper
+
+    from toolkit.ship.export_folder import load_export
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(4, dtype="float32").tobytes())
+    weights = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
+    weights.data_location = TensorProto.EXTERNAL
+    for key, value in {"location": "../secret.bin", "offset": "0", "length": "16"}.items():
+        weights.external_data.add(key=key, value=value)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], initializer=[weights])
+    folder = export_folder(tmp_path, "onnx", "model.onnx")
+    onnx.save(helper.make_model(graph), str(folder / "model.onnx"), save_as_external_data=False)
+    with pytest.raises(ToolkitError, match=r"secret\.bin leads outside"):
+        load_export(folder)
