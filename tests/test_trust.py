@@ -129,3 +129,67 @@ def test_onnx_external_data_must_lie_inside_the_export_folder(tmp_path):
     onnx.save(helper.make_model(graph), str(folder / "model.onnx"), save_as_external_data=False)
     with pytest.raises(ToolkitError, match=r"secret\.bin leads outside"):
         load_export(folder)
+
+
+# --------------------------------------------------------------------------- archives that lie
+
+def small_arrays(rows: int = 10) -> dict[str, np.ndarray]:
+    return {"X_train": np.zeros((rows, 8, 8, 3), np.uint8), "y_train": np.arange(rows) % 2,
+            "X_test": np.zeros((4, 8, 8, 3), np.uint8), "y_test": np.arange(4) % 2,
+            "class_names": np.array(["a", "b"])}
+
+
+def peak_bytes_of(call) -> int:
+    """The most memory Python and numpy held at once during `call` (numpy reports its arrays
+    to tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        call()
+    except ToolkitError:
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def test_a_small_archive_cannot_make_the_loader_allocate_what_its_headers_claim(tmp_path):
+    from toolkit.data.archive import load_archive
+
+    arrays = small_arrays()
+    arrays["y_train"] = np.zeros(13_000_000, np.int64)  # 104 MB of zeros deflate to ~100 KB
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, **arrays)
+    assert path.stat().st_size < 200_000
+    with pytest.raises(ToolkitError, match=r"y_train declares shape \(13000000,\) for X_train's 10"):
+        load_archive(path)
+    assert peak_bytes_of(lambda: load_archive(path)) < 8 * 2**20
+
+
+def test_a_member_whose_header_claims_more_than_it_holds_is_refused_before_reading(tmp_path):
+    import io
+    import zipfile
+
+    from toolkit.data.archive import load_archive
+
+    path = tmp_path / "liar.npz"
+    np.savez(path, **small_arrays())
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<i8", "fortran_order": False,
+                                                  "shape": (10_000_000,)})
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("meta.npy", np.lib.format.MAGIC_PREFIX + b"\x01\x00" + header.getvalue()[8:]
+                    + b"\x00" * 16)
+    with pytest.raises(ToolkitError, match=r"meta declares \(10000000,\) int64"):
+        load_archive(path)
+    assert peak_bytes_of(lambda: load_archive(path)) < 8 * 2**20
+
+
+def test_an_honest_compressed_archive_still_loads(tmp_path):
+    from toolkit.data.archive import load_archive
+
+    path = tmp_path / "honest.npz"
+    np.savez_compressed(path, **small_arrays(rows=200))
+    archive = load_archive(path)
+    assert archive.X_train.shape == (200, 8, 8, 3) and archive.class_names == ["a", "b"]
