@@ -193,3 +193,29 @@ def test_an_honest_compressed_archive_still_loads(tmp_path):
     np.savez_compressed(path, **small_arrays(rows=200))
     archive = load_archive(path)
     assert archive.X_train.shape == (200, 8, 8, 3) and archive.class_names == ["a", "b"]
+
+
+# --------------------------------------------------------------------------- two programs at once
+
+def test_a_second_holder_is_refused_with_the_first_ones_pid_and_takes_over_when_it_is_gone(tmp_path):
+    import subprocess
+    import sys
+
+    from toolkit.core.locks import holding
+
+    target = tmp_path / "cat"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom toolkit.core.locks import holding\n"
+         f"with holding({str(target)!r}, 'class cat'):\n    print('held', flush=True)\n"
+         "    time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ToolkitError, match=rf"^class cat is in use by another toolkit process "
+                                               rf"\(pid {holder.pid}\); wait"):
+            with holding(target, "class cat"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with holding(target, "class cat"):  # the killed holder's lock went with it
+        assert (tmp_path / ".cat.lock").read_text() == f"{os.getpid()}\n"
