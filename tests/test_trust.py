@@ -219,3 +219,54 @@ def test_a_second_holder_is_refused_with_the_first_ones_pid_and_takes_over_when_
         holder.wait()
     with holding(target, "class cat"):  # the killed holder's lock went with it
         assert (tmp_path / ".cat.lock").read_text() == f"{os.getpid()}\n"
+
+
+# --------------------------------------------------------------------------- decoding memory
+
+def test_sixteen_threads_decoding_16_bit_photos_stay_within_a_bounded_memory(tmp_path):
+    """16-bit and float images went through several float64 copies each (1.8 GB for these 16 at
+    once); now they convert in bands, and the pixels decoded at once are bounded."""
+    import subprocess
+    import sys
+
+    script = (
+        "import io, resource, threading\n"
+        "import numpy as np\n"
+        "from PIL import Image\n"
+        "from toolkit.core import images\n"
+        "buf = io.BytesIO()\n"
+        "pixels = np.random.default_rng(0).integers(0, 65535, (2500, 2500), dtype=np.uint16)\n"
+        "Image.fromarray(pixels).save(buf, 'PNG')\n"
+        "data = buf.getvalue()\n"
+        "del pixels\n"
+        "images.decode(data)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "threads = [threading.Thread(target=images.decode, args=(data,)) for _ in range(16)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n")
+    grown = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               check=True).stdout)
+    assert grown < 1200, f"decoding grew the process by {grown} MB"
+
+
+def test_the_pixel_budget_is_never_exceeded_and_a_huge_image_still_decodes_alone():
+    import threading
+    import time
+
+    from toolkit.core.images import PixelBudget
+
+    budget = PixelBudget(100)
+    seen: list[int] = []
+
+    def work(pixels: int) -> None:
+        with budget.hold(pixels):
+            seen.append(budget.in_use)
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in [40] * 12 + [500]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert len(seen) == 13 and max(seen) <= 100 and budget.in_use == 0
