@@ -270,3 +270,31 @@ def test_the_pixel_budget_is_never_exceeded_and_a_huge_image_still_decodes_alone
     for t in threads:
         t.join(timeout=10)
     assert len(seen) == 13 and max(seen) <= 100 and budget.in_use == 0
+
+
+# --------------------------------------------------------------------------- pages
+
+def test_a_page_never_inlines_a_file_that_a_link_in_a_run_folder_points_to(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from toolkit.reports.report_html import write_comparison_page
+
+    private = io.BytesIO()
+    Image.new("RGB", (7, 5), (1, 2, 3)).save(private, "PNG")
+    (tmp_path / "private.png").write_bytes(private.getvalue())
+    mine = io.BytesIO()
+    Image.new("RGB", (9, 9), (200, 0, 0)).save(mine, "PNG")
+    shared, own = tmp_path / "shared-run", tmp_path / "own-run"
+    for run in (shared, own):
+        run.mkdir()
+    (shared / "curves.png").symlink_to(tmp_path / "private.png")
+    (own / "curves.png").write_bytes(mine.getvalue())
+    rows = [{"strategy": s, "run": str(r), "accuracy": 0.5, "macro_f1": 0.5, "epochs": 1, "seconds": 1}
+            for s, r in (("cnn", shared), ("extract", own))]
+    (tmp_path / "cmp").mkdir()
+    page = write_comparison_page(tmp_path / "cmp", rows).read_text()
+    assert base64.b64encode(mine.getvalue()).decode() in page  # its own plot is shown
+    assert base64.b64encode(private.getvalue()).decode() not in page

@@ -82,6 +82,25 @@ def open_to_append(target: str | os.PathLike) -> int:
     return fd
 
 
+def read_own_file(path: str | os.PathLike, limit: int = 64 * 2**20) -> bytes | None:
+    """The bytes of a file the toolkit wrote into a folder it owns (a run's plots), or None
+    where it is missing, a symbolic link, not a regular file, or larger than `limit`: a page
+    inlines what it reads, and a link planted in a shared folder must not bring a file from
+    elsewhere on the disk into it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(limit)
+    finally:
+        os.close(fd)
+
+
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `target` atomically."""
     with atomic_path(target) as tmp:
