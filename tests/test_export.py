@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from helpers import NAMES, assert_one_error_line, run_cli, tree, write_archive
+from toolkit.core.errors import ToolkitError
 from toolkit.ship.exporter import TOLERANCE
 from toolkit.ship.inference import evaluate, predict
 from toolkit.training import precision
@@ -58,15 +59,20 @@ def test_every_format_exports_and_matches_keras(tiny_run, tmp_path, fmt, quantiz
     assert info["toolkit"] and info["size_bytes"] > 0
     if quantize == "int8":
         assert info["int8_representative"]["images"] == 72
-    # the export folder is a model for evaluate and predict, run by its own runtime
-    again = evaluate(folder)
+    # the export folder is a model for evaluate and predict, run by its own runtime; a SavedModel
+    # is code, which runs only when the user says they trust it
+    trust = fmt == "saved_model"
+    if trust:
+        with pytest.raises(ToolkitError, match="trust-saved-model"):
+            evaluate(folder)
+    again = evaluate(folder, trust_saved_model=trust)
     assert again.metrics["accuracy"] == pytest.approx(parity["exported_accuracy"], abs=1e-4)
     images = np.load(data)["X_test"][:3]
     for i, pixels in enumerate(images):
         Image.fromarray(pixels).save(tmp_path / f"{i}.png")
     paths = [tmp_path / f"{i}.png" for i in range(3)]
     keras_labels = [p.closest for p in predict(run, paths)]
-    assert [p.closest for p in predict(folder, paths)] == keras_labels
+    assert [p.closest for p in predict(folder, paths, trust_saved_model=trust)] == keras_labels
 
 
 def policies(model) -> set[str]:

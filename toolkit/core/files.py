@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import ToolkitError
 
 UMASK = os.umask(0o022)  # the process's umask (reading it means setting it)
 os.umask(UMASK)
@@ -24,6 +28,7 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     """
     target = Path(target)
     suffix = target.suffix if suffix is None else suffix
+    refuse_link(target)
     remove_partials(target)
     # the name is chosen before the file exists, so a Ctrl-C at any moment can remove it;
     # it carries the writer's process id, so that another writer can tell a live one's file
@@ -47,6 +52,53 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
 #: this process's pid (a container's toolkit is pid 1 at every run), so a file with our pid
 #: that is not one of these is abandoned too.
 _writing: set[str] = set()
+
+
+def refuse_link(target: Path) -> None:
+    """A file the toolkit writes is never a symbolic link: in a shared folder, a link named
+    `decisions.jsonl` could point at `~/.bashrc`. The folders above it may be links (a dataset
+    moved to a bigger disk); the file itself may not."""
+    if target.is_symlink():
+        raise ToolkitError(f"{target} is a symbolic link, and the toolkit never writes through one: "
+                           "replace it with a regular file (or remove it) and run again")
+
+
+def open_to_append(target: str | os.PathLike) -> int:
+    """A file descriptor appending to `target`, created if missing; never through a symbolic
+    link (`O_NOFOLLOW`) and only to a regular file (checked on the open file, so nothing can be
+    swapped in between the check and the write). The caller closes it."""
+    target = Path(target)
+    try:
+        fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | os.O_NONBLOCK, 0o666 & ~UMASK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            refuse_link(target)
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ToolkitError(f"{target} is not a regular file, and the toolkit appends only to one: "
+                           "move it away and run again")
+    return fd
+
+
+def read_own_file(path: str | os.PathLike, limit: int = 64 * 2**20) -> bytes | None:
+    """The bytes of a file the toolkit wrote into a folder it owns (a run's plots), or None
+    where it is missing, a symbolic link, not a regular file, or larger than `limit`: a page
+    inlines what it reads, and a link planted in a shared folder must not bring a file from
+    elsewhere on the disk into it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(limit)
+    finally:
+        os.close(fd)
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:

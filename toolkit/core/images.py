@@ -11,11 +11,14 @@ before any pixel is decoded, only raster formats that Pillow decodes itself are 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import os
 import stat
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import imagehash
@@ -118,13 +121,15 @@ def decode(data: bytes, checks: Checks = Checks(), size: int | None = None,
         raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
     sha256 = hashlib.sha256(data).hexdigest()
     side = max(size or 0, HASH_DECODE_SIDE)
-    image, fmt, (width, height) = _open_rgb(data, checks, side)
-    if side == HASH_DECODE_SIDE or fmt not in ("JPEG", "MPO"):
-        hash_source = image
-    else:  # a larger draft than the hash decode: decode again at the hash scale
-        hash_source = _open_rgb(data, checks, HASH_DECODE_SIDE)[0]
-    info = ImageInfo(sha256, perceptual_hash(hash_source), width, height, fmt)
-    return info, (None if size is None else resize(image, size, fit))
+    image, fmt, (width, height) = _open(data, checks, side)
+    with DECODING.hold(image.size[0] * image.size[1]):
+        image = _decoded_rgb(image)
+        if side == HASH_DECODE_SIDE or fmt not in ("JPEG", "MPO"):
+            hash_source = image
+        else:  # a larger draft than the hash decode: decode again at the hash scale
+            hash_source = _decoded_rgb(_open(data, checks, HASH_DECODE_SIDE)[0])
+        info = ImageInfo(sha256, perceptual_hash(hash_source), width, height, fmt)
+        return info, (None if size is None else resize(image, size, fit))
 
 
 def perceptual_hash(image: Image.Image) -> int:
@@ -178,19 +183,69 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
-    """Map 16-bit, 32-bit and float grayscale to 0..255 by its nominal range."""
-    is_float = a.dtype.kind == "f"
-    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    top = float(a.max()) if a.size else 0.0
-    if is_float and a.size and top <= 1.0 and float(a.min()) >= 0.0:
-        a = a * 255.0  # float intensities in 0..1
+    """Map 16-bit, 32-bit and float grayscale to 0..255 by its nominal range.
+
+    Done in bands of rows, so that a 64 Mpx image needs a few MB of float temporaries rather
+    than several full-size float64 copies (about 1.5 GB), times the threads decoding."""
+    bands = [slice(i, i + _BAND_ROWS) for i in range(0, a.shape[0], _BAND_ROWS)]
+
+    def finite(band: slice) -> np.ndarray:
+        return np.nan_to_num(a[band].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+
+    top, low = 0.0, 0.0
+    if a.size:
+        ranges = [(float(f.max()), float(f.min())) for f in map(finite, bands)]
+        top, low = max(r[0] for r in ranges), min(r[1] for r in ranges)
+    multiplier, divisor = 1.0, 1.0
+    if a.dtype.kind == "f" and a.size and top <= 1.0 and low >= 0.0:
+        multiplier = 255.0  # float intensities in 0..1
     elif top > 255:
-        a = a / (257.0 if top <= 65535 else top / 255.0)  # 16-bit, or wider
-    return np.clip(a, 0, 255).astype(np.uint8)
+        divisor = 257.0 if top <= 65535 else top / 255.0  # 16-bit, or wider
+    out = np.empty(a.shape, np.uint8)
+    for band in bands:
+        scaled = finite(band)
+        if multiplier != 1.0:
+            scaled *= multiplier
+        if divisor != 1.0:
+            scaled /= divisor
+        out[band] = np.clip(scaled, 0, 255)  # truncated, as astype(np.uint8) does
+    return out
 
 
-def _open_rgb(data: bytes, checks: Checks, side: int) -> tuple[Image.Image, str, tuple[int, int]]:
-    """Open, bound, decode (JPEG at a reduced DCT scale) and orient; return RGB pixels."""
+#: Rows converted at once by _scale_to_uint8.
+_BAND_ROWS = 256
+
+
+class PixelBudget:
+    """At most `limit` pixels decoded at once across all threads: 16 crawl threads that each
+    meet a 64 Mpx photo would otherwise hold 16 of them in memory together. One image larger
+    than the limit still decodes, alone."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_use = limit, 0
+        self._free = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.limit)
+        with self._free:
+            self._free.wait_for(lambda: self.in_use + pixels <= self.limit)
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._free:
+                self.in_use -= pixels
+                self._free.notify_all()
+
+
+#: Twice the largest image `Checks` admits by default: two of those, or many photos, at once.
+DECODING = PixelBudget(2 * 64_000_000)
+
+
+def _open(data: bytes, checks: Checks, side: int) -> tuple[Image.Image, str, tuple[int, int]]:
+    """Open and bound an image (its header only: no pixel is decoded yet), a JPEG set to decode
+    at the smallest DCT scale that keeps `side`; return it, its format and its stored size."""
     try:
         image = Image.open(io.BytesIO(data), formats=_available_formats())
     except Image.DecompressionBombError as e:
@@ -206,9 +261,17 @@ def _open_rgb(data: bytes, checks: Checks, side: int) -> tuple[Image.Image, str,
         fmt = image.format or "?"
         if fmt in ("JPEG", "MPO") and image.mode in ("RGB", "L", "YCbCr"):
             image.draft(image.mode if image.mode == "L" else "RGB", (side, side))
-        image.load()
     except Unusable:
         raise
+    except Exception as e:
+        raise Unusable("corrupt", first_line(e, 120)) from None
+    return image, fmt, (width, height)
+
+
+def _decoded_rgb(image: Image.Image) -> Image.Image:
+    """Decode an opened image's pixels, orient them and convert them to 8-bit RGB."""
+    try:
+        image.load()
     except Exception as e:
         raise Unusable("corrupt", first_line(e, 120)) from None
     try:
@@ -217,7 +280,7 @@ def _open_rgb(data: bytes, checks: Checks, side: int) -> tuple[Image.Image, str,
     except Exception:
         pass  # broken EXIF: keep the stored orientation
     try:
-        return to_rgb(image), fmt, (width, height)
+        return to_rgb(image)
     except Exception as e:
         raise Unusable("unsupported", f"mode {image.mode}: {first_line(e, 120)}") from None
 

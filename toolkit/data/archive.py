@@ -501,6 +501,7 @@ def load_archive(path: str | os.PathLike) -> Archive:
         raise ToolkitError(f"{path} is not an .npz archive (not a zip file, or truncated); "
                            "make one with `toolkit pack`")
     try:
+        _check_members(path)
         with np.load(path, allow_pickle=False) as npz:
             keys = set(npz.files)
             missing = [k for k in REQUIRED_KEYS if k not in keys]
@@ -579,6 +580,52 @@ def _validated(path: Path, a: dict[str, np.ndarray]) -> Archive:
                       "pack it again")
     return Archive(a["X_train"], a["y_train"].astype(np.int64), a["X_test"],
                    a["y_test"].astype(np.int64), class_names, meta, str(path))
+
+
+#: The most bytes the meta member may declare: far above any real archive's JSON, far below what
+#: a lying header could make the loader allocate. (Every other member's size follows the images'.)
+META_BYTES = 64 * 2**20
+
+
+def _check_members(path: Path) -> None:
+    """Check what each member declares before any is read, so that a small file cannot make the
+    loader allocate what its headers claim: the size in the zip directory must be what the
+    member's .npy header declares (rows x row bytes), and the members must agree (one label a
+    row, at most one class name a training image, a small meta)."""
+    declared: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            key = info.filename.removesuffix(".npy")
+            if not info.filename.endswith(".npy") or key not in (*REQUIRED_KEYS, "class_names", "meta"):
+                continue
+            with zf.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(member, max_header_size=10_000)
+                header_bytes = member.tell()
+            if dtype.hasobject:
+                raise ValueError("object arrays need pickle")
+            data_bytes = math.prod(shape) * dtype.itemsize
+            if info.file_size != header_bytes + data_bytes:
+                raise ToolkitError(f"{path} is damaged: {key} declares {shape} {dtype} "
+                                   f"({data_bytes:,} bytes) but holds {info.file_size - header_bytes:,}; "
+                                   "pack it again")
+            if key == "meta" and data_bytes > META_BYTES:
+                raise ToolkitError(f"{path} is damaged: {key} declares {data_bytes:,} bytes, more "
+                                   f"than any archive's; pack it again")
+            declared[key] = shape, dtype
+    for x_key, y_key in zip(IMAGE_KEYS, LABEL_KEYS):
+        if x_key in declared and y_key in declared:
+            rows, labels = declared[x_key][0][:1], declared[y_key][0]
+            if labels != rows:
+                raise ToolkitError(f"{path}: {y_key} declares shape {labels} for {x_key}'s "
+                                   f"{rows[0] if rows else 0} images; pack it again")
+    if "class_names" in declared and "X_train" in declared:
+        names, rows = declared["class_names"][0], declared["X_train"][0][:1]
+        if len(names) != 1 or not rows or names[0] > rows[0]:
+            raise ToolkitError(f"{path}: class_names declares shape {names}, more names than the "
+                               f"{rows[0] if rows else 0} training images; pack it again")
 
 
 def _memmap_member(path: Path, key: str) -> np.ndarray | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.files import write_text
+from ..core.text import for_markdown, for_terminal
 from .pages import RunFacts, known_confusions
 
 
@@ -17,11 +18,11 @@ def write_model_card(facts: RunFacts) -> Path:
     size = facts.pack.get("size") or "?"
     cal = m.get("calibration") or {}
     lines = [
-        f"# Model card: {', '.join(names)}",
+        f"# Model card: {', '.join(map(for_markdown, names))}",
         "",
         "## What it does",
         "",
-        (f"Labels a photo as one of {len(names)} classes: {', '.join(f'`{n}`' for n in names)}. "
+        (f"Labels a photo as one of {len(names)} classes: {', '.join(map(code, names))}. "
          f"It is the `{m.get('strategy')}` strategy on {backbone}, and takes a {size}x{size} RGB "
          f"image (0-255; `toolkit predict` makes it from any photo the way `pack` did: "
          f"{facts.pack.get('fit', 'crop')}). `toolkit predict` answers `unknown` for a photo "
@@ -29,17 +30,17 @@ def write_model_card(facts: RunFacts) -> Path:
         "",
         "## Data",
         "",
-        (f"- Archive `{facts.archive}`, packed from `{facts.pack.get('source', '?')}` "
+        (f"- Archive {code(facts.archive)}, packed from {code(facts.pack.get('source', '?'))} "
          f"(seed {facts.pack.get('seed', '?')}, test share {facts.pack.get('test_size', '?')})."),
-        *(f"- `{n}`: {a} training images, {b} test images" for n, a, b in
+        *(f"- {code(n)}: {a} training images, {b} test images" for n, a, b in
           zip(names, facts.train_counts, facts.test_counts)),
     ]
     if facts.crawl:
         for name, s in facts.crawl.items():
-            hosts = ", ".join(h for h, _ in s["top_hosts"])
-            lines.append(f"- `{name}` was crawled with {', '.join(s['engines'])} for "
-                         f"{'; '.join(repr(q) for q in s['queries']) or 'its label'} "
-                         f"({s['first']} to {s['last']}); top sources: {hosts}")
+            hosts = ", ".join(for_markdown(h) for h, _ in s["top_hosts"])
+            lines.append(f"- {code(name)} was crawled with {for_markdown(', '.join(s['engines']))} for "
+                         f"{'; '.join(for_markdown(repr(q)) for q in s['queries']) or 'its label'} "
+                         f"({for_markdown(s['first'])} to {for_markdown(s['last'])}); top sources: {hosts}")
     else:
         lines.append("- No crawl manifests were found beside the source: where the images came "
                      "from is not recorded here.")
@@ -54,7 +55,7 @@ def write_model_card(facts: RunFacts) -> Path:
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
-        *(f"| {n} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
+        *(f"| {for_markdown(n)} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
           for n, s in m.get("per_class", {}).items()),
         "",
         "## Calibration",
@@ -74,7 +75,7 @@ def write_model_card(facts: RunFacts) -> Path:
         lines.append("- Not calibrated (no validation split).")
     confusions = known_confusions(m)
     lines += ["", "## Known confusions", ""]
-    lines += [f"- `{t}` taken for `{p}`: {c} test images ({share:.0%} of `{t}`)"
+    lines += [f"- {code(t)} taken for {code(p)}: {c} test images ({share:.0%} of {code(t)})"
               for t, p, c, share in confusions] or ["- none on the test set"]
     lines += [
         "",
@@ -91,6 +92,14 @@ def write_model_card(facts: RunFacts) -> Path:
     path = facts.folder / "MODEL_CARD.md"
     write_text(path, "\n".join(lines))
     return path
+
+
+def code(name: object) -> str:
+    """A name as a code span, safe in a table and a list: no HTML is read inside a code span, a
+    `|` is escaped for the table, controls are made printable; a name holding a backtick is
+    written as escaped plain text instead."""
+    text = for_terminal(name)
+    return for_markdown(text) if "`" in text else "`" + text.replace("|", "\\|") + "`"
 
 
 def _number(value) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..core.files import write_text
+from ..core.files import read_own_file, write_text
 from .pages import RunFacts, known_confusions
 
 THUMBNAIL = 96      # px, the side of an inlined test image
@@ -223,11 +223,13 @@ def thumbnail(pixels: np.ndarray, side: int = THUMBNAIL) -> str:
 
 
 def _image_file(path: Path, width: int | None = None) -> str:
-    if not path.exists():
+    """A plot the run wrote, inlined; a link or anything but a PNG is not shown."""
+    data = read_own_file(path)
+    if data is None or not data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "<p class=muted>(none)</p>"
-    data = base64.b64encode(path.read_bytes()).decode()
     size = f" width={width}" if width else ""
-    return f"<img class=plot{size} alt=\"{_e(path.name)}\" src=\"data:image/png;base64,{data}\">"
+    return (f"<img class=plot{size} alt=\"{_e(path.name)}\" "
+            f"src=\"data:image/png;base64,{base64.b64encode(data).decode()}\">")
 
 
 def _matrix_table(m: dict) -> str:

@@ -28,16 +28,13 @@ from .. import __version__
 from ..core.errors import OptionError, ToolkitError, first_line
 from ..core.files import UMASK, write_json, write_text
 from ..core.text import timestamp
+from .export_folder import FORMATS, INFO_FILE, RUNTIMES, load_runner, require_runtime
 
-#: format -> the model's file (or folder) in the export folder
-FORMATS = {"litert": "model.tflite", "saved_model": "saved_model", "onnx": "model.onnx"}
 QUANTIZATIONS = ("none", "float16", "int8")
 #: largest test-accuracy drift from the Keras model that an export may show
 TOLERANCE = {"none": 0.01, "float16": 0.01, "int8": 0.03}
-RUNTIMES = {"litert": "ai-edge-litert", "saved_model": "tensorflow", "onnx": "onnxruntime"}
 REPRESENTATIVE_IMAGES = 200  # training images that calibrate int8 (seeded sample)
 EXPORT_FOLDER = "export"
-INFO_FILE = "export.json"
 BATCH = 32
 
 
@@ -94,7 +91,7 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
         raise ToolkitError(f"{archive_path} is not the archive {run} trained on (classes or "
                            "image size differ); pass --data with the right one")
     runtime_name = RUNTIMES[format]
-    _require(runtime_name)
+    require_runtime(runtime_name)
 
     def test_probabilities(keras_model) -> np.ndarray:
         return np.concatenate([np.asarray(keras_model.predict_on_batch(x)["probabilities"])
@@ -178,75 +175,6 @@ def _export_checked(folder: Path, run, served, keras_probabilities: np.ndarray,
         shutil.rmtree(work, ignore_errors=True)
         raise
     return Exported(folder / EXPORT_FOLDER, details)
-
-
-def is_export(path: str | os.PathLike) -> bool:
-    return (Path(path) / INFO_FILE).is_file()
-
-
-def load_export(path: str | os.PathLike):
-    """An export folder as a :class:`serving.Classifier` (for predict and evaluate)."""
-    import json
-
-    from ..models.serving import Classifier
-    from ..training.calibration import Calibration
-
-    folder = Path(path)
-    try:
-        info = json.loads((folder / INFO_FILE).read_text())
-        names = info["class_names"]  # labels.txt is for people and other tools
-        fmt, target = info["format"], folder / info["model"]
-        shape = tuple(info["input"]["shape"][1:])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ToolkitError(f"{folder} is not a complete export ({e}); run `toolkit export` "
-                           "again") from None
-    if fmt not in FORMATS:
-        raise ToolkitError(f"{folder} holds a {fmt} export, which this toolkit cannot run")
-    _require(RUNTIMES[fmt])
-    runner = load_runner(target, fmt)
-    return Classifier(str(folder), names, shape, info["input"].get("fit", "crop"),
-                      info.get("data"), Calibration.load(folder), runner)
-
-
-def load_runner(target: Path, format: str):
-    """A function from a uint8 batch to (probabilities, embeddings), in the deploy runtime."""
-    try:
-        if format == "litert":
-            from ai_edge_litert.interpreter import Interpreter
-
-            interpreter = Interpreter(model_path=str(target))
-            signature = interpreter.get_signature_runner()
-
-            def run(x):
-                out = signature(image=np.ascontiguousarray(x, dtype="uint8"))
-                return out["probabilities"], out["embedding"]
-        elif format == "saved_model":
-            import tensorflow as tf
-
-            loaded = tf.saved_model.load(str(target))
-
-            def run(x):
-                out = loaded.serve(np.asarray(x, dtype="uint8"))
-                return np.asarray(out["probabilities"]), np.asarray(out["embedding"])
-        else:
-            import onnxruntime
-
-            session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-            order = [o.name for o in session.get_outputs()]
-
-            def run(x):
-                out = dict(zip(order, session.run(None, {"image": np.asarray(x, dtype="uint8")})))
-                return out["probabilities"], out["embedding"]
-    except ToolkitError:
-        raise
-    except Exception as e:  # noqa: BLE001 (each runtime raises its own types for a damaged file)
-        raise ToolkitError(f"{target} cannot be loaded by {RUNTIMES[format]} "
-                           f"({first_line(e, 200)}); run `toolkit export` again") from None
-
-    def outputs(x):
-        p, e = run(x)
-        return np.asarray(p, dtype="float32"), np.asarray(e, dtype="float32")
-    return outputs
 
 
 def _convert(served, target: Path, format: str, quantize: str, train_images, seed: int) -> None:
@@ -347,13 +275,3 @@ def _size(target: Path) -> int:
     if target.is_file():
         return target.stat().st_size
     return sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
-
-
-def _require(package: str) -> None:
-    try:
-        importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        raise ToolkitError(f"this format runs with {package}, which is not installed; "
-                           f"pip install {package}") from None
-
-

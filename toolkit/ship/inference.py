@@ -30,16 +30,18 @@ def find_model(run_or_model: str | os.PathLike) -> Path:
     return path
 
 
-def load_classifier(run_or_model: str | os.PathLike):
+def load_classifier(run_or_model: str | os.PathLike, *, trust_saved_model: bool = False):
     """A run folder, a .keras file or an export folder, as a :class:`serving.Classifier`:
-    an export runs in its own runtime (LiteRT, TensorFlow, onnxruntime), the rest in Keras."""
+    an export runs in its own runtime (LiteRT, TensorFlow, onnxruntime), the rest in Keras
+    (in safe mode: a .keras file is data). A SavedModel export is code, and loads only with
+    `trust_saved_model` (:func:`export_folder.load_export`)."""
     from .. import models
     from ..models.serving import keras_classifier
     from ..training.calibration import Calibration
-    from .exporter import is_export, load_export
+    from .export_folder import is_export, load_export
 
     if is_export(run_or_model):
-        return load_export(run_or_model)
+        return load_export(run_or_model, trust_saved_model=trust_saved_model)
     model_path = find_model(run_or_model)
     model, info = models.load_model(model_path)
     return keras_classifier(str(model_path), model, info, Calibration.load(model_path.parent))
@@ -54,7 +56,8 @@ class Evaluation:
 
 
 def evaluate(run_or_model: str | os.PathLike, data: str | os.PathLike | None = None, *,
-             batch_size: int = 64, out: str | os.PathLike | None = None) -> Evaluation:
+             batch_size: int = 64, out: str | os.PathLike | None = None,
+             trust_saved_model: bool = False) -> Evaluation:
     """The test-set report of a saved or exported model on `data` (default: the archive it
     trained on).
 
@@ -63,7 +66,7 @@ def evaluate(run_or_model: str | os.PathLike, data: str | os.PathLike | None = N
     """
     from ..reports.report import evaluate_predictions, write_run_report
 
-    classifier = load_classifier(run_or_model)
+    classifier = load_classifier(run_or_model, trust_saved_model=trust_saved_model)
     data = data or classifier.data
     if not data:
         raise ToolkitError(f"{classifier.source} does not say which archive it was trained on; "
@@ -98,7 +101,8 @@ class Prediction:
 
 
 def predict(run_or_model: str | os.PathLike, inputs: list[str | os.PathLike], *,
-            batch_size: int = 32, unknown: bool = True) -> list[Prediction]:
+            batch_size: int = 32, unknown: bool = True,
+            trust_saved_model: bool = False) -> list[Prediction]:
     """Label every image in `inputs` (files, or folders searched recursively).
 
     Images are decoded, oriented, converted and resized exactly as `pack` does; a file
@@ -106,7 +110,7 @@ def predict(run_or_model: str | os.PathLike, inputs: list[str | os.PathLike], *,
     Probabilities are calibrated (the run's temperature); with `unknown`, an image unlike
     every class is labelled "unknown" (its scores are still given).
     """
-    classifier = load_classifier(run_or_model)
+    classifier = load_classifier(run_or_model, trust_saved_model=trust_saved_model)
     size = int(classifier.image_shape[0])
     names = classifier.class_names
     calibration = classifier.calibration
