@@ -160,5 +160,4 @@ def hash_index(entries: dict[str, list[dict]], checks: images.Checks, threshold:
 
 def _packable(entries: dict[str, list[dict]], checks: images.Checks) -> list[tuple[str, dict]]:
     return [(label, e) for label, kept in entries.items() for e in kept
-            if min(e["width"], e["height"]) >= checks.min_side
-            and e["width"] * e["height"] <= checks.max_pixels]
+            if images.size_problem(e["width"], e["height"], checks) is None]
