@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 
 from conftest import shapes_dataset
 from toolkit.cli import cli
-from toolkit.collect.crawler import FetchOptions
+from toolkit.collect.fetch import FetchOptions
 from toolkit.core import images
 from toolkit.core.files import is_partial
 

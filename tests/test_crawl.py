@@ -12,7 +12,9 @@ import pytest
 from conftest import distinct_image, near_copy, png_bomb
 from fake_engine import Item
 from helpers import FAST, assert_consistent, assert_one_error_line, run_cli, tree
-from toolkit.collect.crawler import crawl, parse_query, read_jsonl, read_url_list
+from toolkit.collect.crawler import crawl
+from toolkit.collect.manifest import read_jsonl
+from toolkit.collect.queries import parse_query, read_url_list
 from toolkit.core.errors import ToolkitError
 from toolkit.data.archive import pack
 

@@ -16,7 +16,8 @@ from PIL import Image
 from conftest import distinct_image, encode, make_class_folders
 from fake_engine import Item
 from helpers import FAST, assert_consistent, assert_one_error_line, run_cli, write_archive
-from toolkit.collect.crawler import FetchOptions, crawl
+from toolkit.collect.crawler import crawl
+from toolkit.collect.fetch import FetchOptions
 from toolkit.core import images
 from toolkit.core.errors import ToolkitError
 from toolkit.core.files import write_text

@@ -25,7 +25,8 @@ from PIL import Image
 from browser import browser, console_errors  # noqa: F401 (a fixture)
 from conftest import FLOWERS, MOBILENET_WEIGHTS, distinct_image, make_class_folders
 from helpers import assert_one_error_line, run_cli, tree
-from toolkit.collect.crawler import FetchOptions, crawl
+from toolkit.collect.crawler import crawl
+from toolkit.collect.fetch import FetchOptions
 from toolkit.curate import decisions, gallery as gallery_module, reviewer
 from toolkit.curate.gallery import Gallery
 from toolkit.data.archive import find_usable, load_archive, pack

@@ -140,7 +140,8 @@ def crawl(queries, per_class, engines, urls, license_, root, min_side, threshold
     engines' own log lines go to ROOT/crawl.log. Set TOOLKIT_BING_URL (or _DDG_, _BAIDU_,
     _GOOGLE_) to reach an engine at another address.
     """
-    from .collect.crawler import FetchOptions, crawl as run_crawl
+    from .collect.crawler import crawl as run_crawl
+    from .collect.fetch import FetchOptions
     from .core.images import Checks
 
     report = run_crawl(list(queries), root=root, per_class=per_class, engines=engines, urls=urls,

@@ -210,6 +210,18 @@ def _ddgs_engine(base_url: str, timeout: float):
     return Images(timeout=max(1, round(timeout)))
 
 
+class UrlList(Engine):
+    """The user's own list of image URLs for a class, as one page of results."""
+
+    name = "urls"
+
+    def __init__(self, urls: list[str]):
+        self.urls = urls
+
+    def search(self, keywords, license, fetch, timeout):
+        yield [Result(u) for u in self.urls]
+
+
 class _Body:
     """What icrawler's parsers read from a response: its bytes."""
 
@@ -239,7 +251,7 @@ def connection_problem(error: BaseException) -> str:
 _ALL: dict[str, Engine] = {e.name: e for e in (Bing(), DuckDuckGo(), Baidu(), Google())}
 SEARCH_ENGINES: tuple[str, ...] = tuple(_ALL)
 #: Search engines plus `urls`, a list of image URLs given by the user.
-ENGINES: tuple[str, ...] = (*SEARCH_ENGINES, "urls")
+ENGINES: tuple[str, ...] = (*SEARCH_ENGINES, UrlList.name)
 
 
 def search_engine(name: str) -> Engine:

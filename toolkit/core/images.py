@@ -89,6 +89,16 @@ class Unusable(Exception):
         self.detail = detail
 
 
+def size_problem(width: int, height: int, checks: Checks) -> Unusable | None:
+    """Why an image of this size is not usable (too many pixels, or a side too short), or
+    None: the one size rule, for pixels being decoded and for sizes a manifest recorded."""
+    if width * height > checks.max_pixels:
+        return Unusable("too_large", f"{width}x{height} pixels > {checks.max_pixels}")
+    if min(width, height) < checks.min_side:
+        return Unusable("too_small", f"{width}x{height}, shorter side < {checks.min_side} px")
+    return None
+
+
 def read_file(path: str | os.PathLike, checks: Checks = Checks()) -> bytes:
     """Read a whole file, refusing non-regular and oversized files before reading them."""
     try:
@@ -254,10 +264,9 @@ def _open(data: bytes, checks: Checks, side: int) -> tuple[Image.Image, str, tup
         raise Unusable("not_image", _sniff(data)) from None
     try:
         width, height = image.size
-        if width * height > checks.max_pixels:
-            raise Unusable("too_large", f"{width}x{height} pixels > {checks.max_pixels}")
-        if min(width, height) < checks.min_side:
-            raise Unusable("too_small", f"{width}x{height}, shorter side < {checks.min_side} px")
+        problem = size_problem(width, height, checks)
+        if problem is not None:
+            raise problem
         fmt = image.format or "?"
         if fmt in ("JPEG", "MPO") and image.mode in ("RGB", "L", "YCbCr"):
             image.draft(image.mode if image.mode == "L" else "RGB", (side, side))

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..collect import manifest
 from ..core.errors import ToolkitError
 from ..core.text import timestamp
 
@@ -152,7 +153,7 @@ def _parse(line: str) -> Decision | None:
 
 
 class _ManifestUrls:
-    """The URL a crawl recorded for a file, from `SOURCE/<class>.manifest.jsonl`."""
+    """The URL a crawl recorded for a file, from its class's manifest (read once per class)."""
 
     def __init__(self, source: Path):
         self.source = source
@@ -161,17 +162,5 @@ class _ManifestUrls:
     def get(self, file: str) -> str | None:
         label, _, name = file.partition("/")
         if label not in self.by_class:
-            self.by_class[label] = {}
-            try:
-                lines = (self.source / f"{label}.manifest.jsonl").read_text(
-                    encoding="utf-8", errors="replace").split("\n")
-            except OSError:
-                lines = []
-            for line in lines:
-                try:
-                    entry = json.loads(line)
-                    if isinstance(entry.get("url"), str):
-                        self.by_class[label][str(entry["file"])] = entry["url"]
-                except (ValueError, KeyError, AttributeError):
-                    continue
+            self.by_class[label] = manifest.file_urls(self.source, label)
         return self.by_class[label].get(name)

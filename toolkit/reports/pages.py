@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..collect.crawler import read_jsonl, top_hosts
+from ..collect import manifest
 
 TOP_HOSTS = 5
 
@@ -56,22 +56,22 @@ def gather(folder: str | os.PathLike, archive, test_probabilities: np.ndarray | 
 
 def crawl_provenance(source: str | None, class_names: list[str]) -> dict[str, dict]:
     """Per class: images, engines, queries, first and last date, top hosts, from the crawl's
-    manifests (`<source>/<class>.manifest.jsonl`) when they are there."""
+    manifests (:mod:`toolkit.collect.manifest`) when they are there."""
     out: dict[str, dict] = {}
     if not source or not Path(source).is_dir():
         return out
     for name in class_names:
-        manifest = Path(source) / f"{name}.manifest.jsonl"
-        if not manifest.is_file():
+        path = manifest.manifest_path(source, name)
+        if not path.is_file():
             continue
-        entries = read_jsonl(manifest)
+        entries = manifest.read_jsonl(path)
         times = sorted(str(e["time"]) for e in entries if e.get("time"))
         out[name] = {
             "images": len(entries),
             "engines": dict(collections.Counter(str(e.get("engine")) for e in entries)),
             "queries": sorted({str(e["query"]) for e in entries if e.get("query")}),
             "first": times[0][:10] if times else None, "last": times[-1][:10] if times else None,
-            "top_hosts": top_hosts(entries, TOP_HOSTS),
+            "top_hosts": manifest.top_hosts(entries, TOP_HOSTS),
         }
     return out
 
