@@ -33,11 +33,14 @@ MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5
 
 @pytest.fixture
 def engine(monkeypatch):
-    """A fake Bing/DuckDuckGo/Baidu/Google on 127.0.0.1; the crawler is pointed at it."""
+    """A fake Bing/DuckDuckGo/Baidu/Google on 127.0.0.1; the crawler is pointed at it, and may
+    fetch its images there (a loopback address: the user's opt-in, as for an intranet)."""
+    from toolkit.collect.addresses import ALLOW_PRIVATE_ENV
     from toolkit.collect.engines import SEARCH_ENGINES, search_engine
     server = FakeEngine()
     for name in SEARCH_ENGINES:
         monkeypatch.setenv(search_engine(name).env_var, server.url)
+    monkeypatch.setenv(ALLOW_PRIVATE_ENV, "1")
     yield server
     server.close()
 

@@ -13,6 +13,7 @@ import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -42,6 +43,21 @@ class AddressPolicy:
         if self.allow_private or (host.lower(), port) in self.trusted:
             return True
         return is_global(address)
+
+
+def user_set_addresses(engines) -> frozenset[tuple[str, int]]:
+    """The (host, port) of each engine whose address the user set in its environment variable
+    (TOOLKIT_BING_URL and the like): trusted for that engine's result pages, not for the image
+    and redirect URLs those pages name."""
+    trusted = set()
+    for engine in engines:
+        address = os.environ.get(getattr(engine, "env_var", "") or "", "")
+        if address:
+            parts = urlsplit(address)
+            if parts.hostname:
+                trusted.add((parts.hostname.lower(),
+                             parts.port or (443 if parts.scheme == "https" else 80)))
+    return frozenset(trusted)
 
 
 class PrivateAddress(urllib3.exceptions.NewConnectionError):

@@ -31,8 +31,10 @@ from tqdm import tqdm
 
 from ..core import dedupe, images
 from ..core.errors import OptionError, ToolkitError
+from ..core.locks import holding
 from ..curate import decisions
 from . import manifest
+from .addresses import private_addresses_allowed
 from .crawl_report import REFUSED, SKIPPED, UNREACHABLE, ClassResult, CrawlReport, EngineRun
 from .engines import (
     DEFAULT_PER_HOST,
@@ -85,7 +87,8 @@ def crawl(queries: Sequence[str | Query], *, root: str | os.PathLike = "datasets
           urls: str | os.PathLike | None = None, license: str = "any",
           checks: images.Checks = images.Checks(), threshold: int = dedupe.DEFAULT_THRESHOLD,
           threads: int = DEFAULT_THREADS, per_host: int = DEFAULT_PER_HOST,
-          fetch: FetchOptions = FetchOptions(), progress: bool = False) -> CrawlReport:
+          fetch: FetchOptions = FetchOptions(), allow_private_addresses: bool = False,
+          progress: bool = False) -> CrawlReport:
     """Top up every class folder under `root` to `per_class` usable, distinct images.
 
     `engines` are tried in order for each class until it is full. With `urls` (a file of
@@ -96,6 +99,11 @@ def crawl(queries: Sequence[str | Query], *, root: str | os.PathLike = "datasets
     image's. Downloads run on `threads` threads, at most `per_host` at a time from one host,
     each within `fetch` (:class:`toolkit.collect.fetch.FetchOptions`). Ctrl-C stops cleanly:
     kept files and manifests stay consistent, and the KeyboardInterrupt propagates.
+
+    Only global addresses are fetched (:mod:`toolkit.collect.addresses`): a page or redirect
+    that points into the user's own network is refused, unless `allow_private_addresses` (or
+    TOOLKIT_ALLOW_PRIVATE_ADDRESSES=1) says the user's intranet may be crawled. A crawl holds
+    a lock on each class it writes: a second crawl of the same class stops with one line.
     """
     parsed = [q if isinstance(q, Query) else parse_query(q) for q in queries]
     engines = list(engines)
@@ -132,14 +140,24 @@ def crawl(queries: Sequence[str | Query], *, root: str | os.PathLike = "datasets
         raise ToolkitError(f"cannot create {root}: {e.strerror}") from None
     with _log_to(root / LOG_NAME):
         return _crawl(parsed, root, Quota(per_class, checks, threshold),
-                      Sources(tuple(engines), url_lists, license), Limits(threads, per_host, fetch),
+                      Sources(tuple(engines), url_lists, license),
+                      Limits(threads, per_host, fetch, private_addresses_allowed(allow_private_addresses)),
                       progress)
 
 
 def _crawl(parsed: list[Query], root: Path, quota: Quota, sources: Sources, limits: Limits,
            progress: bool) -> CrawlReport:
+    with contextlib.ExitStack() as locks:
+        for q in parsed:  # two crawls of one class at once would both count and record
+            locks.enter_context(holding(root / q.label, f"class {q.label} in {root}"))
+        return _crawl_held(parsed, root, quota, sources, limits, progress)
+
+
+def _crawl_held(parsed: list[Query], root: Path, quota: Quota, sources: Sources, limits: Limits,
+                progress: bool) -> CrawlReport:
     folders = {q.label: ClassFolder(root, q.label) for q in parsed}
-    usable, downloads = _take_stock(root, folders, quota, sources.license, limits)
+    engines = [e for q in parsed for e in sources.engines_for(q.label)]
+    usable, downloads = _take_stock(root, folders, quota, sources.license, limits, engines)
     chain = _Chain(sources.license)
     report = CrawlReport(str(root), [], warnings=chain.warnings)
     for q in parsed:
@@ -163,7 +181,7 @@ def _crawl(parsed: list[Query], root: Path, quota: Quota, sources: Sources, limi
 
 
 def _take_stock(root: Path, folders: dict[str, ClassFolder], quota: Quota, license: str,
-                limits: Limits) -> tuple[dict[str, int], Downloads]:
+                limits: Limits, engines: Sequence[Engine]) -> tuple[dict[str, int], Downloads]:
     """What the crawl starts from: each class's usable images (less what review left out),
     and every image and URL that a download must not repeat."""
     checks, threshold = quota.checks, quota.threshold
@@ -180,7 +198,7 @@ def _take_stock(root: Path, folders: dict[str, ClassFolder], quota: Quota, licen
     for folder in folders.values():
         known_urls |= folder.refused_urls()
     index = manifest.hash_index(entries, checks, threshold)
-    return usable, Downloads.start(checks, license, limits, index, known_urls)
+    return usable, Downloads.start(checks, license, limits, index, known_urls, engines)
 
 
 class _Chain:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
 
 from ..core import images
+from .addresses import AddressPolicy, GuardedAdapter, refused_address
 from .engines import connection_problem
 
 #: HTTP statuses worth retrying; others are final.
@@ -47,13 +49,13 @@ class FetchOptions:
     max_redirects: int = 5
 
 
-def new_session(threads: int, options: FetchOptions) -> requests.Session:
-    """A session that keeps a connection per thread open, and looks like a browser."""
+def new_session(threads: int, policy: AddressPolicy = AddressPolicy()) -> requests.Session:
+    """A session that keeps a connection per thread open, looks like a browser, and connects
+    only where `policy` allows (checked on every connection, so on every redirect's hop)."""
     session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=32, pool_maxsize=threads + 2)
+    adapter = GuardedAdapter(policy, pool_connections=32, pool_maxsize=threads + 2)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    session.max_redirects = options.max_redirects
     session.headers["User-Agent"] = _BROWSER_AGENT
     return session
 
@@ -63,23 +65,16 @@ def download(url: str, session: requests.Session, max_bytes: int, options: Fetch
     """GET `url` within bounds; retry timeouts, 429 and 5xx with back-off.
 
     Raises DownloadFailed with reason `bad_url`, `redirects`, `http_<code>`, `timeout`,
-    `connection`, `too_large` or `cancelled`.
+    `connection`, `private_address`, `too_large` or `cancelled`.
     """
     cancel = cancel or threading.Event()
     wait = options.backoff
     for attempt in range(options.retries + 1):
         retry_after = None
         try:
-            with session.get(url, timeout=options.timeout, stream=True,
-                             allow_redirects=True) as response:
-                if response.status_code == 200:
-                    return _read_body(response, max_bytes, options, cancel)
-                failure = DownloadFailed(f"http_{response.status_code}")
-                if response.status_code not in RETRY_STATUSES:
-                    raise failure
-                retry_after = _retry_after(response.headers.get("Retry-After"), options.max_wait)
-        except requests.TooManyRedirects:
-            raise DownloadFailed("redirects", "redirect loop") from None
+            return _get(url, session, max_bytes, options, cancel)
+        except _Retryable as e:
+            failure, retry_after = e.failure, e.retry_after
         except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
                 requests.exceptions.MissingSchema, requests.exceptions.URLRequired) as e:
             raise DownloadFailed("bad_url", str(e)[:100]) from None
@@ -88,6 +83,9 @@ def download(url: str, session: requests.Session, max_bytes: int, options: Fetch
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.ContentDecodingError, urllib3.exceptions.HTTPError,
                 OSError) as e:
+            refused = refused_address(e)
+            if refused is not None:
+                raise DownloadFailed("private_address", refused.detail) from None
             failure = DownloadFailed("connection", connection_problem(e))
         except requests.RequestException as e:
             raise DownloadFailed("bad_url", type(e).__name__) from None
@@ -99,12 +97,55 @@ def download(url: str, session: requests.Session, max_bytes: int, options: Fetch
     raise failure
 
 
+class _Retryable(Exception):
+    """A 429 or 5xx: worth another try, after Retry-After if the server gave one."""
+
+    def __init__(self, failure: DownloadFailed, retry_after: float | None):
+        self.failure, self.retry_after = failure, retry_after
+
+
+def _get(url: str, session: requests.Session, max_bytes: int, options: FetchOptions,
+         cancel: threading.Event) -> bytes:
+    """One try: follow redirects hop by hop, each under the same checks and one deadline.
+
+    requests reads a redirect's whole body before following it (even with allow_redirects
+    off, to find the next request), where no size cap applies: 40 KB of gzip in a 302 grew
+    the heap by 81 MiB. So each hop goes through the adapter alone, and a redirect's body is
+    never read: the connection is closed instead.
+    """
+    deadline = time.monotonic() + options.total_timeout
+    for _ in range(options.max_redirects + 1):
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise DownloadFailed("bad_url", f"scheme {scheme or 'missing'}")
+        prepared = session.prepare_request(requests.Request("GET", url))
+        settings = session.merge_environment_settings(prepared.url, {}, True, None, None)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DownloadFailed("timeout", f"slower than {options.total_timeout:g} s")
+        response = session.get_adapter(prepared.url).send(  # settings: stream, proxies, certs
+            prepared, timeout=min(options.timeout, left), **settings)
+        try:
+            if response.is_redirect:
+                url = urljoin(response.url, response.headers["Location"])
+                continue
+            if response.status_code == 200:
+                return _read_body(response, max_bytes, options, cancel, deadline)
+            failure = DownloadFailed(f"http_{response.status_code}")
+            if response.status_code not in RETRY_STATUSES:
+                raise failure
+            raise _Retryable(failure, _retry_after(response.headers.get("Retry-After"),
+                                                   options.max_wait))
+        finally:
+            response.close()  # unread: a redirect's body, or what follows an error status
+    raise DownloadFailed("redirects", f"more than {options.max_redirects} redirects")
+
+
 def _read_body(response: requests.Response, max_bytes: int, options: FetchOptions,
-               cancel: threading.Event) -> bytes:
+               cancel: threading.Event, deadline: float) -> bytes:
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise DownloadFailed("too_large", f"Content-Length {declared} > {max_bytes}")
-    deadline = time.monotonic() + options.total_timeout
     chunks, total = [], 0
     while True:
         # read1 returns whatever has arrived, so a server that drips bytes cannot hold a

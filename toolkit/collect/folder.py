@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from ..core import images
-from ..core.files import atomic_path, is_abandoned, is_partial
+from ..core.files import atomic_path, is_abandoned, is_partial, refuse_link
 from . import manifest
 from .engines import Result
 
@@ -37,6 +37,8 @@ class ClassFolder:
         (added by hand, or kept just before a kill) as engine `local` when they are usable.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
+        for record in (self.manifest, self.rejected_log):  # appended to: refused up front
+            refuse_link(record)
         entries, kept = self._scan(checks, remove_partials=True)
         if list(kept) != list(entries) or not self.manifest.exists():
             manifest.write(self.manifest, kept)

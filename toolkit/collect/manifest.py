@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..core import dedupe, images
-from ..core.files import write_text
+from ..core.files import open_to_append, write_text
 from ..core.text import timestamp
 from .engines import Result
 
@@ -118,11 +118,13 @@ def append(path: Path, record: dict, lock: contextlib.AbstractContextManager) ->
     """Append one line whole; sync it to disk outside `lock` (held by the threads that share
     the file), so that their syncs overlap (the file system commits them together)."""
     line = _line(record).encode("utf-8")
-    with open(path, "ab") as f:
+    fd = open_to_append(path)  # never through a link: the line would land in its target
+    try:
         with lock:
-            f.write(line)
-            f.flush()
-        os.fsync(f.fileno())
+            os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- what the entries add up to

@@ -8,7 +8,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..core import dedupe, images
 from ..core.errors import first_line
+from .addresses import AddressPolicy, user_set_addresses
 from .crawl_report import (
     ENOUGH,
     NO_RESULTS,
@@ -43,6 +44,7 @@ class Limits:
     threads: int = DEFAULT_THREADS
     per_host: int = DEFAULT_PER_HOST
     fetch: FetchOptions = FetchOptions()
+    allow_private: bool = False  # fetch private addresses too (addresses.py): the user's intranet
 
 
 class HostSlots:
@@ -77,23 +79,27 @@ class Downloads:
     limits: Limits
     index: dedupe.HashIndex     # every image kept in any class: a duplicate of one is refused
     known_urls: set[str]        # never fetched (again): kept, refused for good, dropped in review
-    session: requests.Session
+    session: requests.Session       # images, and every redirect: only where the policy allows
+    page_session: requests.Session  # result pages: also the engine addresses the user set
     hosts: HostSlots
 
     @classmethod
     def start(cls, checks: images.Checks, license: str, limits: Limits, index: dedupe.HashIndex,
-              known_urls: set[str]) -> Downloads:
+              known_urls: set[str], engines: Sequence[Engine] = ()) -> Downloads:
+        images_policy = AddressPolicy(allow_private=limits.allow_private)
+        pages_policy = AddressPolicy(limits.allow_private, user_set_addresses(engines))
         return cls(checks, license, limits, index, known_urls,
-                   new_session(limits.threads, limits.fetch), HostSlots(limits.per_host))
+                   new_session(limits.threads, images_policy), new_session(2, pages_policy),
+                   HostSlots(limits.per_host))
 
     def image(self, url: str, cancel: threading.Event) -> bytes:
         """An image's bytes within the bounds, holding one of its host's slots meanwhile."""
         with self.hosts.slot(url, cancel):
-            return self.page(url, cancel)
+            return download(url, self.session, self.checks.max_bytes, self.limits.fetch, cancel)
 
     def page(self, url: str, cancel: threading.Event) -> bytes:
-        """A URL's bytes within the bounds (a result page takes no host slot)."""
-        return download(url, self.session, self.checks.max_bytes, self.limits.fetch, cancel)
+        """A result page's bytes within the bounds (a result page takes no host slot)."""
+        return download(url, self.page_session, self.checks.max_bytes, self.limits.fetch, cancel)
 
 
 class ClassJob:
