@@ -120,8 +120,8 @@ def cleanlab_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
 
 def judged_evidence(review_json: dict, cache: Path, weights: str):
     """The judged files, their embeddings and labels, as review computed them (from the cache)."""
+    from toolkit.core.sources import find_usable
     from toolkit.curate import reviewer
-    from toolkit.data.archive import find_usable
 
     _, found = find_usable(review_json["source"])
     files = [f for f in found if not f.status]

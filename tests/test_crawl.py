@@ -14,7 +14,7 @@ from fake_engine import Item
 from helpers import FAST, assert_consistent, assert_one_error_line, run_cli, tree
 from toolkit.collect.crawler import crawl, parse_query, read_jsonl, read_url_list
 from toolkit.core.errors import ToolkitError
-from toolkit.data.archive import pack
+from toolkit.data.packer import pack
 
 
 def add_bad_responses(engine, keyword, slow=True):

@@ -26,9 +26,11 @@ from browser import browser, console_errors  # noqa: F401 (a fixture)
 from conftest import FLOWERS, MOBILENET_WEIGHTS, distinct_image, make_class_folders
 from helpers import assert_one_error_line, run_cli, tree
 from toolkit.collect.crawler import FetchOptions, crawl
+from toolkit.core.sources import find_usable
 from toolkit.curate import decisions, gallery as gallery_module, reviewer
 from toolkit.curate.gallery import Gallery
-from toolkit.data.archive import find_usable, load_archive, pack
+from toolkit.data.npz import load_archive
+from toolkit.data.packer import pack
 
 REPO = Path(__file__).resolve().parents[1]
 #: ../shared, or where TOOLKIT_SHARED says it is (a worktree elsewhere)

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..core import images
 from ..core.errors import ToolkitError
-from ..data.archive import class_folders, list_files, printable
+from ..core.sources import class_folders, list_files, printable
 from . import decisions
 from .decisions import REVIEW_FILE
 from .reviewer import thumbnail
@@ -92,7 +92,7 @@ class Gallery(ThreadingHTTPServer):
 
     def path_of(self, file: str) -> Path:
         """The file an image of the review is. Its name is the path under SOURCE, but bytes
-        of a name that are not UTF-8 are written \\xNN there (:func:`archive.printable`):
+        of a name that are not UTF-8 are written \\xNN there (:func:`sources.printable`):
         such a name is found again among the files pack would list."""
         path = self.source / file
         if "\\x" not in file or path.exists():

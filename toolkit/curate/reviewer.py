@@ -1,6 +1,6 @@
 """Review a crawl: find off-topic and mislabeled images before they reach the archive.
 
-Review judges exactly the images `pack` would consider (:func:`toolkit.data.archive.find_usable`:
+Review judges exactly the images `pack` would consider (:func:`toolkit.core.sources.find_usable`:
 the same "usable" and duplicate rules). For each it computes an embedding with a frozen
 pretrained backbone, globally average-pooled, cached on disk per image; then
 
@@ -40,8 +40,8 @@ from .. import __version__
 from ..core import dedupe, images
 from ..core.errors import ToolkitError
 from ..core.files import atomic_path, write_json, write_text
+from ..core.sources import InputFile, class_folders, find_usable
 from ..core.text import text_table, timestamp
-from ..data.archive import InputFile, class_folders, find_usable
 from ..training.features import cache_root, weights_fingerprint
 from .decisions import REVIEW_FILE
 

@@ -63,7 +63,7 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
     only then.
     """
     from .. import models
-    from ..data.archive import load_archive
+    from ..data.npz import load_archive
     from ..models.serving import with_embedding
     from ..training import precision
     from ..training.calibration import Calibration
@@ -289,7 +289,7 @@ def _parity(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray, qua
 
 
 def _uint8_batches(images) -> list[np.ndarray]:
-    from ..data.archive import row_reader
+    from ..data.npz import row_reader
 
     rows = row_reader(images)
     return [np.asarray(rows[i:i + BATCH], dtype="uint8") for i in range(0, len(rows), BATCH)]
