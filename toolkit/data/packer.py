@@ -25,6 +25,7 @@ from ..core.files import write_json, write_text
 from ..core.sources import HIDDEN, InputFile, PixelSink, class_folders, find_usable
 from ..core.text import text_table, timestamp
 from ..curate import decisions
+from ..curate.verdicts import Judged, read_review
 from .npz import ArchivePart, write_archive
 from .splits import train_test_split
 
@@ -143,7 +144,7 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
     _check_pack_arguments(out, per_class, test_size, size, fit, threshold, force)
     class_folders(source)  # a missing or empty SOURCE is the first error
     made = decisions.read(source)
-    judged = decisions.read_review(source) if drop_suspects else None
+    judged = read_review(source, needed_for="--drop-suspects") if drop_suspects else None
     with tempfile.TemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".spill") as spill:
         spilled = _Spill(spill.fileno(), size * size * 3)
         class_names, files = find_usable(source, checks=checks, threshold=threshold,
@@ -191,7 +192,7 @@ class _Spill:
 
 
 def _apply_review(files: list[InputFile], class_names: list[str],
-                  made: dict[str, decisions.Decision], judged: decisions.Judged | None,
+                  made: dict[str, decisions.Decision], judged: Judged | None,
                   report: PackReport) -> None:
     """Leave out what review dropped and, given `judged`, its undecided suspects; relabel
     what it moved. Images the review did not see as they are now are packed, with a warning."""
