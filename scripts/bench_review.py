@@ -142,7 +142,7 @@ def variant_rows(truth: dict[str, str], review_json: dict, cache: Path, weights:
     z, votes = reviewer.neighbourhood(x, labels, probabilities.shape[1])
     evidence = (probabilities + votes) / 2
     own, other, suggested = reviewer.own_and_other(evidence, labels)
-    distances, _ = NearestNeighbors(n_neighbors=reviewer.NEIGHBOURS + 1,
+    distances, _ = NearestNeighbors(n_neighbors=reviewer.NEIGHBOURHOOD_SIZE + 1,
                                     metric="cosine").fit(x).kneighbors(x)
     spread = distances[:, 1:].mean(axis=1)  # as reviewer.neighbourhood measures it
     spread_z = np.empty(n)  # its robust z-score within each class, not over all images

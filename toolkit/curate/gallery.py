@@ -126,7 +126,7 @@ class Handler(BaseHTTPRequestHandler):
     server: Gallery
     server_version = "toolkit-gallery"
 
-    def log_message(self, format, *args):  # quiet: the terminal shows the address only
+    def log_message(self, template, *args):  # quiet: the terminal shows the address only
         pass
 
     def do_GET(self):

@@ -52,7 +52,13 @@ DEFAULT_BACKBONE = "mobilenet_v2"
 #: within 0.004 of the best (README, Performance 6), for twice the embedding time of 224.
 DEFAULT_SIZE = 320
 FOLDS = 5
-NEIGHBOURS = 10
+#: How many nearest neighbours (in the whole folder, of any class) each image is compared
+#: with: the mean distance to them is its outlier score, and their classes vote in its
+#: evidence. A round value, set with the first review and not tuned (README, review); few
+#: beside a class of a crawl (hundreds), so that the vote is the image's closest look-alikes'.
+#: Training's unknown detector counts another thing (calibration.KTH_NEIGHBOUR = 20): one
+#: distance, to the 20th nearest of up to 2,000 training images.
+NEIGHBOURHOOD_SIZE = 10
 PRINCIPAL_COMPONENTS = 128
 EMBED_BATCH = 32
 #: review.html shows every suspect but at most this many fine images per class, so that a
@@ -301,7 +307,7 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, folds: int = FO
 
 
 def neighbourhood(x: np.ndarray, labels: np.ndarray, n_classes: int,
-                  neighbours: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
+                  neighbours: int = NEIGHBOURHOOD_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Per image: the robust z-score of its mean cosine distance to its nearest neighbours
     (of any class; high for an image close to nothing else in the folder), and the share
     of those neighbours in each class."""

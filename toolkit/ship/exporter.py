@@ -120,25 +120,25 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
 
 def _export_checked(folder: Path, run, served, keras_probabilities: np.ndarray,
                     trained_precision: dict | None, model, calibration, archive, archive_path,
-                    info: dict, format: str, quantize: str, seed: int, runtime_name: str,
+                    info: dict, fmt: str, quantize: str, seed: int, runtime_name: str,
                     progress: bool) -> Exported:
     """Convert, check on the test set in the deploy runtime, then put the export in place."""
     _recover(folder)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
     try:
         work.chmod(0o777 & ~UMASK)  # mkdtemp makes it private; an export is meant to be shared
-        target = work / FORMATS[format]
-        _convert(served, target, format, quantize, archive.X_train, seed)
-        runner = load_runner(target, format)
+        target = work / FORMATS[fmt]
+        _convert(served, target, fmt, quantize, archive.X_train, seed)
+        runner = load_runner(target, fmt)
         exported = np.concatenate([
             runner(np.asarray(x))[0]
-            for x in tqdm(_uint8_batches(archive.X_test), desc=f"checking {format}",
+            for x in tqdm(_uint8_batches(archive.X_test), desc=f"checking {fmt}",
                           unit="batch", disable=not progress)])
         parity = _parity(keras_probabilities, exported, archive.y_test, quantize,
                          f"{runtime_name} {importlib.metadata.version(runtime_name)}")
         if parity["drift"] > parity["tolerance"]:
             raise ToolkitError(
-                f"the {format} export ({quantize}) has test accuracy {parity['exported_accuracy']:.4f} "
+                f"the {fmt} export ({quantize}) has test accuracy {parity['exported_accuracy']:.4f} "
                 f"but the Keras model {parity['keras_accuracy']:.4f}: a drift of {parity['drift']:.4f} "
                 f"is beyond {parity['tolerance']}; nothing was exported ("
                 + ("try --quantize float16)" if quantize == "int8" else "try another --format)"))
@@ -146,9 +146,9 @@ def _export_checked(folder: Path, run, served, keras_probabilities: np.ndarray,
         if calibration is not None:
             calibration.save(work)
         details = {
-            "format": format,
+            "format": fmt,
             "quantization": quantize,
-            "model": FORMATS[format],
+            "model": FORMATS[fmt],
             "labels": "labels.txt",
             "input": {"name": "image", "shape": [None, *archive.image_shape], "dtype": "uint8",
                       "range": "raw 0-255 RGB", "fit": info.get("fit", "crop"),
@@ -208,10 +208,10 @@ def load_export(path: str | os.PathLike):
                       info.get("data"), Calibration.load(folder), runner)
 
 
-def load_runner(target: Path, format: str):
+def load_runner(target: Path, fmt: str):
     """A function from a uint8 batch to (probabilities, embeddings), in the deploy runtime."""
     try:
-        if format == "litert":
+        if fmt == "litert":
             from ai_edge_litert.interpreter import Interpreter
 
             interpreter = Interpreter(model_path=str(target))
@@ -220,7 +220,7 @@ def load_runner(target: Path, format: str):
             def run(x):
                 out = signature(image=np.ascontiguousarray(x, dtype="uint8"))
                 return out["probabilities"], out["embedding"]
-        elif format == "saved_model":
+        elif fmt == "saved_model":
             import tensorflow as tf
 
             loaded = tf.saved_model.load(str(target))
@@ -240,7 +240,7 @@ def load_runner(target: Path, format: str):
     except ToolkitError:
         raise
     except Exception as e:  # noqa: BLE001 (each runtime raises its own types for a damaged file)
-        raise ToolkitError(f"{target} cannot be loaded by {RUNTIMES[format]} "
+        raise ToolkitError(f"{target} cannot be loaded by {RUNTIMES[fmt]} "
                            f"({first_line(e, 200)}); run `toolkit export` again") from None
 
     def outputs(x):
@@ -249,7 +249,7 @@ def load_runner(target: Path, format: str):
     return outputs
 
 
-def _convert(served, target: Path, format: str, quantize: str, train_images, seed: int) -> None:
+def _convert(served, target: Path, fmt: str, quantize: str, train_images, seed: int) -> None:
     """Keras' own model.export, with the converter settings of the quantization."""
     import tensorflow as tf
 
@@ -266,13 +266,13 @@ def _convert(served, target: Path, format: str, quantize: str, train_images, see
                 yield [np.asarray(train_images[row:row + 1], dtype="uint8")]
         options = {"optimizations": [tf.lite.Optimize.DEFAULT],
                    "representative_dataset": representative}
-    keras_format = {"saved_model": "tf_saved_model"}.get(format, format)
+    keras_format = {"saved_model": "tf_saved_model"}.get(fmt, fmt)
     try:
         with warnings.catch_warnings():  # Keras' tf2onnx shim probes np.object
             warnings.simplefilter("ignore", FutureWarning)
             served.export(str(target), format=keras_format, verbose=False, **options)
     except Exception as e:  # noqa: BLE001 (the converters raise many types)
-        raise ToolkitError(f"Keras could not export the model as {format} ({first_line(e, 200)})") from None
+        raise ToolkitError(f"Keras could not export the model as {fmt} ({first_line(e, 200)})") from None
 
 
 def _parity(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray, quantize: str,
