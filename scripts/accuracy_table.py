@@ -28,7 +28,7 @@ def probe(archive_path: str) -> None:
     from sklearn.linear_model import LogisticRegression
 
     from toolkit import models
-    from toolkit.data.archive import load_archive
+    from toolkit.data.npz import load_archive
     from toolkit.training.config import TrainConfig
     from toolkit.training.features import FeatureCache
 

@@ -120,8 +120,8 @@ def cleanlab_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
 
 def judged_evidence(review_json: dict, cache: Path, weights: str):
     """The judged files, their embeddings and labels, as review computed them (from the cache)."""
+    from toolkit.core.sources import find_usable
     from toolkit.curate import reviewer
-    from toolkit.data.archive import find_usable
 
     _, found = find_usable(review_json["source"])
     files = [f for f in found if not f.status]
@@ -134,7 +134,7 @@ def variant_rows(truth: dict[str, str], review_json: dict, cache: Path, weights:
     use it (every flagged image left out): the ideas of issue 9's precision follow-up."""
     from sklearn.neighbors import NearestNeighbors
 
-    from toolkit.curate import reviewer
+    from toolkit.curate import reviewer, rules
 
     files, x, labels = judged_evidence(review_json, cache, weights)
     n = len(labels)
@@ -142,7 +142,7 @@ def variant_rows(truth: dict[str, str], review_json: dict, cache: Path, weights:
     z, votes = reviewer.neighbourhood(x, labels, probabilities.shape[1])
     evidence = (probabilities + votes) / 2
     own, other, suggested = reviewer.own_and_other(evidence, labels)
-    distances, _ = NearestNeighbors(n_neighbors=reviewer.NEIGHBOURS + 1,
+    distances, _ = NearestNeighbors(n_neighbors=reviewer.NEIGHBOURHOOD_SIZE + 1,
                                     metric="cosine").fit(x).kneighbors(x)
     spread = distances[:, 1:].mean(axis=1)  # as reviewer.neighbourhood measures it
     spread_z = np.empty(n)  # its robust z-score within each class, not over all images
@@ -151,20 +151,20 @@ def variant_rows(truth: dict[str, str], review_json: dict, cache: Path, weights:
         median = np.median(mine)
         spread_z[labels == c] = (mine - median) / (np.median(np.abs(mine - median)) * 1.4826)
     self_confidence = np.array([evidence[labels == c, c].mean() for c in range(evidence.shape[1])])
-    mislabeled = ((other >= reviewer.MISLABELED_EVIDENCE)
-                  & (other - own >= reviewer.MISLABELED_MARGIN))
-    ambiguous = own < reviewer.AMBIGUOUS_EVIDENCE
+    mislabeled = ((other >= rules.MISLABELED_EVIDENCE)
+                  & (other - own >= rules.MISLABELED_MARGIN))
+    ambiguous = own < rules.AMBIGUOUS_EVIDENCE
     variants = {
-        "current rules": reviewer.reasons(own, other, z) != reviewer.FINE,
-        "ambiguous shown, not dropped": (z >= reviewer.OFF_TOPIC_Z) | mislabeled,
-        "off-topic z per class": (spread_z >= reviewer.OFF_TOPIC_Z) | mislabeled | ambiguous,
-        "mislabeled without the margin over its own class": (z >= reviewer.OFF_TOPIC_Z)
-            | ambiguous | (other >= reviewer.MISLABELED_EVIDENCE),
+        "current rules": rules.reasons(own, other, z) != rules.FINE,
+        "ambiguous shown, not dropped": (z >= rules.OFF_TOPIC_Z) | mislabeled,
+        "off-topic z per class": (spread_z >= rules.OFF_TOPIC_Z) | mislabeled | ambiguous,
+        "mislabeled without the margin over its own class": (z >= rules.OFF_TOPIC_Z)
+            | ambiguous | (other >= rules.MISLABELED_EVIDENCE),
         "off-topic at 5% false alarms of a normal (z 1.64)": (z >= 1.645) | mislabeled | ambiguous,
         "off-topic at 1% false alarms of a normal (z 2.33)": (z >= 2.326) | mislabeled | ambiguous,
-        "mislabeled at its class's mean self-confidence": (z >= reviewer.OFF_TOPIC_Z) | ambiguous
+        "mislabeled at its class's mean self-confidence": (z >= rules.OFF_TOPIC_Z) | ambiguous
                                                           | (other >= self_confidence[suggested]),
-        "mislabeled when another class leads": (z >= reviewer.OFF_TOPIC_Z) | (other > own),
+        "mislabeled when another class leads": (z >= rules.OFF_TOPIC_Z) | (other > own),
     }
     kinds = np.array([truth[f.name] for f in files])
     injected = np.isin(kinds, [MISLABELED, OFF_TOPIC])
@@ -215,7 +215,7 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
     from sklearn.svm import SVC
 
     from toolkit.core import images
-    from toolkit.curate import reviewer
+    from toolkit.curate import reviewer, rules
 
     files, x, labels = judged_evidence(review_json, cache, weights)
     kinds = np.array([truth[f.name] for f in files])
@@ -269,7 +269,7 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
         probabilities = (classify or (lambda w: reviewer.out_of_fold_probabilities(w, labels)))(v)
         outlier, votes = reviewer.neighbourhood(v, labels, n_classes)
         own, other, _ = reviewer.own_and_other((probabilities + votes) / 2, labels)
-        flagged = reviewer.reasons(own, other, outlier) != reviewer.FINE
+        flagged = rules.reasons(own, other, outlier) != rules.FINE
         rows.append([name, f"{roc_auc_score(kinds[mislabeled] == MISLABELED, -own[mislabeled]):.4f}",
                      f"{roc_auc_score(kinds[off_topic] == OFF_TOPIC, outlier[off_topic]):.4f}",
                      f"{(flagged & injected).sum() / injected.sum():.3f}",

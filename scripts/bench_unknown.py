@@ -36,7 +36,7 @@ def main() -> None:
                                        "--backbone", "mobilenet_v2", "--weights", str(WEIGHTS),
                                        "--head", "pool", "--out", args.run), check=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from toolkit.data.archive import load_archive
+    from toolkit.data.npz import load_archive
     from toolkit.ship.inference import load_classifier, predict
 
     off_topic = predict(args.run, [SHARED / "data" / "offtopic"])

@@ -16,7 +16,7 @@ from toolkit.collect.crawler import crawl
 from toolkit.collect.manifest import read_jsonl
 from toolkit.collect.queries import parse_query, read_url_list
 from toolkit.core.errors import ToolkitError
-from toolkit.data.archive import pack
+from toolkit.data.packer import pack
 
 
 def add_bad_responses(engine, keyword, slow=True):

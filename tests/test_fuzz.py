@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import png_bomb
 from toolkit.core import images
 from toolkit.core.errors import ToolkitError
-from toolkit.data.archive import load_archive
+from toolkit.data.npz import load_archive
 
 FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 

@@ -21,7 +21,8 @@ from toolkit.collect.fetch import FetchOptions
 from toolkit.core import images
 from toolkit.core.errors import ToolkitError
 from toolkit.core.files import write_text
-from toolkit.data.archive import load_archive, pack
+from toolkit.data.npz import load_archive
+from toolkit.data.packer import pack
 
 # ---- crawl
 

@@ -10,7 +10,8 @@ from PIL import Image
 from conftest import distinct_image, encode, grid_image, make_class_folders, near_copy, png_bomb
 from helpers import run_cli
 from toolkit.core import images
-from toolkit.data.archive import NotEnoughImages, load_archive, pack
+from toolkit.data.npz import load_archive
+from toolkit.data.packer import NotEnoughImages, pack
 
 
 @pytest.fixture

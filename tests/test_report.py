@@ -8,7 +8,7 @@ import pytest
 from browser import browser, console_errors, requested_urls  # noqa: F401 (the fixture)
 from conftest import make_class_folders
 from toolkit.core.images import Checks
-from toolkit.data.archive import pack
+from toolkit.data.packer import pack
 from toolkit.reports.report_html import write_comparison_page
 from toolkit.training.trainer import train
 

@@ -27,9 +27,11 @@ from conftest import FLOWERS, MOBILENET_WEIGHTS, distinct_image, make_class_fold
 from helpers import assert_one_error_line, run_cli, tree
 from toolkit.collect.crawler import crawl
 from toolkit.collect.fetch import FetchOptions
+from toolkit.core.sources import find_usable
 from toolkit.curate import decisions, gallery as gallery_module, reviewer
 from toolkit.curate.gallery import Gallery
-from toolkit.data.archive import find_usable, load_archive, pack
+from toolkit.data.npz import load_archive
+from toolkit.data.packer import pack
 
 REPO = Path(__file__).resolve().parents[1]
 #: ../shared, or where TOOLKIT_SHARED says it is (a worktree elsewhere)

@@ -173,7 +173,7 @@ def test_a_closed_tab_or_a_cancelled_thumbnail_prints_no_traceback(small, capfd)
 
 def test_the_gallery_shows_a_file_whose_name_is_not_utf8(tmp_path):
     """Names from a Windows zip (Latin-1 bytes): pack and review name them `caf\\xe9.jpg`."""
-    from toolkit.data.archive import find_usable
+    from toolkit.core.sources import find_usable
 
     source = write_review(tmp_path / "src", {"cat": ["a.jpg"], "dog": ["c.jpg", "d.jpg"]})
     with open(os.path.join(os.fsencode(source / "cat"), b"caf\xe9.jpg"), "wb") as f:
@@ -197,8 +197,8 @@ def test_the_gallery_shows_a_file_whose_name_is_not_utf8(tmp_path):
 @pytest.mark.slow
 def test_an_image_changed_during_the_review_never_caches_its_pixels_under_the_old_content(tmp_path):
     from toolkit.core.errors import ToolkitError
+    from toolkit.core.sources import find_usable
     from toolkit.curate import reviewer
-    from toolkit.data.archive import find_usable
 
     source = write_review(tmp_path / "src", {"cat": ["a.jpg", "b.jpg"], "dog": ["c.jpg", "d.jpg"]})
     _, found = find_usable(source)

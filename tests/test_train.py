@@ -307,7 +307,7 @@ def test_resume_of_a_damaged_state_is_one_line(tiny, tmp_path):
 def test_real_mobilenet_weights_transfer_to_flowers(tmp_path):
     if not FLOWERS.exists():
         pytest.skip("../shared/data/flowers is absent")
-    from toolkit.data.archive import pack
+    from toolkit.data.packer import pack
     pack(FLOWERS, tmp_path / "flowers.npz", per_class=40, size=96, test_size=0.25)
     # 90 training photos: the pooled head (1,280 x 3 weights) learns from so few; Flatten's
     # 46,080 x 128 varies from 0.5 to 0.77 with the seed (chance is 0.33)

@@ -155,7 +155,7 @@ def peak_bytes_of(call) -> int:
 
 
 def test_a_small_archive_cannot_make_the_loader_allocate_what_its_headers_claim(tmp_path):
-    from toolkit.data.archive import load_archive
+    from toolkit.data.npz import load_archive
 
     arrays = small_arrays()
     arrays["y_train"] = np.zeros(13_000_000, np.int64)  # 104 MB of zeros deflate to ~100 KB
@@ -171,7 +171,7 @@ def test_a_member_whose_header_claims_more_than_it_holds_is_refused_before_readi
     import io
     import zipfile
 
-    from toolkit.data.archive import load_archive
+    from toolkit.data.npz import load_archive
 
     path = tmp_path / "liar.npz"
     np.savez(path, **small_arrays())
@@ -187,7 +187,7 @@ def test_a_member_whose_header_claims_more_than_it_holds_is_refused_before_readi
 
 
 def test_an_honest_compressed_archive_still_loads(tmp_path):
-    from toolkit.data.archive import load_archive
+    from toolkit.data.npz import load_archive
 
     path = tmp_path / "honest.npz"
     np.savez_compressed(path, **small_arrays(rows=200))

@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 _API = {
     "crawl": "toolkit.collect.crawler",
     "review": "toolkit.curate.reviewer",
-    "pack": "toolkit.data.archive",
-    "load_archive": "toolkit.data.archive",
+    "pack": "toolkit.data.packer",
+    "load_archive": "toolkit.data.npz",
     "train": "toolkit.training.trainer",
     "compare": "toolkit.training.trainer",
     "evaluate": "toolkit.ship.inference",

@@ -18,7 +18,7 @@ from .core.errors import OptionError, ToolkitError
 from .core.images import FITS
 from .core.text import text_table
 from .curate import reviewer
-from .data import archive
+from .data import packer
 from .ship import exporter
 from .training.config import (
     AUGMENT_MODES,
@@ -169,7 +169,7 @@ def crawl(queries, per_class, engines, urls, license_, root, min_side, threshold
 
 # --------------------------------------------------------------------------- pack
 
-PACK = _defaults(archive.pack)
+PACK = _defaults(packer.pack)
 
 
 @cli.command()
@@ -209,7 +209,7 @@ def pack(source, out, per_class, test_size, size, fit, seed, min_side, threshold
     <out>.report.txt/.json - says what happened to each file.
     """
     from .core.images import Checks
-    from .data.archive import NotEnoughImages, pack as run_pack
+    from .data.packer import NotEnoughImages, pack as run_pack
 
     try:
         report = run_pack(source, out, per_class=per_class, test_size=test_size, size=size,
@@ -266,7 +266,7 @@ def review(source, backbone, weights, size, min_side, threshold, cache_dir, refe
     move decisions in SOURCE/decisions.jsonl, which `pack` honours.
     """
     from .core.images import Checks
-    from .data.archive import class_folders
+    from .core.sources import class_folders
 
     class_folders(source)  # a missing or one-class SOURCE fails before TensorFlow starts
     if reference is not None:

@@ -6,7 +6,8 @@ fsynced before the call returns, so a crash or a closed tab loses nothing. The l
 decision about a file wins; a last line cut short by a kill is skipped on reading.
 
 `pack` honours them, and `crawl` neither counts a dropped image nor downloads its URL again.
-This module also reads the verdicts of `SOURCE/review.json`, for `pack --drop-suspects`.
+This module is the one that writes and reads decisions.jsonl; review's verdicts are another
+file (:mod:`toolkit.curate.verdicts`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from pathlib import Path
 from ..collect import manifest
 from ..core.errors import ToolkitError
 from ..core.text import timestamp
+from .verdicts import REVIEW_FILE, suspects  # noqa: F401 (their names here before verdicts.py)
 
 DECISIONS_FILE = "decisions.jsonl"
-REVIEW_FILE = "review.json"
 
 KEEP, DROP, MOVE = "keep", "drop", "move"
 ACTIONS = (KEEP, DROP, MOVE)
@@ -88,40 +89,6 @@ def append(source: str | os.PathLike, decisions: Iterable[Decision]) -> list[Dec
         finally:
             os.close(fd)
     return written
-
-
-@dataclass(frozen=True)
-class Judged:
-    """What SOURCE/review.json says: its suspects, and the content (sha256) of every image
-    it judged ("" where an older review did not record it)."""
-
-    suspects: set[str]
-    contents: dict[str, str]
-
-    def unjudged(self, file: str, sha256: str) -> bool:
-        """True for an image the review did not see as it is now: added or changed since."""
-        seen = self.contents.get(file)
-        return seen is None or (seen != "" and seen != sha256)
-
-
-def read_review(source: str | os.PathLike) -> Judged:
-    """SOURCE/review.json's verdicts, for `pack --drop-suspects`."""
-    path = Path(source) / REVIEW_FILE
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))["images"]
-        return Judged({str(e["file"]) for e in entries if e.get("suspect")},
-                      {str(e["file"]): str(e.get("sha256") or "") for e in entries})
-    except FileNotFoundError:
-        raise ToolkitError(f"--drop-suspects needs {path}: run `toolkit review {source}` "
-                           "first") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ToolkitError(f"{path} is damaged ({type(e).__name__}); run `toolkit review "
-                           f"{source}` again") from None
-
-
-def suspects(source: str | os.PathLike) -> set[str]:
-    """Files that SOURCE/review.json marks as suspects."""
-    return read_review(source).suspects
 
 
 def left_out(root: str | os.PathLike, label: str,

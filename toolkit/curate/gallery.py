@@ -1,7 +1,7 @@
 """The review gallery: a page on 127.0.0.1 where a person keeps, drops or moves images.
 
 It shows SOURCE/review.json per class, suspects first, and records every decision at once
-in SOURCE/decisions.jsonl (:mod:`toolkit.decisions`). The server binds 127.0.0.1 only,
+in SOURCE/decisions.jsonl (:mod:`toolkit.curate.decisions`). The server binds 127.0.0.1 only,
 answers only for the images review judged (never a path it is given), accepts decisions
 only as JSON from its own page's origin, and writes nothing but decisions.
 """
@@ -23,13 +23,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..core import images
 from ..core.errors import ToolkitError
-from ..data.archive import class_folders, list_files, printable
+from ..core.sources import class_folders, list_files, printable
 from . import decisions
-from .decisions import REVIEW_FILE
-from .reviewer import thumbnail
+from .review_page import cropped_jpeg
+from .verdicts import read_review
 
 HOST = "127.0.0.1"
-THUMBNAIL = 256
+THUMBNAIL_SIDE = 256  # of the square JPEGs the gallery shows (review.html's are smaller)
 THUMBNAILS_KEPT = 2000  # in memory, ~15 KB each: a class of a crawl and then some
 MAX_BODY = 4 * 2**20
 DISCARD_LIMIT = 64 * 2**20  # a larger body is not read at all: the connection just closes
@@ -43,16 +43,8 @@ class Gallery(ThreadingHTTPServer):
     def __init__(self, source: str | os.PathLike, port: int = 0,
                  checks: images.Checks = images.Checks()):
         self.source = Path(source)
-        path = self.source / REVIEW_FILE
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-            self.class_names = [str(c) for c in state["class_names"]]
-            self.entries = {e["file"]: e for e in state["images"]}
-        except FileNotFoundError:
-            raise ToolkitError(f"{path} is missing: run `toolkit review {source}` first") from None
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ToolkitError(f"{path} is damaged ({type(e).__name__}); run `toolkit review "
-                               f"{source}` again") from None
+        judged = read_review(source)
+        self.class_names, self.entries = judged.class_names, judged.entries
         self.checks = checks
         self.thumbnails: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self.thumbnail_lock = threading.Lock()
@@ -78,12 +70,13 @@ class Gallery(ThreadingHTTPServer):
                 "decisions": {f: _public(d) for f, d in made.items() if f in self.entries}}
 
     def thumbnail(self, file: str) -> bytes:
+        """The gallery's JPEG of an image of the review, kept for the images shown last."""
         with self.thumbnail_lock:
             cached = self.thumbnails.get(file)
             if cached is not None:
                 self.thumbnails.move_to_end(file)
         if cached is None:
-            cached = thumbnail(self.path_of(file), THUMBNAIL, self.checks)
+            cached = cropped_jpeg(self.path_of(file), THUMBNAIL_SIDE, self.checks)
             with self.thumbnail_lock:
                 self.thumbnails[file] = cached
                 while len(self.thumbnails) > THUMBNAILS_KEPT:  # the least recently shown go
@@ -92,7 +85,7 @@ class Gallery(ThreadingHTTPServer):
 
     def path_of(self, file: str) -> Path:
         """The file an image of the review is. Its name is the path under SOURCE, but bytes
-        of a name that are not UTF-8 are written \\xNN there (:func:`archive.printable`):
+        of a name that are not UTF-8 are written \\xNN there (:func:`sources.printable`):
         such a name is found again among the files pack would list."""
         path = self.source / file
         if "\\x" not in file or path.exists():
@@ -133,7 +126,7 @@ class Handler(BaseHTTPRequestHandler):
     server: Gallery
     server_version = "toolkit-gallery"
 
-    def log_message(self, format, *args):  # quiet: the terminal shows the address only
+    def log_message(self, template, *args):  # quiet: the terminal shows the address only
         pass
 
     def do_GET(self):

@@ -1,6 +1,6 @@
 """Review a crawl: find off-topic and mislabeled images before they reach the archive.
 
-Review judges exactly the images `pack` would consider (:func:`toolkit.data.archive.find_usable`:
+Review judges exactly the images `pack` would consider (:func:`toolkit.core.sources.find_usable`:
 the same "usable" and duplicate rules). For each it computes an embedding with a frozen
 pretrained backbone, globally average-pooled, cached on disk per image; then
 
@@ -11,39 +11,37 @@ pretrained backbone, globally average-pooled, cached on disk per image; then
 
 and from these a verdict: `mislabeled` (with the class it most likely belongs to),
 `off-topic` (close to no class), `ambiguous` (torn between its class and another), or
-fine, with a score to sort by. It writes `SOURCE/review.json` and a self-contained
-`SOURCE/review.html`; `toolkit review --serve` opens the gallery (:mod:`toolkit.gallery`)
-where a person keeps, drops or moves images (:mod:`toolkit.decisions`).
+fine, with a score to sort by (the rules: :mod:`toolkit.curate.rules`). It writes
+`SOURCE/review.json` (:mod:`toolkit.curate.verdicts`) and a self-contained `SOURCE/review.html`
+(:mod:`toolkit.curate.review_page`); `toolkit review --serve` opens the gallery
+(:mod:`toolkit.curate.gallery`) where a person keeps, drops or moves images
+(:mod:`toolkit.curate.decisions`).
 """
 
 from __future__ import annotations
 
-import base64
-import collections
 import hashlib
-import html
-import io
 import json
 import os
 import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from .. import __version__
 from ..core import dedupe, images
 from ..core.errors import ToolkitError
-from ..core.files import atomic_path, write_json, write_text
-from ..core.text import text_table, timestamp
-from ..data.archive import InputFile, class_folders, find_usable
+from ..core.files import atomic_path, write_json
+from ..core.sources import InputFile, class_folders, find_usable
 from ..training.features import cache_root, weights_fingerprint
-from .decisions import REVIEW_FILE
+from .review_page import REVIEW_HTML, write_html
+from .rules import AMBIGUOUS, FINE, MISLABELED, OFF_TOPIC, OFF_TOPIC_Z, reasons
+from .verdicts import Review, Verdict, write_review
 
 DEFAULT_BACKBONE = "mobilenet_v2"
 #: The side of the square review embeds. Larger than the 224 px the backbone was trained at:
@@ -54,93 +52,18 @@ DEFAULT_BACKBONE = "mobilenet_v2"
 #: within 0.004 of the best (README, Performance 6), for twice the embedding time of 224.
 DEFAULT_SIZE = 320
 FOLDS = 5
-NEIGHBOURS = 10
+#: How many nearest neighbours (in the whole folder, of any class) each image is compared
+#: with: the mean distance to them is its outlier score, and their classes vote in its
+#: evidence. A round value, set with the first review and not tuned (README, review); few
+#: beside a class of a crawl (hundreds), so that the vote is the image's closest look-alikes'.
+#: Training's unknown detector counts another thing (calibration.KTH_NEIGHBOUR = 20): one
+#: distance, to the 20th nearest of up to 2,000 training images.
+NEIGHBOURHOOD_SIZE = 10
 PRINCIPAL_COMPONENTS = 128
 EMBED_BATCH = 32
-
-#: Verdicts, best first in the gallery's sort.
-MISLABELED, OFF_TOPIC, AMBIGUOUS, FINE = "mislabeled", "off-topic", "ambiguous", "fine"
-REASONS = {
-    MISLABELED: "looks like another class",
-    OFF_TOPIC: "close to no class",
-    AMBIGUOUS: "between its class and another",
-    FINE: "",
-}
-
-#: The rules that turn evidence into verdicts, chosen on the benchmark
-#: (scripts/bench_review.py) among round values, and kept simple so that they carry to
-#: other data. A class's evidence for an image is the mean of its out-of-fold probability
-#: and its share of the image's nearest neighbours. Off-topic: the distance to its nearest
-#: neighbours is this many robust standard deviations above the median...
-OFF_TOPIC_Z = 1.75
-#: ...mislabeled: another class has at least this evidence, and leads the image's own class
-#: by at least the margin (an image torn between two classes is not called mislabeled)...
-MISLABELED_EVIDENCE = 0.6
-MISLABELED_MARGIN = 0.3
-#: ...ambiguous: its own class has less than this.
-AMBIGUOUS_EVIDENCE = 0.25
-
-REVIEW_HTML = "review.html"
-HTML_THUMBNAIL = 96
 #: review.html shows every suspect but at most this many fine images per class, so that a
 #: crawl of 20,000 images still gives a page a browser opens (the gallery shows them all).
 HTML_FINE_PER_CLASS = 300
-
-
-@dataclass
-class Verdict:
-    """What review thinks of one image."""
-
-    file: str                # path relative to SOURCE
-    label: str               # the class folder it is in
-    suspect: bool
-    reason: str              # mislabeled, off-topic, ambiguous or fine
-    score: float             # 0..1, higher is more suspect: the gallery's sort
-    suggested: str | None    # the class it most likely belongs to, if not its own
-    probability: float       # out-of-fold probability of its own class
-    outlier: float           # robust z-score of the distance to its nearest neighbours
-    sha256: str = ""         # the content judged: pack tells an image changed since
-
-
-@dataclass
-class Review:
-    """The verdicts on every usable image of SOURCE."""
-
-    source: str
-    class_names: list[str]
-    verdicts: list[Verdict]
-    backbone: str
-    weights: str
-    reference: str | None = None  # the folder of what the classes are not, if any
-    reference_classes: list[str] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def suspects(self) -> list[Verdict]:
-        return sorted((v for v in self.verdicts if v.suspect), key=lambda v: -v.score)
-
-    def table(self) -> str:
-        """Per class: images judged and suspects by reason."""
-        counts = {name: collections.Counter() for name in self.class_names}
-        for v in self.verdicts:
-            counts[v.label][v.reason] += 1
-        reasons = [MISLABELED, OFF_TOPIC, AMBIGUOUS]
-
-        def row(name: str, c: collections.Counter) -> list:
-            return [name, sum(c.values()), sum(c.values()) - c[FINE], *(c[r] for r in reasons)]
-
-        total = collections.Counter()
-        for c in counts.values():
-            total.update(c)
-        return text_table(["class", "images", "suspects", *reasons],
-                          [row(name, c) for name, c in counts.items()], total=row("total", total))
-
-    def to_json(self) -> dict:
-        return {"toolkit": __version__, "source": self.source, "class_names": self.class_names,
-                "backbone": self.backbone, "weights": self.weights,
-                "reference": self.reference, "reference_classes": self.reference_classes,
-                "created": timestamp(),
-                "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
-                "images": [asdict(v) for v in self.verdicts]}
 
 
 def review(source: str | os.PathLike = "datasets", *, reference: str | os.PathLike | None = None,
@@ -190,8 +113,9 @@ def review(source: str | os.PathLike = "datasets", *, reference: str | os.PathLi
                       "embed": clock["embed"] - clock["find"],
                       "judge": clock["judge"] - clock["embed"]}
     if write:
-        write_json(Path(source) / REVIEW_FILE, result.to_json())
-        write_html(result, files, Path(source) / REVIEW_HTML, checks)
+        write_review(source, result)
+        write_html(result, files, Path(source) / REVIEW_HTML, checks,
+                   fine_per_class=HTML_FINE_PER_CLASS)
         result.seconds["write"] = time.perf_counter() - clock["judge"]
     result.seconds["total"] = time.perf_counter() - clock["start"]
     return result
@@ -358,14 +282,6 @@ def own_and_other(evidence: np.ndarray, labels: np.ndarray
     return evidence[np.arange(len(labels)), labels], others.max(axis=1), others.argmax(axis=1)
 
 
-def reasons(own: np.ndarray, other: np.ndarray, outlier: np.ndarray) -> np.ndarray:
-    """The verdict rules: off-topic first, then mislabeled, then ambiguous, else fine."""
-    return np.select([outlier >= OFF_TOPIC_Z,
-                      (other >= MISLABELED_EVIDENCE) & (other - own >= MISLABELED_MARGIN),
-                      own < AMBIGUOUS_EVIDENCE],
-                     [OFF_TOPIC, MISLABELED, AMBIGUOUS], default=FINE)
-
-
 def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, folds: int = FOLDS,
                               seed: int = 0) -> np.ndarray:
     """Class probabilities of every image from a logistic regression that never saw it.
@@ -391,7 +307,7 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, folds: int = FO
 
 
 def neighbourhood(x: np.ndarray, labels: np.ndarray, n_classes: int,
-                  neighbours: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
+                  neighbours: int = NEIGHBOURHOOD_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Per image: the robust z-score of its mean cosine distance to its nearest neighbours
     (of any class; high for an image close to nothing else in the folder), and the share
     of those neighbours in each class."""
@@ -409,68 +325,3 @@ def neighbourhood(x: np.ndarray, labels: np.ndarray, n_classes: int,
 def _normalised(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(norms == 0, 1.0, norms)
-
-
-# --------------------------------------------------------------------------- review.html
-
-def thumbnail(path: str | os.PathLike, side: int, checks: images.Checks = images.Checks()) -> bytes:
-    """A square JPEG of the image as pack would crop it: what the model sees."""
-    pixels = images.decode(images.read_file(path, checks), checks, side, "crop")[1]
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=80)
-    return buffer.getvalue()
-
-
-def write_html(result: Review, files: Sequence[InputFile], path: Path,
-               checks: images.Checks = images.Checks()) -> None:
-    """A page that needs nothing else: per class, suspects first, thumbnails inlined."""
-    shown = {name: sorted((v for v in result.verdicts if v.label == name),
-                          key=lambda v: (not v.suspect, -v.score, v.file))
-             for name in result.class_names}
-    for name, mine in shown.items():
-        shown[name] = mine[:sum(v.suspect for v in mine) + HTML_FINE_PER_CLASS]
-    on_page = {v.file for mine in shown.values() for v in mine}
-    paths = {f.name: f.path for f in files if f.name in on_page}
-
-    def inline(path: str) -> str:
-        try:
-            return "data:image/jpeg;base64," + base64.b64encode(
-                thumbnail(path, HTML_THUMBNAIL, checks)).decode()
-        except (images.Unusable, OSError):  # changed or deleted since it was judged
-            return ""
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as executor:
-        inlined = dict(zip(paths, executor.map(inline, paths.values())))
-    sections = []
-    for name in result.class_names:
-        mine, cards = shown[name], []
-        for v in mine:
-            if v.suggested and v.reason == OFF_TOPIC:  # like a class of the reference
-                note = f"looks like {v.suggested}, a reference class"
-            else:
-                note = REASONS[v.reason] + (f": {v.suggested}?" if v.suggested else "")
-            cards.append(
-                f'<figure class="{"suspect" if v.suspect else "fine"}">'
-                f'<img src="{inlined[v.file]}" alt="(no longer readable)">'
-                f'<figcaption><b>{html.escape(v.reason)}</b> {v.score:.2f}<br>'
-                f'{html.escape(note)}<br><small>{html.escape(v.file)}</small>'
-                '</figcaption></figure>')
-        n_images = sum(v.label == name for v in result.verdicts)
-        n_suspects = sum(v.suspect for v in mine)
-        more = (f'<p class="more">and {n_images - len(mine)} more fine images: '
-                '<code>toolkit review --serve</code> shows every one</p>'
-                if n_images > len(mine) else "")
-        sections.append(f'<h2>{html.escape(name)} <small>{n_images} images, {n_suspects} '
-                        f'suspects</small></h2><div class="grid">{"".join(cards)}</div>{more}')
-    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>review of {html.escape(result.source)}</title><style>
-body{{font:14px system-ui,sans-serif;margin:1em 2em}}
-.grid{{display:flex;flex-wrap:wrap;gap:8px}}
-figure{{margin:0;width:{HTML_THUMBNAIL + 24}px;padding:4px;border:3px solid #ddd;border-radius:4px}}
-figure.suspect{{border-color:#d33}} figcaption{{font-size:11px;overflow-wrap:anywhere}}
-</style></head><body><h1>review of {html.escape(result.source)}</h1>
-<p>{len(result.verdicts)} images, {len(result.suspects())} suspects ({html.escape(result.backbone)},
-weights {html.escape(result.weights)}). Act on them with <code>toolkit review --serve</code>.</p>
-{"".join(sections)}</body></html>
-"""
-    write_text(path, page)

@@ -109,10 +109,10 @@ def _onnx_tensors(graph):
                 yield from _onnx_tensors(subgraph)
 
 
-def load_runner(target: Path, format: str):
+def load_runner(target: Path, fmt: str):
     """A function from a uint8 batch to (probabilities, embeddings), in the deploy runtime."""
     try:
-        if format == "litert":
+        if fmt == "litert":
             from ai_edge_litert.interpreter import Interpreter
 
             interpreter = Interpreter(model_path=str(target))
@@ -121,7 +121,7 @@ def load_runner(target: Path, format: str):
             def run(x):
                 out = signature(image=np.ascontiguousarray(x, dtype="uint8"))
                 return out["probabilities"], out["embedding"]
-        elif format == "saved_model":
+        elif fmt == "saved_model":
             import tensorflow as tf
 
             loaded = tf.saved_model.load(str(target))
@@ -141,7 +141,7 @@ def load_runner(target: Path, format: str):
     except ToolkitError:
         raise
     except Exception as e:  # noqa: BLE001 (each runtime raises its own types for a damaged file)
-        raise ToolkitError(f"{target} cannot be loaded by {RUNTIMES[format]} "
+        raise ToolkitError(f"{target} cannot be loaded by {RUNTIMES[fmt]} "
                            f"({first_line(e, 200)}); run `toolkit export` again") from None
 
     def outputs(x):

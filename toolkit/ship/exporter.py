@@ -60,7 +60,7 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
     only then.
     """
     from .. import models
-    from ..data.archive import load_archive
+    from ..data.npz import load_archive
     from ..models.serving import with_embedding
     from ..training import precision
     from ..training.calibration import Calibration
@@ -117,25 +117,25 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
 
 def _export_checked(folder: Path, run, served, keras_probabilities: np.ndarray,
                     trained_precision: dict | None, model, calibration, archive, archive_path,
-                    info: dict, format: str, quantize: str, seed: int, runtime_name: str,
+                    info: dict, fmt: str, quantize: str, seed: int, runtime_name: str,
                     progress: bool) -> Exported:
     """Convert, check on the test set in the deploy runtime, then put the export in place."""
     _recover(folder)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
     try:
         work.chmod(0o777 & ~UMASK)  # mkdtemp makes it private; an export is meant to be shared
-        target = work / FORMATS[format]
-        _convert(served, target, format, quantize, archive.X_train, seed)
-        runner = load_runner(target, format)
+        target = work / FORMATS[fmt]
+        _convert(served, target, fmt, quantize, archive.X_train, seed)
+        runner = load_runner(target, fmt)
         exported = np.concatenate([
             runner(np.asarray(x))[0]
-            for x in tqdm(_uint8_batches(archive.X_test), desc=f"checking {format}",
+            for x in tqdm(_uint8_batches(archive.X_test), desc=f"checking {fmt}",
                           unit="batch", disable=not progress)])
         parity = _parity(keras_probabilities, exported, archive.y_test, quantize,
                          f"{runtime_name} {importlib.metadata.version(runtime_name)}")
         if parity["drift"] > parity["tolerance"]:
             raise ToolkitError(
-                f"the {format} export ({quantize}) has test accuracy {parity['exported_accuracy']:.4f} "
+                f"the {fmt} export ({quantize}) has test accuracy {parity['exported_accuracy']:.4f} "
                 f"but the Keras model {parity['keras_accuracy']:.4f}: a drift of {parity['drift']:.4f} "
                 f"is beyond {parity['tolerance']}; nothing was exported ("
                 + ("try --quantize float16)" if quantize == "int8" else "try another --format)"))
@@ -143,9 +143,9 @@ def _export_checked(folder: Path, run, served, keras_probabilities: np.ndarray,
         if calibration is not None:
             calibration.save(work)
         details = {
-            "format": format,
+            "format": fmt,
             "quantization": quantize,
-            "model": FORMATS[format],
+            "model": FORMATS[fmt],
             "labels": "labels.txt",
             "input": {"name": "image", "shape": [None, *archive.image_shape], "dtype": "uint8",
                       "range": "raw 0-255 RGB", "fit": info.get("fit", "crop"),
@@ -177,7 +177,7 @@ def _export_checked(folder: Path, run, served, keras_probabilities: np.ndarray,
     return Exported(folder / EXPORT_FOLDER, details)
 
 
-def _convert(served, target: Path, format: str, quantize: str, train_images, seed: int) -> None:
+def _convert(served, target: Path, fmt: str, quantize: str, train_images, seed: int) -> None:
     """Keras' own model.export, with the converter settings of the quantization."""
     import tensorflow as tf
 
@@ -194,13 +194,13 @@ def _convert(served, target: Path, format: str, quantize: str, train_images, see
                 yield [np.asarray(train_images[row:row + 1], dtype="uint8")]
         options = {"optimizations": [tf.lite.Optimize.DEFAULT],
                    "representative_dataset": representative}
-    keras_format = {"saved_model": "tf_saved_model"}.get(format, format)
+    keras_format = {"saved_model": "tf_saved_model"}.get(fmt, fmt)
     try:
         with warnings.catch_warnings():  # Keras' tf2onnx shim probes np.object
             warnings.simplefilter("ignore", FutureWarning)
             served.export(str(target), format=keras_format, verbose=False, **options)
     except Exception as e:  # noqa: BLE001 (the converters raise many types)
-        raise ToolkitError(f"Keras could not export the model as {format} ({first_line(e, 200)})") from None
+        raise ToolkitError(f"Keras could not export the model as {fmt} ({first_line(e, 200)})") from None
 
 
 def _parity(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray, quantize: str,
@@ -217,7 +217,7 @@ def _parity(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray, qua
 
 
 def _uint8_batches(images) -> list[np.ndarray]:
-    from ..data.archive import row_reader
+    from ..data.npz import row_reader
 
     rows = row_reader(images)
     return [np.asarray(rows[i:i + BATCH], dtype="uint8") for i in range(0, len(rows), BATCH)]

@@ -10,7 +10,8 @@ import numpy as np
 
 from ..core import images
 from ..core.errors import ToolkitError
-from ..data.archive import list_files, load_archive, printable, row_reader
+from ..core.sources import list_files, printable
+from ..data.npz import load_archive, row_reader
 
 UNKNOWN = "unknown"  # the label of an image unlike every class
 

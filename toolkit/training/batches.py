@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from ..data.archive import row_reader, stratified_split
+from ..data.npz import row_reader
+from ..data.splits import stratified_split
 
 
 class Rows:

@@ -25,7 +25,11 @@ import numpy as np
 from ..core.errors import ToolkitError
 from ..core.files import atomic_path, write_json
 
-NEIGHBOURS = 20            # k of the k-th nearest training embedding
+#: k of the k-th nearest training embedding, whose distance is the unknown score (it was
+#: 5 before): 20 was chosen once, with the 98% quantile, on scripts/bench_unknown.py (README,
+#: unknown). Review's 10 (reviewer.NEIGHBOURHOOD_SIZE) counts another thing: the neighbours
+#: whose mean distance and classes it weighs.
+KTH_NEIGHBOUR = 20
 REFERENCE_ROWS = 2000      # training embeddings kept (seeded sample) for the distances
 DISTANCE_QUANTILE = 0.98   # of validation distances: ~2% of in-class images rejected
 ECE_BINS = 15
@@ -38,7 +42,7 @@ class Calibration:
 
     temperature: float = 1.0
     distance_threshold: float | None = None
-    neighbours: int = NEIGHBOURS
+    neighbours: int = KTH_NEIGHBOUR
     reference: np.ndarray | None = field(default=None, repr=False)  # unit rows, float16
 
     def probabilities(self, probabilities: np.ndarray) -> np.ndarray:
@@ -114,7 +118,7 @@ def fit(train_embeddings: np.ndarray, val_probabilities: np.ndarray | None,
         rows = reference_rows(len(train_embeddings), seed)
         calibration.reference = _unit(train_embeddings[rows]).astype("float16")
         # the k-th neighbour should lie within the image's own class, even for small classes
-        calibration.neighbours = max(1, min(NEIGHBOURS, len(rows) // (4 * val_probabilities.shape[1])))
+        calibration.neighbours = max(1, min(KTH_NEIGHBOUR, len(rows) // (4 * val_probabilities.shape[1])))
         calibration.distance_threshold = float(np.quantile(
             calibration.distances(val_embeddings), DISTANCE_QUANTILE))
     calibrated = calibration.probabilities(test_probabilities)

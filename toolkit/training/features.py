@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..core.errors import OptionError
 from ..core.files import atomic_path, write_json
-from ..data.archive import Archive, row_reader, write_npy_header
+from ..data.npz import Archive, row_reader, write_npy_header
 
 if TYPE_CHECKING:
     from .config import TrainConfig

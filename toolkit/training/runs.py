@@ -13,7 +13,7 @@ from .. import __version__
 from ..core.errors import OptionError, ToolkitError
 from ..core.files import atomic_path
 from ..core.text import folder_stamp, timestamp
-from ..data.archive import Archive
+from ..data.npz import Archive
 
 if TYPE_CHECKING:
     from .config import TrainConfig

@@ -35,7 +35,7 @@ import numpy as np
 from ..core.errors import OptionError, ToolkitError
 from ..core.files import write_json, write_text
 from ..core.text import text_table
-from ..data.archive import Archive, load_archive
+from ..data.npz import Archive, load_archive
 from . import precision
 from .batches import Batches, Rows, validation_split
 from .checkpoints import Checkpointer, read_state

@@ -1,0 +1,269 @@
+"""Pack a folder of class folders into a clean, stratified train/test `.npz` archive, with a
+report of what became of every file.
+
+The archive's format is :mod:`toolkit.data.npz`'s; which files are usable and unique,
+:mod:`toolkit.core.sources`'; the split, :mod:`toolkit.data.splits`'. Pack chooses among the
+usable files, applies the decisions of `toolkit review`, and streams the chosen pixels from a
+spill file into the archive.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..core import dedupe, images
+from ..core.errors import OptionError, ToolkitError
+from ..core.files import write_json, write_text
+from ..core.sources import HIDDEN, InputFile, PixelSink, class_folders, find_usable
+from ..core.text import text_table, timestamp
+from ..curate import decisions
+from ..curate.verdicts import Judged, read_review
+from .npz import ArchivePart, write_archive
+from .splits import train_test_split
+
+#: Status of an input file in the pack report, besides the reasons in images.REASONS.
+PACKED, SURPLUS = "packed", "surplus"
+DUPLICATE, LABEL_CONFLICT = "duplicate", "label_conflict"
+DROPPED_IN_REVIEW, SUSPECT = "dropped_in_review", "suspect"
+#: Not a status: a column of the report counting files a review moved into a class.
+MOVED_IN_REVIEW = "moved_in_review"
+STATUS_WORDS = {
+    PACKED: "in the archive",
+    SURPLUS: "usable, not picked (over --per-class)",
+    HIDDEN: "hidden file, skipped",
+    DUPLICATE: "duplicate of a kept image",
+    LABEL_CONFLICT: "same picture under another class (label noise), dropped from both",
+    DROPPED_IN_REVIEW: "dropped in review (decisions.jsonl)",
+    SUSPECT: "undecided suspect of review.json, left out by --drop-suspects",
+    **images.REASONS,
+}
+
+
+@dataclass
+class PackReport:
+    """Per class: files found, packed, and every other file by reason."""
+
+    source: str
+    class_names: list[str]
+    files: list[InputFile]
+    out: str | None = None
+    per_class: int = 0
+    train_counts: list[int] = field(default_factory=list)
+    test_counts: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def counts(self) -> list[collections.Counter]:
+        """Per class (after review's moves): files by status, and `moved_in_review`."""
+        by_class = [collections.Counter() for _ in self.class_names]
+        for f in self.files:
+            by_class[f.label][f.status] += 1
+            if f.moved_from:
+                by_class[f.label][MOVED_IN_REVIEW] += 1
+        return by_class
+
+    def usable_counts(self) -> list[int]:
+        """Per class: the usable images left after review (packed or surplus). Counted from
+        what pack found in the files; a crawl's own count, from its manifests before any
+        review, is collect's `usable_counts`."""
+        return [c[PACKED] + c[SURPLUS] for c in self.counts()]
+
+    def table(self) -> str:
+        """The report as a plain-text table, one row per class, a column per outcome."""
+        counts = self.counts()
+        outcomes = [s for s in (*STATUS_WORDS, MOVED_IN_REVIEW) if any(c[s] for c in counts)]
+
+        def found(c: collections.Counter) -> int:
+            return sum(c.values()) - c[MOVED_IN_REVIEW]
+
+        rows = [[name, found(c), *(c[s] for s in outcomes)]
+                for name, c in zip(self.class_names, counts)]
+        total = collections.Counter()
+        for c in counts:
+            total.update(c)
+        table = text_table(["class", "found", *outcomes], rows,
+                           total=["total", found(total), *(total[s] for s in outcomes)])
+        words = {**STATUS_WORDS, MOVED_IN_REVIEW: "moved into this class in review (also "
+                                                  "counted under its outcome)"}
+        legend = [f"  {s}: {words[s]}" for s in outcomes]
+        return "\n".join([table, "", *legend])
+
+    def to_json(self) -> dict:
+        return {
+            "source": self.source,
+            "out": self.out,
+            "class_names": self.class_names,
+            "per_class": self.per_class,
+            "train_counts": self.train_counts,
+            "test_counts": self.test_counts,
+            "warnings": self.warnings,
+            "counts": {name: dict(c) for name, c in zip(self.class_names, self.counts())},
+            "files": [{"class": self.class_names[f.label], "path": f.name, "status": f.status,
+                       **({"detail": f.detail} if f.detail else {}),
+                      **({"moved_from": f.moved_from} if f.moved_from else {}),
+                       **({"sha256": f.info.sha256, "width": f.info.width,
+                           "height": f.info.height} if f.info else {})}
+                      for f in self.files],
+        }
+
+
+class NotEnoughImages(ToolkitError):
+    """A class has fewer usable images than asked for; carries the report that shows why."""
+
+    def __init__(self, message: str, report: PackReport):
+        super().__init__(message)
+        self.report = report
+
+
+# --------------------------------------------------------------------------- pack
+
+def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 400,
+         test_size: float = 0.2, size: int = 224, fit: str = "crop", seed: int = 42,
+         checks: images.Checks = images.Checks(), threshold: int = dedupe.DEFAULT_THRESHOLD,
+         allow_fewer: bool = False, force: bool = False, drop_suspects: bool = False,
+         workers: int | None = None, progress: bool = False) -> PackReport:
+    """Clean, dedupe, resize and split SOURCE's class folders into the archive `out`.
+
+    Decisions made in `toolkit review` (SOURCE/decisions.jsonl) are honoured: a dropped
+    image is left out, a moved one is packed under its new class; with `drop_suspects`,
+    every suspect of SOURCE/review.json that no decision kept is left out too.
+
+    Writes `out` and, beside it, `<stem>.report.txt` and `<stem>.report.json`, all
+    atomically. Raises :class:`ToolkitError` (nothing written) on bad arguments, and
+    :class:`NotEnoughImages` when a class has fewer than `per_class` usable images and
+    `allow_fewer` is not set.
+    """
+    out = Path(out)
+    _check_pack_arguments(out, per_class, test_size, size, fit, threshold, force)
+    class_folders(source)  # a missing or empty SOURCE is the first error
+    made = decisions.read(source)
+    judged = read_review(source, needed_for="--drop-suspects") if drop_suspects else None
+    with tempfile.TemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".spill") as spill:
+        spilled = _Spill(spill.fileno(), size * size * 3)
+        class_names, files = find_usable(source, checks=checks, threshold=threshold,
+                                         workers=workers, progress=progress,
+                                         pixels=PixelSink(size, fit, spilled.put))
+        report = PackReport(str(source), class_names, files, str(out), per_class)
+        _apply_review(files, class_names, made, judged, report)
+        chosen = _choose(report, per_class, seed, allow_fewer)
+        train, test = train_test_split(chosen, test_size, seed)
+        report.train_counts = [sum(f.label == k for f in train) for k in range(len(class_names))]
+        report.test_counts = [sum(f.label == k for f in test) for k in range(len(class_names))]
+        for f in chosen:
+            f.status = PACKED
+        meta = {"toolkit": __version__, "created": timestamp(), "source": str(Path(source).resolve()),
+                "size": size, "fit": fit, "seed": seed, "test_size": test_size, "per_class": per_class,
+                "min_side": checks.min_side, "threshold": threshold, "drop_suspects": drop_suspects}
+        row_of = {id(f): i for i, f in enumerate(files)}
+
+        def part(chosen: list[InputFile]) -> ArchivePart:
+            return ArchivePart([f.label for f in chosen], [f.name for f in chosen],
+                               spilled.rows(row_of[id(f)] for f in chosen))
+
+        write_archive(out, report.class_names, size, part(train), part(test), meta)
+
+    stem = out.with_suffix("")
+    write_text(f"{stem}.report.txt", report.table() + "".join(
+        f"\nwarning: {w}" for w in report.warnings) + "\n")
+    write_json(f"{stem}.report.json", report.to_json())
+    return report
+
+
+class _Spill:
+    """Decoded pixels parked in a temporary file, a row per input file at row = its index,
+    so that what an archive of any size holds never sits in memory at once."""
+
+    def __init__(self, fd: int, row_bytes: int):
+        self.fd, self.row_bytes = fd, row_bytes
+
+    def put(self, index: int, pixels: np.ndarray) -> None:
+        os.pwrite(self.fd, pixels.tobytes(), index * self.row_bytes)
+
+    def rows(self, indices: Iterable[int]) -> Iterable[bytes]:
+        for index in indices:
+            yield os.pread(self.fd, self.row_bytes, index * self.row_bytes)
+
+
+def _apply_review(files: list[InputFile], class_names: list[str],
+                  made: dict[str, decisions.Decision], judged: Judged | None,
+                  report: PackReport) -> None:
+    """Leave out what review dropped and, given `judged`, its undecided suspects; relabel
+    what it moved. Images the review did not see as they are now are packed, with a warning."""
+    unjudged, lost_classes = 0, collections.Counter()
+    for f in files:
+        if f.status:
+            continue
+        decision = made.get(f.name)
+        if decision is None:
+            if judged is None:
+                continue
+            if judged.unjudged(f.name, f.info.sha256):
+                unjudged += 1
+            elif f.name in judged.suspects:
+                f.status = SUSPECT
+        elif decision.action == decisions.DROP:
+            f.status = DROPPED_IN_REVIEW
+        elif decision.action == decisions.MOVE and decision.label not in class_names:
+            lost_classes[decision.label] += 1
+        elif decision.action == decisions.MOVE:
+            label = class_names.index(decision.label)
+            if label != f.label:
+                f.moved_from, f.label = class_names[f.label], label
+    if lost_classes:
+        report.warnings.append(
+            f"{sum(lost_classes.values())} image(s) moved in review to a class that is no "
+            f"longer a folder of SOURCE ({', '.join(sorted(lost_classes))}) are packed in "
+            "their own class; run `toolkit review --serve` to decide again")
+    if unjudged:
+        report.warnings.append(
+            f"{unjudged} usable image{'s' if unjudged > 1 else ''} came or changed after the "
+            f"review and {'are' if unjudged > 1 else 'is'} packed unjudged: run `toolkit review "
+            f"{report.source}` again, then pack")
+
+
+def _check_pack_arguments(out: Path, per_class: int, test_size: float, size: int, fit: str,
+                          threshold: int, force: bool) -> None:
+    if out.suffix != ".npz":
+        raise OptionError("out", str(out), "the archive name must end in .npz")
+    if not out.parent.is_dir():
+        raise OptionError("out", str(out), f"folder {out.parent} does not exist; create it first")
+    if out.exists() and not force:
+        raise ToolkitError(f"{out} already exists; pass --force to replace it")
+    if per_class < 2:
+        raise OptionError("per_class", per_class, "need at least 2 images per class "
+                          "(one to train, one to test)")
+    if not 0 < test_size < 1:
+        raise OptionError("test_size", test_size, "must be a fraction between 0 and 1, e.g. 0.2")
+    if size < 8:
+        raise OptionError("size", size, "images must be at least 8 pixels on a side")
+    if fit not in images.FITS:
+        raise OptionError("fit", fit, f"choose one of {', '.join(images.FITS)}")
+    if not 0 <= threshold <= 64:
+        raise OptionError("threshold", threshold, "perceptual-hash distance is 0..64 bits")
+
+
+def _choose(report: PackReport, per_class: int, seed: int, allow_fewer: bool) -> list[InputFile]:
+    """Pick `per_class` usable files per class at random (seeded); the rest are surplus."""
+    rng = np.random.default_rng(seed)
+    usable = [[f for f in report.files if f.label == k and not f.status]
+              for k in range(len(report.class_names))]
+    short = [(name, len(u)) for name, u in zip(report.class_names, usable) if len(u) < per_class]
+    for f in (f for u in usable for f in u):
+        f.status = SURPLUS
+    if short and not allow_fewer:
+        counts = ", ".join(f"{name} {n}" for name, n in short)
+        raise NotEnoughImages(f"too few usable images for --per-class {per_class}: {counts}; "
+                              "add images (or `toolkit crawl` again to top up), lower "
+                              "--per-class, or pass --allow-fewer", report)
+    empty = [name for name, u in zip(report.class_names, usable) if len(u) < 2]
+    if empty:
+        raise NotEnoughImages(f"class {', '.join(empty)} has fewer than 2 usable images; "
+                              "a class needs one to train and one to test", report)
+    return [u[i] for u in usable for i in sorted(rng.permutation(len(u))[:per_class])]
