@@ -27,8 +27,9 @@ from conftest import FLOWERS, MOBILENET_WEIGHTS, distinct_image, make_class_fold
 from helpers import assert_one_error_line, run_cli, tree
 from toolkit.collect.crawler import crawl
 from toolkit.collect.fetch import FetchOptions
+from toolkit.core import decisions
 from toolkit.core.sources import find_usable
-from toolkit.curate import decisions, gallery as gallery_module, reviewer
+from toolkit.curate import gallery as gallery_module, reviewer, verdicts
 from toolkit.curate.gallery import Gallery
 from toolkit.data.npz import load_archive
 from toolkit.data.packer import pack
@@ -144,13 +145,13 @@ def test_a_reference_folder_names_a_group_of_intruders_off_topic(tmp_path, monke
         (reference / "sunflower" / path.name).symlink_to(path)
     result = run_cli("review", source, "--reference", reference, "--weights", MOBILENET_WEIGHTS)
     assert result.exit_code == 0, result.output
-    written = json.loads((source / decisions.REVIEW_FILE).read_text())
+    written = json.loads((source / verdicts.REVIEW_FILE).read_text())
     assert written["reference_classes"] == ["sunflower"] and written["class_names"] == ["rose", "tulip"]
-    verdicts = {e["file"]: e for e in written["images"]}
+    judged = {e["file"]: e for e in written["images"]}
     _, found = find_usable(source)
-    assert set(verdicts) == {f.name for f in found if not f.status}  # SOURCE's images only
-    assert all(verdicts[f]["reason"] == "off-topic" and verdicts[f]["suggested"] == "sunflower"
-               for f in intruders), [verdicts[f] for f in intruders]
+    assert set(judged) == {f.name for f in found if not f.status}  # SOURCE's images only
+    assert all(judged[f]["reason"] == "off-topic" and judged[f]["suggested"] == "sunflower"
+               for f in intruders), [judged[f] for f in intruders]
     assert "looks like sunflower, a reference class" in (source / reviewer.REVIEW_HTML).read_text()
     assert not list(reference.rglob("*.json"))  # nothing written into the reference
 
@@ -160,7 +161,7 @@ def test_review_with_a_reference_judges_only_source_and_records_what_it_judged(f
     reference = make_class_folders(tmp_path / "reference", {"wolf": range(300, 305)})
     before = tree(reference)
     result = reviewer.review(folder, reference=reference, **QUICK)
-    written = json.loads((folder / decisions.REVIEW_FILE).read_text())
+    written = json.loads((folder / verdicts.REVIEW_FILE).read_text())
     assert written["reference"] == str(reference) and written["reference_classes"] == ["wolf"]
     assert {e["file"] for e in written["images"]} == {
         f"{c}/img{i:04d}.jpg" for c, start in (("cat", 0), ("dog", 100), ("fox", 200))
@@ -189,7 +190,7 @@ def test_review_of_a_class_with_two_images_prints_no_warning(tmp_path, monkeypat
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr
     assert "warn" not in result.stderr.lower(), result.stderr
-    assert len(json.loads((source / decisions.REVIEW_FILE).read_text())["images"]) == 18
+    assert len(json.loads((source / verdicts.REVIEW_FILE).read_text())["images"]) == 18
 
 
 def test_a_reference_class_named_as_a_class_is_one_line(folder, tmp_path):
@@ -327,7 +328,7 @@ def test_gallery_refuses_paths_outside_source_and_writes_only_decisions(gallery,
 @pytest.mark.slow
 def test_pack_honours_decisions_and_drop_suspects(folder, tmp_path):
     reviewer.review(folder, **QUICK)
-    suspects = decisions.suspects(folder)
+    suspects = verdicts.suspects(folder)
     decisions.append(folder, [decisions.Decision("cat/img0001.jpg", "drop"),
                               decisions.Decision("dog/img0102.jpg", "move", "fox")])
     report = pack(folder, tmp_path / "a.npz", per_class=20, size=32, allow_fewer=True)
@@ -355,10 +356,10 @@ def test_pack_honours_decisions_and_drop_suspects(folder, tmp_path):
 @pytest.mark.slow
 def test_pack_drop_suspects_packs_what_came_or_changed_after_the_review_with_a_warning(folder, tmp_path):
     reviewer.review(folder, **QUICK)
-    entries = json.loads((folder / decisions.REVIEW_FILE).read_text())["images"]
+    entries = json.loads((folder / verdicts.REVIEW_FILE).read_text())["images"]
     assert all(e["sha256"] == hashlib.sha256((folder / e["file"]).read_bytes()).hexdigest()
                for e in entries)
-    changed = (sorted(decisions.suspects(folder)) or [entries[0]["file"]])[0]
+    changed = (sorted(verdicts.suspects(folder)) or [entries[0]["file"]])[0]
     (folder / changed).write_bytes(distinct_image(999))  # a new picture under the old name
     (folder / "cat" / "new.jpg").write_bytes(distinct_image(998))  # a crawl top-up
     result = run_cli("pack", folder, "--out", tmp_path / "a.npz", "--per-class", "20",

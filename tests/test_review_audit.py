@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import distinct_image
-from toolkit.curate import decisions
+from toolkit.core import decisions
+from toolkit.curate import verdicts
 from toolkit.curate.gallery import Gallery
 
 
@@ -38,7 +39,7 @@ def write_review(root: Path, classes: dict[str, list[str]], suspects: set[str] =
                             "reason": "off-topic" if file in suspects else "fine",
                             "score": 0.9 if file in suspects else 0.1, "suggested": None,
                             "probability": 0.5, "outlier": 0.0})
-    (root / decisions.REVIEW_FILE).write_text(json.dumps(
+    (root / verdicts.REVIEW_FILE).write_text(json.dumps(
         {"source": str(root), "class_names": list(classes), "images": entries}))
     return root
 

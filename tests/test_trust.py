@@ -219,6 +219,7 @@ def test_a_second_holder_is_refused_with_the_first_ones_pid_and_takes_over_when_
         holder.wait()
     with holding(target, "class cat"):  # the killed holder's lock went with it
         assert (tmp_path / ".cat.lock").read_text() == f"{os.getpid()}\n"
+    assert not (tmp_path / ".cat.lock").exists()  # removed on release
 
 
 # --------------------------------------------------------------------------- decoding memory
@@ -298,3 +299,46 @@ def test_a_page_never_inlines_a_file_that_a_link_in_a_run_folder_points_to(tmp_p
     page = write_comparison_page(tmp_path / "cmp", rows).read_text()
     assert base64.b64encode(mine.getvalue()).decode() in page  # its own plot is shown
     assert base64.b64encode(private.getvalue()).decode() not in page
+
+
+def test_the_gallery_never_appends_decisions_through_a_link(tmp_path):
+    from toolkit.core import decisions
+
+    outside = tmp_path / "bashrc"
+    outside.write_text("# profile\n")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "decisions.jsonl").symlink_to(outside)
+    with pytest.raises(ToolkitError, match=r"decisions\.jsonl is a symbolic link"):
+        decisions.append(shared, [decisions.Decision("cat/$(touch pwned).jpg", decisions.DROP)])
+    assert outside.read_text() == "# profile\n"
+
+
+@pytest.mark.parametrize("command", ["pack", "review"])
+def test_a_second_pack_or_review_of_the_same_target_stops_with_one_line_naming_the_holder(
+        tmp_path, command):
+    import subprocess
+    import sys
+
+    from conftest import make_class_folders
+    from helpers import assert_one_error_line, run_cli
+    from toolkit.core.locks import lock_path
+
+    source = make_class_folders(tmp_path / "src", {"a": range(0, 6), "b": range(6, 12)}, size=(128, 128))
+    target = tmp_path / "a.npz" if command == "pack" else source / "review.json"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom toolkit.core.locks import holding\n"
+         f"with holding({str(target)!r}, 'x'):\n    print('held', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = (["pack", source, "--out", target, "--size", "32", "--allow-fewer"] if command == "pack"
+                else ["review", source, "--weights", "none", "--size", "32"])
+        result = run_cli(*args)
+        assert result.exit_code == 1
+        assert_one_error_line(result, f"in use by another toolkit process (pid {holder.pid})")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock_path(target).exists()  # the killed holder's, left for the next to take over
+    assert not (target.exists() and command == "pack")

@@ -4,6 +4,7 @@ redirect's body cannot exhaust memory or hold a thread."""
 from __future__ import annotations
 
 import gzip
+import os
 import threading
 import time
 import tracemalloc
@@ -169,3 +170,30 @@ def test_the_environment_opt_in_lets_a_url_list_of_the_users_intranet_be_fetched
     urls.write_text(f"cat {engine.url}/img/x.jpg\n")  # the engine fixture opted in
     report = crawl([], root=tmp_path / "d", per_class=1, urls=urls)
     assert report.classes[0].new == 1
+
+
+def test_two_crawls_of_one_class_at_once_the_second_stops_naming_the_first(engine, tmp_path):
+    """Two crawls of `cat` at once both counted 80 of 80 and recorded 70 images twice; now the
+    second stops with one line, while a crawl of another class runs beside the first."""
+    from helpers import assert_one_error_line, run_cli
+
+    engine.add_images("cat", range(4))
+    engine.add_images("dog", range(10, 14))
+    engine.slow_seconds = 0.5
+    first = threading.Thread(target=crawl, args=(["cat"],),
+                             kwargs={"root": tmp_path, "per_class": 4, "engines": ["bing"]})
+    first.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / ".cat.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        result = run_cli("crawl", "cat", "--root", tmp_path, "--per-class", "4", "--engine", "bing")
+        assert_one_error_line(result, f"class cat in {tmp_path} is in use by another toolkit process "
+                                      f"(pid {os.getpid()})")
+        other = crawl(["dog"], root=tmp_path, per_class=4, engines=["bing"])
+        assert other.classes[0].new == 4
+    finally:
+        first.join(timeout=60)
+    manifest = (tmp_path / "cat.manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == 4 == len(list((tmp_path / "cat").iterdir()))
+    assert not (tmp_path / ".cat.lock").exists()

@@ -29,10 +29,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..core import dedupe, images
+from ..core import decisions, dedupe, images
 from ..core.errors import OptionError, ToolkitError
 from ..core.locks import holding
-from ..curate import decisions
 from . import manifest
 from .addresses import private_addresses_allowed
 from .crawl_report import REFUSED, SKIPPED, UNREACHABLE, ClassResult, CrawlReport, EngineRun

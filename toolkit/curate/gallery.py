@@ -1,7 +1,7 @@
 """The review gallery: a page on 127.0.0.1 where a person keeps, drops or moves images.
 
 It shows SOURCE/review.json per class, suspects first, and records every decision at once
-in SOURCE/decisions.jsonl (:mod:`toolkit.curate.decisions`). The server binds 127.0.0.1 only,
+in SOURCE/decisions.jsonl (:mod:`toolkit.core.decisions`). The server binds 127.0.0.1 only,
 answers only for the images review judged (never a path it is given), accepts decisions
 only as JSON from its own page's origin, and writes nothing but decisions.
 """
@@ -21,10 +21,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from ..core import images
+from ..collect import manifest
+from ..core import decisions, images
 from ..core.errors import ToolkitError
 from ..core.sources import class_folders, list_files, printable
-from . import decisions
 from .review_page import cropped_jpeg
 from .verdicts import read_review
 
@@ -115,7 +115,15 @@ class Gallery(ThreadingHTTPServer):
                 action = decisions.KEEP  # moved to where it is
             wanted.append(decisions.Decision(item["file"], action,
                                              label if action == decisions.MOVE else None))
-        return {d.file: _public(d) for d in decisions.append(self.source, wanted)}
+        urls: dict[str, dict[str, str]] = {}  # per class, the manifest's URL of each file
+
+        def url_of(file: str) -> str | None:
+            label, _, name = file.partition("/")
+            if label not in urls:
+                urls[label] = manifest.file_urls(self.source, label)
+            return urls[label].get(name)
+
+        return {d.file: _public(d) for d in decisions.append(self.source, wanted, url_of)}
 
 
 def _public(d: decisions.Decision) -> dict:

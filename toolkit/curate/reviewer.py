@@ -15,11 +15,12 @@ fine, with a score to sort by (the rules: :mod:`toolkit.curate.rules`). It write
 `SOURCE/review.json` (:mod:`toolkit.curate.verdicts`) and a self-contained `SOURCE/review.html`
 (:mod:`toolkit.curate.review_page`); `toolkit review --serve` opens the gallery
 (:mod:`toolkit.curate.gallery`) where a person keeps, drops or moves images
-(:mod:`toolkit.curate.decisions`).
+(:mod:`toolkit.core.decisions`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -37,11 +38,12 @@ from .. import __version__
 from ..core import dedupe, images
 from ..core.errors import ToolkitError
 from ..core.files import atomic_path, write_json
+from ..core.locks import holding
 from ..core.sources import InputFile, class_folders, find_usable
 from ..training.features import cache_root, weights_fingerprint
 from .review_page import REVIEW_HTML, write_html
 from .rules import AMBIGUOUS, FINE, MISLABELED, OFF_TOPIC, OFF_TOPIC_Z, reasons
-from .verdicts import Review, Verdict, write_review
+from .verdicts import REVIEW_FILE, Review, Verdict, write_review
 
 DEFAULT_BACKBONE = "mobilenet_v2"
 #: The side of the square review embeds. Larger than the 224 px the backbone was trained at:
@@ -82,43 +84,46 @@ def review(source: str | os.PathLike = "datasets", *, reference: str | os.PathLi
     class, or has a class with fewer than 2 usable images, for a reference inside SOURCE
     (or holding it) or naming a class as SOURCE does, and for weights that cannot be loaded.
     """
-    clock = {"start": time.perf_counter()}
-    class_names, found = find_usable(source, checks=checks, threshold=threshold,
-                                     workers=workers, progress=progress)
-    files = [f for f in found if not f.status]
-    labels = [f.label for f in files]
-    references: list[str] = []
-    if reference is not None:
-        check_reference(source, reference)
-        references, found = find_usable(reference, checks=checks, threshold=threshold,
-                                        workers=workers, progress=progress, min_classes=1)
-        known = [f for f in found if not f.status]
-        labels += [len(class_names) + f.label for f in known]
-        files += known
-    _check_class_sizes(class_names + [f"{name} (of the reference)" for name in references],
-                       labels)
-    clock["find"] = time.perf_counter()
-    vectors = embed(files, backbone=backbone, weights=weights, size=size, checks=checks,
-                    cache_dir=cache_dir, seed=seed, workers=workers, progress=progress)
-    clock["embed"] = time.perf_counter()
-    judged = judge(vectors, np.array(labels, dtype=np.int64), class_names + references,
-                   [f.name for f in files], folds=folds, seed=seed, references=len(references))
-    files = files[:len(judged)]  # SOURCE's images come first
-    verdicts = [replace(v, sha256=f.info.sha256) for v, f in zip(judged, files)]
-    clock["judge"] = time.perf_counter()
-    result = Review(str(source), class_names, verdicts, backbone, weights,
-                    reference=None if reference is None else str(reference),
-                    reference_classes=references)
-    result.seconds = {"find": clock["find"] - clock["start"],
-                      "embed": clock["embed"] - clock["find"],
-                      "judge": clock["judge"] - clock["embed"]}
-    if write:
-        write_review(source, result)
-        write_html(result, files, Path(source) / REVIEW_HTML, checks,
-                   fine_per_class=HTML_FINE_PER_CLASS)
-        result.seconds["write"] = time.perf_counter() - clock["judge"]
-    result.seconds["total"] = time.perf_counter() - clock["start"]
-    return result
+    lock = holding(Path(source) / REVIEW_FILE, f"the review of {source}") if write else \
+        contextlib.nullcontext()
+    with lock:  # two reviews of one folder would overwrite each other's verdicts
+        clock = {"start": time.perf_counter()}
+        class_names, found = find_usable(source, checks=checks, threshold=threshold,
+                                         workers=workers, progress=progress)
+        files = [f for f in found if not f.status]
+        labels = [f.label for f in files]
+        references: list[str] = []
+        if reference is not None:
+            check_reference(source, reference)
+            references, found = find_usable(reference, checks=checks, threshold=threshold,
+                                            workers=workers, progress=progress, min_classes=1)
+            known = [f for f in found if not f.status]
+            labels += [len(class_names) + f.label for f in known]
+            files += known
+        _check_class_sizes(class_names + [f"{name} (of the reference)" for name in references],
+                           labels)
+        clock["find"] = time.perf_counter()
+        vectors = embed(files, backbone=backbone, weights=weights, size=size, checks=checks,
+                        cache_dir=cache_dir, seed=seed, workers=workers, progress=progress)
+        clock["embed"] = time.perf_counter()
+        judged = judge(vectors, np.array(labels, dtype=np.int64), class_names + references,
+                       [f.name for f in files], folds=folds, seed=seed, references=len(references))
+        files = files[:len(judged)]  # SOURCE's images come first
+        verdicts = [replace(v, sha256=f.info.sha256) for v, f in zip(judged, files)]
+        clock["judge"] = time.perf_counter()
+        result = Review(str(source), class_names, verdicts, backbone, weights,
+                        reference=None if reference is None else str(reference),
+                        reference_classes=references)
+        result.seconds = {"find": clock["find"] - clock["start"],
+                          "embed": clock["embed"] - clock["find"],
+                          "judge": clock["judge"] - clock["embed"]}
+        if write:
+            write_review(source, result)
+            write_html(result, files, Path(source) / REVIEW_HTML, checks,
+                       fine_per_class=HTML_FINE_PER_CLASS)
+            result.seconds["write"] = time.perf_counter() - clock["judge"]
+        result.seconds["total"] = time.perf_counter() - clock["start"]
+        return result
 
 
 def check_reference(source: str | os.PathLike, reference: str | os.PathLike) -> None:

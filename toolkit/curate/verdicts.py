@@ -2,7 +2,7 @@
 
 `toolkit review` writes it (:func:`write_review`); the gallery shows it and `pack --drop-suspects`
 leaves its suspects out (:func:`read_review`). A person's decisions about these images are another
-file with another owner (:mod:`toolkit.curate.decisions`).
+file with another owner (:mod:`toolkit.core.decisions`).
 """
 
 from __future__ import annotations

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..core import dedupe, images
+from ..core import decisions, dedupe, images
 from ..core.errors import OptionError, ToolkitError
 from ..core.files import write_json, write_text
+from ..core.locks import holding
 from ..core.sources import HIDDEN, InputFile, PixelSink, class_folders, find_usable
 from ..core.text import text_table, timestamp
-from ..curate import decisions
 from ..curate.verdicts import Judged, read_review
 from .npz import ArchivePart, write_archive
 from .splits import train_test_split
@@ -145,35 +145,36 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
     class_folders(source)  # a missing or empty SOURCE is the first error
     made = decisions.read(source)
     judged = read_review(source, needed_for="--drop-suspects") if drop_suspects else None
-    with tempfile.TemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".spill") as spill:
-        spilled = _Spill(spill.fileno(), size * size * 3)
-        class_names, files = find_usable(source, checks=checks, threshold=threshold,
-                                         workers=workers, progress=progress,
-                                         pixels=PixelSink(size, fit, spilled.put))
-        report = PackReport(str(source), class_names, files, str(out), per_class)
-        _apply_review(files, class_names, made, judged, report)
-        chosen = _choose(report, per_class, seed, allow_fewer)
-        train, test = train_test_split(chosen, test_size, seed)
-        report.train_counts = [sum(f.label == k for f in train) for k in range(len(class_names))]
-        report.test_counts = [sum(f.label == k for f in test) for k in range(len(class_names))]
-        for f in chosen:
-            f.status = PACKED
-        meta = {"toolkit": __version__, "created": timestamp(), "source": str(Path(source).resolve()),
-                "size": size, "fit": fit, "seed": seed, "test_size": test_size, "per_class": per_class,
-                "min_side": checks.min_side, "threshold": threshold, "drop_suspects": drop_suspects}
-        row_of = {id(f): i for i, f in enumerate(files)}
+    with holding(out, f"the archive {out}"):  # two packs into one archive would mix their files
+        with tempfile.TemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".spill") as spill:
+            spilled = _Spill(spill.fileno(), size * size * 3)
+            class_names, files = find_usable(source, checks=checks, threshold=threshold,
+                                             workers=workers, progress=progress,
+                                             pixels=PixelSink(size, fit, spilled.put))
+            report = PackReport(str(source), class_names, files, str(out), per_class)
+            _apply_review(files, class_names, made, judged, report)
+            chosen = _choose(report, per_class, seed, allow_fewer)
+            train, test = train_test_split(chosen, test_size, seed)
+            report.train_counts = [sum(f.label == k for f in train) for k in range(len(class_names))]
+            report.test_counts = [sum(f.label == k for f in test) for k in range(len(class_names))]
+            for f in chosen:
+                f.status = PACKED
+            meta = {"toolkit": __version__, "created": timestamp(), "source": str(Path(source).resolve()),
+                    "size": size, "fit": fit, "seed": seed, "test_size": test_size, "per_class": per_class,
+                    "min_side": checks.min_side, "threshold": threshold, "drop_suspects": drop_suspects}
+            row_of = {id(f): i for i, f in enumerate(files)}
 
-        def part(chosen: list[InputFile]) -> ArchivePart:
-            return ArchivePart([f.label for f in chosen], [f.name for f in chosen],
-                               spilled.rows(row_of[id(f)] for f in chosen))
+            def part(chosen: list[InputFile]) -> ArchivePart:
+                return ArchivePart([f.label for f in chosen], [f.name for f in chosen],
+                                   spilled.rows(row_of[id(f)] for f in chosen))
 
-        write_archive(out, report.class_names, size, part(train), part(test), meta)
+            write_archive(out, report.class_names, size, part(train), part(test), meta)
 
-    stem = out.with_suffix("")
-    write_text(f"{stem}.report.txt", report.table() + "".join(
-        f"\nwarning: {w}" for w in report.warnings) + "\n")
-    write_json(f"{stem}.report.json", report.to_json())
-    return report
+        stem = out.with_suffix("")
+        write_text(f"{stem}.report.txt", report.table() + "".join(
+            f"\nwarning: {w}" for w in report.warnings) + "\n")
+        write_json(f"{stem}.report.json", report.to_json())
+        return report
 
 
 class _Spill:

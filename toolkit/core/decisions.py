@@ -6,8 +6,9 @@ fsynced before the call returns, so a crash or a closed tab loses nothing. The l
 decision about a file wins; a last line cut short by a kill is skipped on reading.
 
 `pack` honours them, and `crawl` neither counts a dropped image nor downloads its URL again.
-This module is the one that writes and reads decisions.jsonl; review's verdicts are another
-file (:mod:`toolkit.curate.verdicts`).
+This module is the one that writes and reads decisions.jsonl (on the ground floor, because
+the crawl reads what the review wrote); review's verdicts are another file
+(:mod:`toolkit.curate.verdicts`).
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..collect import manifest
-from ..core.errors import ToolkitError
-from ..core.text import timestamp
-from .verdicts import REVIEW_FILE, suspects  # noqa: F401 (their names here before verdicts.py)
+from .errors import ToolkitError
+from .files import open_to_append
+from .text import timestamp
 
 DECISIONS_FILE = "decisions.jsonl"
 
@@ -58,14 +58,16 @@ def read(source: str | os.PathLike) -> dict[str, Decision]:
     return made
 
 
-def append(source: str | os.PathLike, decisions: Iterable[Decision]) -> list[Decision]:
+def append(source: str | os.PathLike, decisions: Iterable[Decision],
+           url_of: Callable[[str], str | None] = lambda file: None) -> list[Decision]:
     """Record `decisions` at the end of SOURCE/decisions.jsonl; return them as written.
 
-    All of them go in one write of whole lines, flushed and fsynced before returning.
+    All of them go in one write of whole lines, flushed and fsynced before returning; never
+    through a link (a shared folder's decisions.jsonl could point at ~/.bashrc). `url_of(file)`
+    gives the URL a crawl found a file at, for a decision that does not carry one.
     """
     source = Path(source)
     now = timestamp()
-    urls = _ManifestUrls(source)
     written = []
     for d in decisions:
         if d.action not in ACTIONS:
@@ -73,13 +75,13 @@ def append(source: str | os.PathLike, decisions: Iterable[Decision]) -> list[Dec
         if (d.action == MOVE) != bool(d.label):
             raise ToolkitError("a move needs the class to move to, and only a move has one")
         written.append(Decision(d.file, d.action, d.label if d.action == MOVE else None,
-                                d.url or urls.get(d.file), d.time or now))
+                                d.url or url_of(d.file), d.time or now))
     if not written:
         return []
     data = "".join(json.dumps(asdict(d), ensure_ascii=False) + "\n" for d in written).encode()
     path = source / DECISIONS_FILE
     with _write_lock:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = open_to_append(path)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -117,17 +119,3 @@ def _parse(line: str) -> Decision | None:
     if decision.action not in ACTIONS or (decision.action == MOVE and not decision.label):
         return None
     return decision
-
-
-class _ManifestUrls:
-    """The URL a crawl recorded for a file, from its class's manifest (read once per class)."""
-
-    def __init__(self, source: Path):
-        self.source = source
-        self.by_class: dict[str, dict[str, str]] = {}
-
-    def get(self, file: str) -> str | None:
-        label, _, name = file.partition("/")
-        if label not in self.by_class:
-            self.by_class[label] = manifest.file_urls(self.source, label)
-        return self.by_class[label].get(name)
