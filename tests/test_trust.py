@@ -342,3 +342,72 @@ def test_a_second_pack_or_review_of_the_same_target_stops_with_one_line_naming_t
         holder.wait()
     assert lock_path(target).exists()  # the killed holder's, left for the next to take over
     assert not (target.exists() and command == "pack")
+
+
+def test_a_link_out_of_its_class_folder_is_never_read_but_a_linked_class_folder_is(tmp_path):
+    from conftest import make_class_folders
+    from toolkit.core.sources import OUTSIDE, find_usable
+    from toolkit.data.npz import load_archive
+    from toolkit.data.packer import pack
+
+    private = make_class_folders(tmp_path / "home", {"photos": range(100, 102)}) / "photos"
+    disk = make_class_folders(tmp_path / "bigdisk", {"dog": range(10, 16)})
+    source = make_class_folders(tmp_path / "shared", {"cat": range(0, 6)})
+    (source / "dog").symlink_to(disk / "dog")  # moved to a bigger disk, linked back: still read
+    (source / "cat" / "img9000.jpg").symlink_to(private / "img0100.jpg")
+    (source / "cat" / "more").symlink_to(private)  # a folder link out: nothing in it is read
+    _, files = find_usable(source)
+    outside = sorted(f.name for f in files if f.status == OUTSIDE)
+    assert outside == ["cat/img9000.jpg", "cat/more/img0100.jpg", "cat/more/img0101.jpg"]
+    assert all(f.info is None for f in files if f.status == OUTSIDE)  # never even decoded
+    report = pack(source, tmp_path / "a.npz", per_class=6, size=32, test_size=0.5)
+    archive = load_archive(tmp_path / "a.npz")
+    assert len(archive.y_train) + len(archive.y_test) == 12
+    assert "a link out of its class folder, skipped" in report.table()
+
+
+# --------------------------------------------------------------------------- names someone else chose
+
+def test_pack_refuses_a_class_folder_name_that_crawl_would_refuse(tmp_path):
+    from conftest import make_class_folders
+    from helpers import assert_one_error_line, run_cli
+
+    source = make_class_folders(tmp_path / "src", {"cat": range(0, 4), "dog\nfox": range(4, 8)})
+    result = run_cli("pack", source, "--out", tmp_path / "a.npz", "--size", "32", "--allow-fewer")
+    assert_one_error_line(result, "class folder 'dog\\nfox' holds a character that is not allowed")
+    assert not (tmp_path / "a.npz").exists()
+
+
+def test_an_archive_whose_class_names_hold_a_newline_is_refused(tmp_path):
+    from helpers import write_archive
+    from toolkit.data.npz import load_archive
+
+    path = write_archive(tmp_path / "a.npz", n_per_class=5,
+                         class_names=np.array(["circle", "square\ncircle", "triangle"]))
+    with pytest.raises(ToolkitError, match=r"class name 'square\\ncircle' holds a control character"):
+        load_archive(path)
+
+
+@pytest.mark.slow
+def test_markup_in_class_names_stays_text_in_the_model_card_and_the_terminal(tmp_path):
+    import re
+
+    from PIL import Image
+
+    from helpers import run_cli, write_archive
+    from toolkit.training.trainer import train
+
+    names = np.array(["a|b", "<b>bold</b>", "`tick`"])
+    data = write_archive(tmp_path / "a.npz", n_per_class=10, class_names=names)
+    run = train(data, "cnn", out=tmp_path / "run", epochs=1, weights="none", batch_size=16,
+                precision="float32", verbose=0, cache_dir=str(tmp_path / "cache"))
+    card = (run.folder / "MODEL_CARD.md").read_text()
+    outside_code = re.sub(r"`[^`]*`", "", card)  # inside a code span, markup is text
+    assert "<b>" not in outside_code and "\\<b\\>bold\\</b\\>" in card
+    rows = [line for line in card.splitlines() if line.startswith("| ") and "precision" not in line]
+    assert len(rows) == 3 and all(len(re.findall(r"(?<!\\)\|", row)) == 6 for row in rows), rows
+    odd = tmp_path / "evil\x1b]0;pwned\x07.png"
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(odd, "PNG")
+    result = run_cli("predict", run.folder, odd)
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\\x1b]0;pwned\\x07" in result.output

@@ -12,10 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import ToolkitError
-
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)),
-                     *(f"LPT{i}" for i in range(10))}
-_FORBIDDEN_CHARS = set('<>:"/\\|?*')
+from ..core.names import class_name_problem
 
 
 @dataclass(frozen=True)
@@ -39,21 +36,7 @@ def parse_query(text: str) -> Query:
 def check_label(label: str, keywords: str | None = None) -> str:
     """Return `label` (NFC) if it is a folder name safe on every OS, else raise."""
     label = unicodedata.normalize("NFC", label)
-    problem = None
-    if not label.strip():
-        problem = "is empty"
-    elif label in (".", "..") or "/" in label or "\\" in label:
-        problem = "is a path, not a name"
-    elif label.startswith("."):
-        problem = "starts with '.', which hides the folder"
-    elif any(ord(c) < 32 or c in _FORBIDDEN_CHARS for c in label):
-        problem = 'holds a character that is not allowed in file names (<>:"/\\|?* or a control)'
-    elif label[-1] in ". " or label[0] == " ":
-        problem = "starts or ends with a space, or ends with a dot"
-    elif label.split(".")[0].upper().strip() in _WINDOWS_RESERVED:
-        problem = "is a reserved device name on Windows"
-    elif len(label.encode("utf-8")) > 120:
-        problem = "is too long for a folder name"
+    problem = class_name_problem(label)
     if problem:
         example = keywords if keywords and keywords != label else "search words"
         raise ToolkitError(f"class label {label!r} {problem}; name the class with a plain "

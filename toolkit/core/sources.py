@@ -20,6 +20,9 @@ from .errors import ToolkitError
 
 #: Status of a file whose name starts with a dot (besides images.REASONS and dedupe's reasons).
 HIDDEN = "hidden"
+#: Status of a link that leads out of its class folder: a shared dataset could otherwise bring
+#: any file of the disk into review.html, the gallery or an archive.
+OUTSIDE = "outside"
 
 
 @dataclass
@@ -98,6 +101,14 @@ def list_files(folder: Path) -> list[Path]:
     return found
 
 
+def inside(path: Path, root: Path) -> bool:
+    """Whether `path`, its links followed, lies inside the (resolved) folder `root`."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a link loop
+        return False
+
+
 def printable(name: str) -> str:
     """A file name that can be printed and stored: undecodable bytes shown as \\xNN."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -122,9 +133,12 @@ def find_usable(source: str | os.PathLike, *, checks: images.Checks = images.Che
     folders = class_folders(source, min_classes)
     files = [InputFile(label, path, printable(str(path.relative_to(source))))
              for label, (_, folder) in enumerate(folders) for path in list_files(folder)]
+    roots = [folder.resolve() for _, folder in folders]  # a class folder may be a link itself
     for f in files:
         if f.path.name.startswith("."):
             f.status = HIDDEN
+        elif not inside(f.path, roots[f.label]):
+            f.status = OUTSIDE
     _decode_all(files, checks, pixels, workers, progress)
     _drop_duplicates(files, threshold)
     return [name for name, _ in folders], files

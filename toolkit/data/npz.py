@@ -24,6 +24,7 @@ import numpy as np
 from ..core import images
 from ..core.errors import ToolkitError, first_line
 from ..core.files import atomic_path
+from ..core.names import is_control
 
 IMAGE_KEYS = ("X_train", "X_test")
 LABEL_KEYS = ("y_train", "y_test")
@@ -169,6 +170,9 @@ def _validated(path: Path, a: dict[str, np.ndarray]) -> Archive:
         if names.dtype.kind != "U" or names.ndim != 1:
             raise bad("class_names must be a 1-D string array")
         class_names = [str(n) for n in names]
+        odd = [n for n in class_names if any(map(is_control, n))]
+        if odd:  # a newline would shift every label after it in labels.txt
+            raise bad(f"class name {odd[0]!r} holds a control character; pack it again")
         if labels.max() >= len(class_names):
             raise bad(f"label {labels.max()} is outside the {len(class_names)} class_names "
                       f"({', '.join(class_names)})")

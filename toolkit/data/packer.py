@@ -23,7 +23,8 @@ from ..core import decisions, dedupe, images
 from ..core.errors import OptionError, ToolkitError
 from ..core.files import write_json, write_text
 from ..core.locks import holding
-from ..core.sources import HIDDEN, InputFile, PixelSink, class_folders, find_usable
+from ..core.names import class_name_problem
+from ..core.sources import HIDDEN, OUTSIDE, InputFile, PixelSink, class_folders, find_usable
 from ..core.text import text_table, timestamp
 from ..curate.verdicts import Judged, read_review
 from .npz import ArchivePart, write_archive
@@ -39,6 +40,7 @@ STATUS_WORDS = {
     PACKED: "in the archive",
     SURPLUS: "usable, not picked (over --per-class)",
     HIDDEN: "hidden file, skipped",
+    OUTSIDE: "a link out of its class folder, skipped",
     DUPLICATE: "duplicate of a kept image",
     LABEL_CONFLICT: "same picture under another class (label noise), dropped from both",
     DROPPED_IN_REVIEW: "dropped in review (decisions.jsonl)",
@@ -142,7 +144,11 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
     """
     out = Path(out)
     _check_pack_arguments(out, per_class, test_size, size, fit, threshold, force)
-    class_folders(source)  # a missing or empty SOURCE is the first error
+    for name, _ in class_folders(source):  # a missing or empty SOURCE is the first error
+        problem = class_name_problem(name)
+        if problem:  # crawl refuses such a name: labels.txt, the model card and terminals print it
+            raise ToolkitError(f"class folder {name!r} {problem}; rename it to a plain name (as "
+                               "`toolkit crawl` would make it) and pack again")
     made = decisions.read(source)
     judged = read_review(source, needed_for="--drop-suspects") if drop_suspects else None
     with holding(out, f"the archive {out}"):  # two packs into one archive would mix their files
