@@ -10,61 +10,15 @@ import json
 import os
 import socket
 import struct
-import threading
 import time
-import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import distinct_image
+from gallery_client import JSON, browser_key, fetch, key, open_gallery, start, stop, write_review
 from toolkit.curate import decisions
-from toolkit.curate.gallery import Gallery
-
-
-def write_review(root: Path, classes: dict[str, list[str]], suspects: set[str] = frozenset(),
-                 images: bool = True) -> Path:
-    """SOURCE with `classes` (class -> file names) and the review.json review would write."""
-    entries = []
-    for i, (label, names) in enumerate(classes.items()):
-        (root / label).mkdir(parents=True, exist_ok=True)
-        for j, name in enumerate(names):
-            if images:
-                (root / label / name).write_bytes(distinct_image(1000 * i + j))
-            file = f"{label}/{name}"
-            entries.append({"file": file, "label": label, "suspect": file in suspects,
-                            "reason": "off-topic" if file in suspects else "fine",
-                            "score": 0.9 if file in suspects else 0.1, "suggested": None,
-                            "probability": 0.5, "outlier": 0.0})
-    (root / decisions.REVIEW_FILE).write_text(json.dumps(
-        {"source": str(root), "class_names": list(classes), "images": entries}))
-    return root
-
-
-def start(source: Path) -> Gallery:
-    server = Gallery(source)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    return server
-
-
-def stop(server: Gallery) -> None:
-    server.shutdown()
-    server.server_close()
-
-
-def fetch(url: str, data: bytes | None = None, headers: dict | None = None,
-          method: str | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -80,29 +34,19 @@ def small(tmp_path):
 
 def test_deeply_nested_json_is_one_clean_400(small):
     source, server = small
+    cookie = key(server)
     body = b'{"decisions": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     try:
-        status, reply = fetch(server.url + "api/decisions", body, JSON)
-    except (urllib.error.URLError, ConnectionError) as e:  # the handler died: no answer at all
+        status, reply = fetch(server.address + "api/decisions", body, {**JSON, **cookie})
+    except OSError as e:  # the handler died: no answer at all
         pytest.fail(f"no HTTP answer to a deeply nested body: {e!r}")
     assert status == 400 and b"error" in reply
-    assert fetch(server.url + "api/state")[0] == 200  # and the server still answers
+    assert fetch(server.address + "api/state", headers=cookie)[0] == 200  # and the server still answers
 
 
 # ---- the gallery in a real browser
 
 from browser import browser, console_errors  # noqa: E402,F401 (a fixture)
-
-
-def open_gallery(driver, server: Gallery, n_cards: int):
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    wait = WebDriverWait(driver, 20, ignored_exceptions=[StaleElementReferenceException])
-    driver.get(server.url)
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid .card")) == n_cards)
-    return wait
 
 
 def test_arrow_keys_after_a_bulk_move_do_not_move_more_images(browser, tmp_path):  # noqa: F811
@@ -160,14 +104,15 @@ def test_keys_answer_at_once_in_a_class_of_1200_images_among_30_classes(browser,
 def test_a_closed_tab_or_a_cancelled_thumbnail_prints_no_traceback(small, capfd):
     """The browser cancels image loads whenever the grid changes or the tab closes."""
     source, server = small
+    cookie = key(server)
     for _ in range(10):
         s = socket.create_connection(("127.0.0.1", server.server_port))
         s.sendall(f"GET /image?f=cat/a.jpg HTTP/1.1\r\nHost: 127.0.0.1:{server.server_port}"
-                  "\r\n\r\n".encode())
+                  f"\r\nCookie: {cookie['Cookie']}\r\n\r\n".encode())
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()  # a reset, as a browser gives up on a request
     time.sleep(1)
-    assert fetch(server.url + "image?f=cat/a.jpg")[0] == 200
+    assert fetch(server.address + "image?f=cat/a.jpg", headers=cookie)[0] == 200
     assert "Traceback" not in capfd.readouterr().err
 
 
@@ -185,7 +130,8 @@ def test_the_gallery_shows_a_file_whose_name_is_not_utf8(tmp_path):
                           for label in class_names}, images=False)
     server = start(source)
     try:
-        statuses = {name: fetch(server.url + "image?f=" + urllib.request.quote(name))[0]
+        cookie = key(server)
+        statuses = {name: fetch(server.address + "image?f=" + urllib.request.quote(name), headers=cookie)[0]
                     for name in names}
     finally:
         stop(server)
@@ -271,8 +217,8 @@ def test_classes_and_files_named_with_spaces_unicode_and_url_characters(browser,
 def test_a_body_over_the_limit_gets_an_answer_not_a_broken_connection(small):
     source, server = small
     try:
-        status, reply = fetch(server.url + "api/decisions", b" " * (5 * 2**20), JSON)
-    except (urllib.error.URLError, ConnectionError) as e:
+        status, reply = fetch(server.address + "api/decisions", b" " * (5 * 2**20), {**JSON, **key(server)})
+    except OSError as e:
         pytest.fail(f"no HTTP answer to a 5 MiB body: {e!r}")
     assert status in (400, 413) and b"error" in reply
     assert not (source / decisions.DECISIONS_FILE).exists()
@@ -284,7 +230,8 @@ def test_a_decision_made_in_another_tab_shows_after_a_switch_of_class(browser, s
     source, server = small
     wait = open_gallery(browser, server, 2)
     other_tab = json.dumps({"decisions": [{"file": "cat/b.jpg", "action": "drop"}]}).encode()
-    assert fetch(server.url + "api/decisions", other_tab, JSON)[0] == 200
+    other_key = browser_key(browser, server)
+    assert fetch(server.address + "api/decisions", other_tab, {**JSON, **other_key})[0] == 200
     browser.find_element(By.CSS_SELECTOR, '#tabs button[data-klass="dog"]').click()
     browser.find_element(By.CSS_SELECTOR, '#tabs button[data-klass="cat"]').click()
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, '#grid .card[data-file="cat/b.jpg"] '
