@@ -13,8 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import keras
@@ -24,6 +22,7 @@ from PIL import Image
 
 from browser import browser, console_errors  # noqa: F401 (a fixture)
 from conftest import FLOWERS, MOBILENET_WEIGHTS, distinct_image, make_class_folders
+from gallery_client import fetch, key
 from helpers import assert_one_error_line, run_cli, tree
 from toolkit.collect.crawler import crawl
 from toolkit.collect.fetch import FetchOptions
@@ -277,40 +276,32 @@ def gallery(folder):
     server.server_close()
 
 
-def fetch(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=data, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 @pytest.mark.slow
 def test_gallery_refuses_paths_outside_source_and_writes_only_decisions(gallery, folder):
     (folder.parent / "secret.txt").write_text("root:x:0:0")
     before = tree(folder)
-    status, body = fetch(gallery.url + "image?f=cat/img0001.jpg")
+    cookie = key(gallery)  # the page's own requests: what is refused here is refused for its path
+    status, body = fetch(gallery.address + "image?f=cat/img0001.jpg", headers=cookie)
     assert status == 200 and body[:2] == b"\xff\xd8"  # a JPEG thumbnail
     for path in ("image?f=../../etc/passwd", "image?f=..%2F..%2Fetc%2Fpasswd",
                  "image?f=%2e%2e%2f%2e%2e%2fetc%2fpasswd", "image?f=/etc/passwd",
                  "image?f=cat/../../secret.txt", "image?f=..%252F..%252Fsecret.txt",
                  "image?f=cat%2F..%2F..%2Fsecret.txt", "../../etc/passwd", "..%2F..%2Fsecret.txt",
                  "image?f=review.json", "image?f=cat"):
-        status, body = fetch(gallery.url + path)
+        status, body = fetch(gallery.address + path, headers=cookie)
         assert status in (403, 404), path
         assert b"root:" not in body and b"toolkit" not in body, path
-    post = {"Content-Type": "application/json"}
+    post = {"Content-Type": "application/json", **cookie}
     bad = json.dumps({"decisions": [{"file": "../secret.txt", "action": "drop"}]}).encode()
-    assert fetch(gallery.url + "api/decisions", bad, post)[0] == 400
+    assert fetch(gallery.address + "api/decisions", bad, post)[0] == 400
     form = b"decisions=x"  # a form posted from another site is not JSON
-    assert fetch(gallery.url + "api/decisions", form,
-                 {"Content-Type": "application/x-www-form-urlencoded"})[0] == 415
-    assert fetch(gallery.url + "api/decisions", bad, {**post, "Origin": "http://evil.test"})[0] == 403
+    assert fetch(gallery.address + "api/decisions", form,
+                 {"Content-Type": "application/x-www-form-urlencoded", **cookie})[0] == 415
+    assert fetch(gallery.address + "api/decisions", bad, {**post, "Origin": "http://evil.test"})[0] == 403
     good = json.dumps({"decisions": [{"file": "cat/img0001.jpg", "action": "drop"}]}).encode()
-    assert fetch(gallery.url + "api/decisions", good, post)[0] == 200
-    port = gallery.url.rstrip("/").rsplit(":", 1)[1]  # the page opened as localhost works too
-    assert fetch(gallery.url + "api/decisions", good,
+    assert fetch(gallery.address + "api/decisions", good, post)[0] == 200
+    port = gallery.server_port  # the page opened as localhost works too
+    assert fetch(gallery.address + "api/decisions", good,
                  {**post, "Origin": f"http://localhost:{port}", "Host": f"localhost:{port}"})[0] == 200
     restarted = Gallery(folder)  # a restart of the server shows the decision
     try:
@@ -434,7 +425,7 @@ def test_gallery_in_a_browser_drop_by_mouse_move_by_keyboard_then_pack(browser, 
             if not line:
                 break
             seen.append(line)
-            match = re.search(r"gallery: (http://127\.0\.0\.1:\d+/)", line)
+            match = re.search(r"gallery: (http://127\.0\.0\.1:\d+/\?token=[\w-]{43})  ", line)
             url = match and match.group(1)
         assert url, "".join(seen)
 

@@ -2,8 +2,9 @@
 
 It shows SOURCE/review.json per class, suspects first, and records every decision at once
 in SOURCE/decisions.jsonl (:mod:`toolkit.core.decisions`). The server binds 127.0.0.1 only,
-answers only for the images review judged (never a path it is given), accepts decisions
-only as JSON from its own page's origin, and writes nothing but decisions.
+answers only its own page holding this launch's key (:mod:`toolkit.curate.guard`), only for
+the images review judged (never a path it is given), accepts decisions only as JSON, and
+writes nothing but decisions.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import threading
 import webbrowser
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,6 +25,7 @@ from ..collect import manifest
 from ..core import decisions, images
 from ..core.errors import ToolkitError
 from ..core.sources import class_folders, list_files, printable
+from . import guard
 from .review_page import cropped_jpeg
 from .verdicts import read_review
 
@@ -33,12 +34,12 @@ THUMBNAIL_SIDE = 256  # of the square JPEGs the gallery shows (review.html's are
 THUMBNAILS_KEPT = 2000  # in memory, ~15 KB each: a class of a crawl and then some
 MAX_BODY = 4 * 2**20
 DISCARD_LIMIT = 64 * 2**20  # a larger body is not read at all: the connection just closes
+PAGE = (Path(__file__).with_name("gallery.html")).read_text(encoding="utf-8")  # the page and its script
+POLICY = guard.page_policy(PAGE)
 
 
-class Gallery(ThreadingHTTPServer):
+class Gallery(guard.GuardedServer):
     """The server, with what it serves: the review and the decisions of one SOURCE."""
-
-    daemon_threads = True
 
     def __init__(self, source: str | os.PathLike, port: int = 0,
                  checks: images.Checks = images.Checks()):
@@ -50,18 +51,9 @@ class Gallery(ThreadingHTTPServer):
         self.thumbnail_lock = threading.Lock()
         self.odd_names: dict[str, Path] | None = None  # see path_of
         try:
-            super().__init__((HOST, port), Handler)
+            super().__init__((HOST, port), Handler, POLICY)
         except OSError as e:
             raise _cannot_listen(port, e) from None
-
-    def handle_error(self, request, client_address) -> None:
-        """A browser that went away (a closed tab, a thumbnail it no longer shows) is no error."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.server_port}/"
 
     def state(self) -> dict:
         made = decisions.read(self.source)
@@ -130,7 +122,7 @@ def _public(d: decisions.Decision) -> dict:
     return {"action": d.action, "label": d.label}
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(guard.GuardedHandler):
     server: Gallery
     server_version = "toolkit-gallery"
 
@@ -138,8 +130,8 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        if not self._host_ok():
-            return self._send(HTTPStatus.FORBIDDEN, b"forbidden host\n", "text/plain")
+        if not self.admit():
+            return
         parts = urlsplit(self.path)
         if parts.path in ("/", "/index.html"):
             return self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
@@ -158,13 +150,10 @@ class Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
     def do_POST(self):
-        if not self._host_ok():
-            return self._send(HTTPStatus.FORBIDDEN, b"forbidden host\n", "text/plain")
+        if not self.admit():
+            return
         if urlsplit(self.path).path != "/api/decisions":
             return self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
-        origin = self.headers.get("Origin")
-        if origin is not None and origin.rstrip("/") not in self._own_origins():
-            return self._json(HTTPStatus.FORBIDDEN, {"error": "foreign origin"})
         if self.headers.get_content_type() != "application/json":
             return self._send(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, b"send JSON\n", "text/plain")
         try:
@@ -188,38 +177,15 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(HTTPStatus.BAD_REQUEST, {"error": "JSON nested too deep"})
         self._json(HTTPStatus.OK, {"decisions": recorded})
 
-    def _host_ok(self) -> bool:
-        """Only our own address: a page elsewhere cannot reach us by DNS rebinding."""
-        return self.headers.get("Host", "") in self._own_hosts()
-
-    def _own_hosts(self) -> tuple[str, str]:
-        port = self.server.server_port
-        return f"{HOST}:{port}", f"localhost:{port}"
-
-    def _own_origins(self) -> list[str]:
-        return [f"http://{host}" for host in self._own_hosts()]
-
     def _json(self, status: HTTPStatus, obj: dict) -> None:
         self._send(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json")
-
-    def _send(self, status: HTTPStatus, body: bytes, kind: str, cache: bool = False) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy",
-                         "default-src 'self'; img-src 'self' data:; style-src 'unsafe-inline'; "
-                         "script-src 'unsafe-inline'")
-        self.end_headers()
-        self.wfile.write(body)
 
 
 def serve(source: str | os.PathLike, *, port: int = 0, open_browser: bool = True,
           checks: images.Checks = images.Checks(), echo: Callable[[str], None] = print) -> None:
     """Serve the gallery of SOURCE until Ctrl-C (or SIGTERM turned into it)."""
     server = Gallery(source, port, checks)
-    echo(f"gallery: {server.url}  (Ctrl-C to stop)")
+    echo(f"gallery: {server.url}  (good for one browser; Ctrl-C to stop)")
     if open_browser and _can_open_browser():
         threading.Thread(target=webbrowser.open, args=(server.url,), daemon=True).start()
     try:
@@ -259,5 +225,3 @@ def _can_open_browser() -> bool:
         return False
     return True
 
-
-PAGE = (Path(__file__).with_name("gallery.html")).read_text(encoding="utf-8")  # the page and its script
