@@ -411,3 +411,29 @@ def test_markup_in_class_names_stays_text_in_the_model_card_and_the_terminal(tmp
     result = run_cli("predict", run.folder, odd)
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\\x1b]0;pwned\\x07" in result.output
+
+
+def test_the_gallery_shows_no_file_outside_its_class_folder_whatever_review_json_names(tmp_path):
+    import json
+    from urllib.parse import quote
+
+    from conftest import distinct_image
+    from gallery_client import fetch, key, start, stop, write_review
+
+    private = tmp_path / "home"
+    private.mkdir()
+    (private / "secret.jpg").write_bytes(distinct_image(99))
+    source = write_review(tmp_path / "shared", {"cat": ["a.jpg", "b.jpg"], "dog": ["c.jpg", "d.jpg"]})
+    (source / "cat" / "link.jpg").symlink_to(private / "secret.jpg")
+    review = json.loads((source / "review.json").read_text())
+    for name in ("cat/../../home/secret.jpg", str(private / "secret.jpg"), "cat/link.jpg"):
+        review["images"].append({**review["images"][0], "file": name})
+    (source / "review.json").write_text(json.dumps(review))
+    server = start(source)
+    try:
+        cookie = key(server)
+        assert fetch(server.address + "image?f=cat/a.jpg", headers=cookie)[0] == 200
+        for name in ("cat/../../home/secret.jpg", str(private / "secret.jpg"), "cat/link.jpg"):
+            assert fetch(server.address + f"image?f={quote(name)}", headers=cookie)[0] == 404, name
+    finally:
+        stop(server)

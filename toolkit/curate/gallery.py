@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..collect import manifest
 from ..core import decisions, images
 from ..core.errors import ToolkitError
-from ..core.sources import class_folders, list_files, printable
+from ..core.sources import class_folders, inside, list_files, printable
 from . import guard
 from .review_page import cropped_jpeg
 from .verdicts import read_review
@@ -76,9 +76,20 @@ class Gallery(guard.GuardedServer):
         return cached
 
     def path_of(self, file: str) -> Path:
-        """The file an image of the review is. Its name is the path under SOURCE, but bytes
-        of a name that are not UTF-8 are written \\xNN there (:func:`sources.printable`):
-        such a name is found again among the files pack would list."""
+        """The file an image of the review is, never one outside its class folder: review.json
+        is read from a folder someone may have shared, and names what it likes."""
+        path = self._named(file)
+        label, _, rest = file.partition("/")
+        relative = Path(file)
+        if (not rest or relative.is_absolute() or ".." in relative.parts
+                or not inside(path, (self.source / label).resolve())):
+            raise images.Unusable("unreadable", "not inside its class folder")
+        return path
+
+    def _named(self, file: str) -> Path:
+        """The path of a name under SOURCE. Bytes of a name that are not UTF-8 are written \\xNN
+        in it (:func:`sources.printable`): such a name is found again among the files pack
+        would list."""
         path = self.source / file
         if "\\x" not in file or path.exists():
             return path
