@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import hamming
+
 #: Bits of the 64-bit perceptual hash in which two copies of one picture may differ.
 #: Resized, recompressed, recoloured or slightly cropped copies differ in 0-8 bits;
 #: on 1,350 real flower photos, the closest distinct pictures differ in 12.
@@ -43,15 +45,12 @@ class Dropped:
 
 
 def near_pairs(hashes: np.ndarray, threshold: int, chunk: int = 512) -> Iterator[tuple[int, int]]:
-    """Yield index pairs (i < j) whose hashes differ in at most `threshold` bits."""
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    for start in range(0, len(hashes), chunk):
-        block = hashes[start:start + chunk, None] ^ hashes[None, :]
-        rows, cols = np.nonzero(np.bitwise_count(block) <= threshold)
-        rows = rows + start
-        for i, j in zip(rows.tolist(), cols.tolist()):
-            if i < j:
-                yield i, j
+    """Yield index pairs (i < j) whose hashes differ in at most `threshold` bits, sorted by
+    (i, j). Linear in the number of hashes at the usual thresholds (see toolkit.core.hamming);
+    `chunk` rows at a time where comparing all pairs is cheaper."""
+    for pairs in hamming.close_pairs(np.asarray(hashes, dtype=np.uint64), threshold, chunk):
+        for i, j in pairs.tolist():
+            yield i, j
 
 
 def find_duplicates(candidates: Sequence[Candidate], threshold: int = DEFAULT_THRESHOLD
@@ -96,40 +95,34 @@ def find_duplicates(candidates: Sequence[Candidate], threshold: int = DEFAULT_TH
 
 
 class HashIndex:
-    """Incremental lookup of the images kept so far, for deciding one download at a time."""
+    """Incremental lookup of the images kept so far, for deciding one download at a time:
+    an add costs O(bands) and a match O(probes), however many images are kept."""
 
     def __init__(self, threshold: int = DEFAULT_THRESHOLD):
         self.threshold = threshold
         self._owner_by_sha: dict[str, str] = {}
-        self._phashes: list[int] = []
-        self._owners: list[str] = []
-        self._array: np.ndarray | None = None
+        self._owners: list[str] = []  # by position in the index (removed ones stay, unused)
+        self._near = hamming.Index(threshold)
 
     def __len__(self) -> int:
-        return len(self._owners)
+        return len(self._near)
 
     def match(self, sha256: str, phash: int) -> str | None:
-        """The owner (a label) of a kept image that this one duplicates, or None."""
+        """The owner (a label) of a kept image that this one duplicates (the first kept of
+        several), or None."""
         if sha256 in self._owner_by_sha:
             return self._owner_by_sha[sha256]
-        if not self._phashes:
-            return None
-        if self._array is None:
-            self._array = np.array(self._phashes, dtype=np.uint64)
-        close = np.flatnonzero(np.bitwise_count(self._array ^ np.uint64(phash)) <= self.threshold)
+        close = self._near.within(phash)
         return self._owners[int(close[0])] if close.size else None
 
     def add(self, sha256: str, phash: int, owner: str) -> None:
         self._owner_by_sha.setdefault(sha256, owner)
-        self._phashes.append(phash)
+        self._near.add(phash)
         self._owners.append(owner)
-        self._array = None
 
     def remove(self, sha256: str, phash: int) -> None:
         """Undo the most recent :meth:`add` of this image (a write that failed)."""
-        for i in range(len(self._phashes) - 1, -1, -1):
-            if self._phashes[i] == phash:
-                del self._phashes[i], self._owners[i]
-                break
+        same = self._near.equal(phash)
+        if same.size:
+            self._near.discard(int(same[-1]))
         self._owner_by_sha.pop(sha256, None)
-        self._array = None
