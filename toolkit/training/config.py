@@ -8,36 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from ..core.architectures import BACKBONES, HEADS, STRATEGIES
 from ..core.errors import OptionError
 from .precision import PRECISIONS
 
-STRATEGIES = ("cnn", "extract", "finetune", "augment")
 LEARNING_RATES = {"cnn": 1e-3, "extract": 1e-3, "finetune": 1e-4, "augment": 1e-4}
-HEADS = ("flatten", "pool")
 AUGMENT_MODES = ("auto", "cached", "online")
 DISTRIBUTIONS = ("none", "mirrored", "multiworker")
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """A keras.applications base and how to use it."""
-
-    name: str
-    factory: str               # the keras.applications constructor
-    preprocess: str            # mode of the models.Preprocess layer
-    finetune: tuple[str, ...]  # layer-name patterns unfrozen by finetune/augment
-    min_size: int = 32
-
-
-BACKBONES = {
-    b.name: b for b in (
-        Backbone("vgg16", "VGG16", "caffe", ("block5_conv3",)),
-        Backbone("vgg19", "VGG19", "caffe", ("block5_conv4",)),
-        Backbone("mobilenet_v2", "MobileNetV2", "tf", ("block_16_*", "Conv_1")),
-        Backbone("resnet50", "ResNet50", "caffe", ("conv5_block3_*",)),
-        Backbone("efficientnet_b0", "EfficientNetB0", "none", ("block7a_*", "top_conv")),
-    )
-}
 
 
 @dataclass
