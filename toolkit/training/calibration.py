@@ -24,6 +24,7 @@ import numpy as np
 
 from ..core.errors import ToolkitError
 from ..core.files import atomic_path, write_json
+from ..reports.metrics import CalibrationSummary
 
 NEIGHBOURS = 20            # k of the k-th nearest training embedding
 REFERENCE_ROWS = 2000      # training embeddings kept (seeded sample) for the distances
@@ -95,7 +96,7 @@ class Fitted:
     """What `fit` gives training: the calibration, and the numbers for metrics.json."""
 
     calibration: Calibration
-    summary: dict
+    summary: CalibrationSummary
     test_probabilities: np.ndarray  # calibrated
     uncalibrated: np.ndarray        # the model's own test probabilities
 
@@ -118,7 +119,7 @@ def fit(train_embeddings: np.ndarray, val_probabilities: np.ndarray | None,
         calibration.distance_threshold = float(np.quantile(
             calibration.distances(val_embeddings), DISTANCE_QUANTILE))
     calibrated = calibration.probabilities(test_probabilities)
-    summary = {
+    summary: CalibrationSummary = {
         **calibration.settings(),
         "validation_images": 0 if val_labels is None else len(val_labels),
         "test_ece_before": expected_calibration_error(test_probabilities, test_labels),

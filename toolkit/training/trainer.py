@@ -36,6 +36,7 @@ from ..core.errors import OptionError, ToolkitError
 from ..core.files import write_json, write_text
 from ..core.text import text_table
 from ..data.archive import Archive, load_archive
+from ..reports.metrics import EVALUATION_FIELDS, CalibrationSummary, RunMetrics
 from . import precision
 from .batches import Batches, Rows, validation_split
 from .checkpoints import Checkpointer, read_state
@@ -53,7 +54,7 @@ class Run:
 
     folder: Path | None  # None on a multiworker worker that is not the chief
     config: TrainConfig
-    metrics: dict
+    metrics: RunMetrics
     history: dict
     report: str
     model: object = field(repr=False, default=None)
@@ -269,8 +270,8 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
                                clock, write=plan.chief)
     probabilities, calibrated = _fit_and_predict(config, archive, plan, fitted, state, checkpoints,
                                                  train_data, val_data, test_source, clock, verbose)
-    evaluation, metrics = _metrics(config, archive, plan, split, checkpoints, probabilities, clock)
-    metrics["calibration"] = calibrated.summary
+    evaluation, metrics = _metrics(config, archive, plan, split, checkpoints, probabilities,
+                                   calibrated.summary, clock)
     report = ""
     if plan.chief:
         report = save_run(folder, config, archive, split.model, evaluation, metrics,
@@ -385,16 +386,15 @@ def _fit_and_predict(config: TrainConfig, archive: Archive, plan: _Plan, fitted,
 
 
 def _metrics(config: TrainConfig, archive: Archive, plan: _Plan, split,
-             checkpoints: Checkpointer, probabilities: np.ndarray, clock: Clock
-             ) -> tuple[dict, dict]:
+             checkpoints: Checkpointer, probabilities: np.ndarray,
+             calibration: CalibrationSummary, clock: Clock) -> tuple[dict, RunMetrics]:
     """(the test-set evaluation, the run's metrics.json)."""
     from .. import models
     from ..reports.report import evaluate_predictions
 
     evaluation = evaluate_predictions(archive.y_test, probabilities, archive.class_names)
-    metrics = {
-        **{k: evaluation[k] for k in ("accuracy", "macro_f1", "per_class", "test_images",
-                                      "confusion_matrix", "class_names")},
+    metrics: RunMetrics = {
+        **{k: evaluation[k] for k in EVALUATION_FIELDS},
         "strategy": config.strategy,
         "backbone": None if config.strategy == "cnn" else config.backbone,
         "weights": None if config.strategy == "cnn" else config.weights,
@@ -409,6 +409,7 @@ def _metrics(config: TrainConfig, archive: Archive, plan: _Plan, split,
         "device": "GPU" if plan.gpu else "CPU",
         "precision": {"policy": config.precision_policy, "reason": config.precision_reason},
         "seconds": clock.totals(),
+        "calibration": calibration,
     }
     return evaluation, metrics
 
