@@ -38,8 +38,8 @@ def probe(archive_path: str) -> None:
                          backbone="mobilenet_v2", weights=str(WEIGHTS))
     cache = FeatureCache(TrainConfig(data=str(Path(archive_path).resolve()), strategy="extract",
                                      backbone="mobilenet_v2", weights=str(WEIGHTS),
-                                     precision="float32", precision_policy="float32"),
-                         archive, split.cut)
+                                     precision="float32"),
+                         archive, split.cut, "float32")
     pooled = {name: cache.features(split.lower, x, name).mean(axis=(1, 2))
               for name, x in (("X_train", archive.X_train), ("X_test", archive.X_test))}
     rows = []

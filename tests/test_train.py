@@ -393,6 +393,8 @@ def test_cli_compare(shapes, tmp_path):
     assert "extract" in page and "finetune" in page and "extract/report.html" in page
     rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert [r["strategy"] for r in rows] == ["extract", "finetune"]
+    config = json.loads((tmp_path / "cmp" / "finetune" / "config.json").read_text())
+    assert (config["epochs"], config["batch_size"], config["weights"]) == (2, 32, "none")
 
 
 def test_cli_train_needs_a_strategy_and_a_good_archive(tmp_path):

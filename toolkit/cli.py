@@ -502,8 +502,8 @@ def compare(strategies, data, out, **options):
     from .training.trainer import compare as run_compare
 
     chosen = [s.strip() for s in strategies.split(",") if s.strip()]
-    result = run_compare(data, chosen, out=out, verbose=_fit_verbosity(),
-                         progress=progress_enabled(), **_train_options(options))
+    result = run_compare(data, chosen, TrainConfig(data=data, **_train_options(options)), out=out,
+                         verbose=_fit_verbosity(), progress=progress_enabled())
     click.echo(result.table())
     click.echo(f"comparison: {result.folder / 'report.html'}")
 

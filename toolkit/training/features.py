@@ -37,8 +37,8 @@ class FeatureCache:
     batches it is using, and a second run (or strategy) on the same data computes nothing.
     """
 
-    def __init__(self, config: TrainConfig, archive: Archive, cut: str):
-        self.cut = cut
+    def __init__(self, config: TrainConfig, archive: Archive, cut: str, policy: str):
+        self.cut, self.policy = cut, policy  # policy: the dtype policy the frozen part computes in
         self.folder = cache_root(config.cache_dir) / "features"
         self.config, self.archive = config, archive
 
@@ -46,7 +46,7 @@ class FeatureCache:
         c = self.config
         return {"archive": file_fingerprint(self.archive.path), "array": array,
                 "backbone": c.backbone, "weights": weights_fingerprint(c.weights, c.seed),
-                "cut": self.cut, "shape": list(self.archive.image_shape), "precision": c.precision_policy,
+                "cut": self.cut, "shape": list(self.archive.image_shape), "precision": self.policy,
                 "rows": None if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest(),
                 "view": view, "view_seed": c.seed if view else None, "toolkit": __version__}
 

@@ -20,7 +20,6 @@ is computed for a fixed number of views of each training image (the original and
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -43,7 +42,17 @@ from .checkpoints import Checkpointer, read_state
 from .config import LEARNING_RATES, STRATEGIES, TrainConfig
 from .distribution import distribution_strategy, is_chief, multiworker_workarounds
 from .features import FeatureCache
-from .runs import Clock, discard, new_run_folder, save_run, timestamped, write_pages
+from .runs import (
+    Clock,
+    Resolved,
+    discard,
+    new_run_folder,
+    read_config,
+    save_run,
+    timestamped,
+    write_config,
+    write_pages,
+)
 
 log = logging.getLogger("toolkit")
 
@@ -65,7 +74,7 @@ class Run:
 _DEFAULT = TrainConfig  # a dataclass keeps its fields' defaults as class attributes
 
 
-def train(data: str | os.PathLike = "animal.npz", strategy: str = _DEFAULT.strategy, *,
+def train(data: str | os.PathLike = _DEFAULT.data, strategy: str = _DEFAULT.strategy, *,
           backbone: str = _DEFAULT.backbone, weights: str = _DEFAULT.weights,
           epochs: int = _DEFAULT.epochs, batch_size: int = _DEFAULT.batch_size,
           learning_rate: float | None = _DEFAULT.learning_rate, seed: int = _DEFAULT.seed,
@@ -107,28 +116,22 @@ def train(data: str | os.PathLike = "animal.npz", strategy: str = _DEFAULT.strat
         verbose: Keras' fit verbosity.
         progress: progress bars while computing frozen features.
     """
-    config = TrainConfig(
-        data=str(Path(data).resolve()), strategy=strategy, backbone=backbone, weights=str(weights),
-        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-        validation_split=validation_split, patience=patience,
-        trainable=list(trainable) if trainable else None, head=head, views=views,
-        augment_mode=augment_mode, precision=precision, distribute=distribute,
-        deterministic=deterministic, cache_dir=None if cache_dir is None else str(cache_dir))
+    config = TrainConfig.from_arguments(locals())  # every parameter but out, verbose, progress
     config.check()
     load_archive(config.data)  # fail on a bad archive before making a run folder
     if config.distribute == "multiworker" and "TF_CONFIG" not in os.environ:
         raise OptionError("distribute", "multiworker", "needs TF_CONFIG (the cluster and this "
                           "worker's task) in the environment of every worker")
-    _resolve_precision(config)
+    resolved = _resolve(config)
     worker = not is_chief(config.distribute)
     if worker:
         out = tempfile.mkdtemp(prefix="toolkit-worker-")  # only the chief keeps a run folder
     created = out is None or not Path(out).exists()
     folder = new_run_folder(out, config)
-    write_json(folder / "config.json", asdict(config))
+    write_config(folder, config, resolved)
     try:
         with _interruptible(folder):
-            run = _execute(config, folder, {}, verbose, progress)
+            run = _execute(config, resolved, folder, {}, verbose, progress)
     except ToolkitError:
         # an error before the first checkpoint (a bad weights file, no network for imagenet)
         # leaves nothing to resume, so it leaves nothing behind either
@@ -146,22 +149,19 @@ def train(data: str | os.PathLike = "animal.npz", strategy: str = _DEFAULT.strat
 def resume(folder: str | os.PathLike, *, verbose: int | str = "auto", progress: bool = False) -> Run:
     """Continue an interrupted run from its last checkpoint."""
     folder = Path(folder)
-    try:
-        config = TrainConfig.from_json(json.loads((folder / "config.json").read_text()))
-    except (OSError, ValueError, TypeError) as e:
-        raise ToolkitError(f"{folder} is not a run folder (no readable config.json: {e})") from None
+    config, resolved = read_config(folder)
     config.check()
     if config.distribute == "multiworker":
         raise ToolkitError("a multiworker run cannot be resumed (only its chief kept "
                            "checkpoints); start it again on every worker")
-    if config.precision_policy is None:  # a run folder from before `auto`: resolved once
-        _resolve_precision(config)
-        write_json(folder / "config.json", asdict(config))
+    if resolved is None:  # a run folder from before `auto`: resolved once
+        resolved = _resolve(config)
+        write_config(folder, config, resolved)
     state = read_state(folder)
     if state.get("finished"):
         raise ToolkitError(f"run {folder} already finished; nothing to resume")
     with _interruptible(folder):
-        return _execute(config, folder, state, verbose, progress)
+        return _execute(config, resolved, folder, state, verbose, progress)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -192,21 +192,14 @@ class Comparison:
                           left=(0, 5))
 
 
-def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = STRATEGIES, *,
-            backbone: str = _DEFAULT.backbone, weights: str = _DEFAULT.weights,
-            epochs: int = _DEFAULT.epochs, batch_size: int = _DEFAULT.batch_size,
-            learning_rate: float | None = _DEFAULT.learning_rate, seed: int = _DEFAULT.seed,
-            validation_split: float = _DEFAULT.validation_split, patience: int = _DEFAULT.patience,
-            trainable: Sequence[str] | None = _DEFAULT.trainable, head: str = _DEFAULT.head,
-            views: int = _DEFAULT.views, augment_mode: str = _DEFAULT.augment_mode,
-            precision: str = _DEFAULT.precision, distribute: str = _DEFAULT.distribute,
-            deterministic: bool | None = _DEFAULT.deterministic,
-            cache_dir: str | os.PathLike | None = _DEFAULT.cache_dir,
-            out: str | os.PathLike | None = None, verbose: int | str = "auto",
-            progress: bool = False) -> Comparison:
+def compare(data: str | os.PathLike = _DEFAULT.data, strategies: Sequence[str] = STRATEGIES,
+            options: TrainConfig | None = None, *, out: str | os.PathLike | None = None,
+            verbose: int | str = "auto", progress: bool = False) -> Comparison:
     """Train several strategies on one archive; one table and one plot of the results.
 
-    Each strategy's run goes to `out`/<strategy>; every other parameter is `train`'s.
+    `options` holds every other setting of `train` (None: its defaults), for example
+    `TrainConfig(epochs=10, backbone="mobilenet_v2")`; its `data` and `strategy` are replaced
+    by `data` and each of `strategies`. Each strategy's run goes to `out`/<strategy>.
     """
     from ..reports.report import plot_comparison
     from ..reports.report_html import write_comparison_page
@@ -219,14 +212,12 @@ def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = 
         raise OptionError("strategies", ",".join(strategies), "name each strategy once")
     folder = Path(out) if out else timestamped(Path("runs"), "compare")
     folder.mkdir(parents=True, exist_ok=True)
+    settings = asdict(options or TrainConfig())
+    del settings["data"], settings["strategy"]
     rows = []
     for strategy in strategies:
-        run = train(data, strategy, backbone=backbone, weights=weights, epochs=epochs,
-                    batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-                    validation_split=validation_split, patience=patience, trainable=trainable,
-                    head=head, views=views, augment_mode=augment_mode, precision=precision,
-                    distribute=distribute, deterministic=deterministic, cache_dir=cache_dir,
-                    out=folder / strategy, verbose=verbose, progress=progress)
+        run = train(data, strategy, **settings, out=folder / strategy, verbose=verbose,
+                    progress=progress)
         rows.append({"strategy": strategy, "accuracy": run.metrics["accuracy"],
                      "macro_f1": run.metrics["macro_f1"], "epochs": run.metrics["epochs_run"],
                      "seconds": run.metrics["seconds"]["total"],
@@ -243,7 +234,8 @@ def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = 
 
 @dataclass
 class _Plan:
-    """What a run decides before it builds anything: devices, rows, batch size, mode."""
+    """What a run decides before it builds anything: devices, rows, batch size, mode, and the
+    precision it resolved to when it began."""
 
     gpu: bool
     distribution: object          # a tf.distribute.Strategy
@@ -254,13 +246,15 @@ class _Plan:
     global_batch: int
     online: bool                  # augment on every batch, inside the model
     learning_rate: float
+    precision: precision.Precision
 
 
-def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: bool) -> Run:
+def _execute(config: TrainConfig, resolved: Resolved, folder: Path, state: dict, verbose,
+             progress: bool) -> Run:
 
     clock = Clock(state.get("seconds", {}))
     archive = load_archive(config.data)
-    plan = _plan(config, archive)
+    plan = _plan(config, archive, resolved)
     split, fitted, cached = _build(config, archive, plan)
 
     clock.start("features")
@@ -282,7 +276,7 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
     return Run(folder, config, metrics, checkpoints.history, report, split.model)
 
 
-def _plan(config: TrainConfig, archive: Archive) -> _Plan:
+def _plan(config: TrainConfig, archive: Archive, resolved: Resolved) -> _Plan:
     """Seed everything, pick the devices, split off validation, size the global batch."""
     import tensorflow as tf
 
@@ -303,7 +297,8 @@ def _plan(config: TrainConfig, archive: Archive) -> _Plan:
     online = config.strategy == "augment" and (
         config.augment_mode == "online" or (config.augment_mode == "auto" and gpu))
     return _Plan(gpu, distribution, replicas, is_chief(config.distribute), train_rows, val_rows,
-                 global_batch, online, config.learning_rate or LEARNING_RATES[config.strategy])
+                 global_batch, online, config.learning_rate or LEARNING_RATES[config.strategy],
+                 resolved.precision)
 
 
 def _build(config: TrainConfig, archive: Archive, plan: _Plan):
@@ -313,13 +308,14 @@ def _build(config: TrainConfig, archive: Archive, plan: _Plan):
     trainable part trains in float32 (in bfloat16 it cost accuracy: README, Performance 7).
     """
     cached = config.strategy != "cnn" and not plan.online
-    with precision.scope("float32" if cached else config.precision_policy), plan.distribution.scope():
+    policy = plan.precision.policy
+    with precision.scope("float32" if cached else policy), plan.distribution.scope():
         split = _build_split(config, archive)
         fitted = split.trainer if cached else split.model
         fitted.compile(optimizer=keras.optimizers.Adam(plan.learning_rate),
                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    if cached and config.precision_policy != "float32":
-        split = _with_frozen_pass_in(config.precision_policy, split, config, archive, plan)
+    if cached and policy != "float32":
+        split = _with_frozen_pass_in(policy, split, config, archive, plan)
     return split, fitted, cached
 
 
@@ -344,13 +340,13 @@ def _with_frozen_pass_in(policy: str, split, config: TrainConfig, archive: Archi
     return replace(split, model=model, lower=lower)
 
 
-def _resolve_precision(config: TrainConfig) -> None:
-    """Fix what `config.precision` means on this machine, for this run and its resumes."""
+def _resolve(config: TrainConfig) -> Resolved:
+    """What `config.precision` means on this machine, for this run and its resumes."""
     import tensorflow as tf
 
-    chosen = precision.resolve(config.precision, gpu=bool(tf.config.list_physical_devices("GPU")),
-                               model="cnn" if config.strategy == "cnn" else config.backbone)
-    config.precision_policy, config.precision_reason = chosen.policy, chosen.reason
+    return Resolved(precision.resolve(
+        config.precision, gpu=bool(tf.config.list_physical_devices("GPU")),
+        model="cnn" if config.strategy == "cnn" else config.backbone))
 
 
 def _fit_and_predict(config: TrainConfig, archive: Archive, plan: _Plan, fitted, state: dict,
@@ -407,7 +403,7 @@ def _metrics(config: TrainConfig, archive: Archive, plan: _Plan, split,
         "replicas": plan.replicas,
         "augment_mode": ("online" if plan.online else "cached") if config.strategy == "augment" else None,
         "device": "GPU" if plan.gpu else "CPU",
-        "precision": {"policy": config.precision_policy, "reason": config.precision_reason},
+        "precision": {"policy": plan.precision.policy, "reason": plan.precision.reason},
         "seconds": clock.totals(),
         "calibration": calibration,
     }
@@ -420,7 +416,7 @@ def _inputs(config: TrainConfig, archive: Archive, split, cached: bool, plan: _P
     when the model has a frozen part, raw images otherwise."""
     y, train_rows, val_rows = archive.y_train, plan.train_rows, plan.val_rows
     if cached:
-        cache = FeatureCache(config, archive, split.cut)
+        cache = FeatureCache(config, archive, split.cut, plan.precision.policy)
         source = cache.features(split.lower, archive.X_train, "X_train", progress=progress)
         test = cache.features(split.lower, archive.X_test, "X_test", progress=progress)
         views = [Rows(source, train_rows)]
