@@ -134,10 +134,10 @@ def _report_run(start) -> None:
 def compare(strategies, data, out, **options):
     """Train several strategies on one archive: one table, one plot."""
     load_tensorflow()
-    from ..training import trainer
+    from ..training import comparison
 
     chosen = [s.strip() for s in strategies.split(",") if s.strip()]
-    result = trainer.compare(data, chosen, TrainConfig(data=data, **_train_options(options)), out=out,
+    result = comparison.compare(data, chosen, TrainConfig(data=data, **_train_options(options)), out=out,
                              verbose=_fit_verbosity(), progress=progress_enabled())
     click.echo(result.table())
     click.echo(f"comparison: {result.folder / 'report.html'}")

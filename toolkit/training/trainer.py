@@ -1,7 +1,8 @@
-"""Train a strategy on an archive: the public API (train, resume, compare) and a run's steps.
+"""Train a strategy on an archive: the public API (train, resume) and a run's steps.
 
 The parts live beside it: batches.py, features.py (the frozen-feature cache),
-checkpoints.py, distribution.py, precision.py and runs.py (the run folder).
+checkpoints.py, distribution.py, precision.py and runs.py (the run folder);
+comparison.py trains several strategies with it.
 
 What the original notebook got wrong, done right here:
 - the frozen part of the backbone runs once per image; its output is cached on disk
@@ -25,21 +26,19 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from ..core.errors import OptionError, ToolkitError
-from ..core.files import write_json, write_text
-from ..core.text import text_table
 from ..data.archive import Archive, load_archive
 from ..reports.metrics import EVALUATION_FIELDS, CalibrationSummary, RunMetrics
 from . import precision
 from .batches import Batches, Rows, validation_split
 from .checkpoints import Checkpointer, read_state
-from .config import LEARNING_RATES, STRATEGIES, TrainConfig
+from .config import LEARNING_RATES, TrainConfig
 from .distribution import distribution_strategy, is_chief, multiworker_workarounds
 from .features import FeatureCache
 from .runs import (
@@ -49,7 +48,6 @@ from .runs import (
     new_run_folder,
     read_config,
     save_run,
-    timestamped,
     write_config,
     write_pages,
 )
@@ -178,56 +176,6 @@ def _interruptible(folder: Path) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         raise Interrupted(folder) from None
-
-
-@dataclass
-class Comparison:
-    folder: Path
-    rows: list[dict]
-
-    def table(self) -> str:
-        return text_table(["strategy", "accuracy", "macro F1", "epochs", "seconds", "precision"],
-                          [[r["strategy"], f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}",
-                            r["epochs"], f"{r['seconds']:.1f}", r["precision"]] for r in self.rows],
-                          left=(0, 5))
-
-
-def compare(data: str | os.PathLike = _DEFAULT.data, strategies: Sequence[str] = STRATEGIES,
-            options: TrainConfig | None = None, *, out: str | os.PathLike | None = None,
-            verbose: int | str = "auto", progress: bool = False) -> Comparison:
-    """Train several strategies on one archive; one table and one plot of the results.
-
-    `options` holds every other setting of `train` (None: its defaults), for example
-    `TrainConfig(epochs=10, backbone="mobilenet_v2")`; its `data` and `strategy` are replaced
-    by `data` and each of `strategies`. Each strategy's run goes to `out`/<strategy>.
-    """
-    from ..reports.report import plot_comparison
-    from ..reports.report_html import write_comparison_page
-
-    unknown = [s for s in strategies if s not in STRATEGIES]
-    if unknown or not strategies:
-        raise OptionError("strategies", ",".join(unknown) or "(none)",
-                          f"choose from {', '.join(STRATEGIES)}")
-    if len(set(strategies)) < len(strategies):
-        raise OptionError("strategies", ",".join(strategies), "name each strategy once")
-    folder = Path(out) if out else timestamped(Path("runs"), "compare")
-    folder.mkdir(parents=True, exist_ok=True)
-    settings = asdict(options or TrainConfig())
-    del settings["data"], settings["strategy"]
-    rows = []
-    for strategy in strategies:
-        run = train(data, strategy, **settings, out=folder / strategy, verbose=verbose,
-                    progress=progress)
-        rows.append({"strategy": strategy, "accuracy": run.metrics["accuracy"],
-                     "macro_f1": run.metrics["macro_f1"], "epochs": run.metrics["epochs_run"],
-                     "seconds": run.metrics["seconds"]["total"],
-                     "precision": run.metrics["precision"]["policy"], "run": str(run.folder)})
-    comparison = Comparison(folder, rows)
-    write_text(folder / "comparison.txt", comparison.table() + "\n")
-    write_json(folder / "comparison.json", rows)
-    plot_comparison(rows, folder / "comparison.png")
-    write_comparison_page(folder, rows)
-    return comparison
 
 
 # --------------------------------------------------------------------------- a run
