@@ -21,6 +21,7 @@ from pathlib import Path
 
 from _bench import WEIGHTS, flowers_archive, machine, measure, table, toolkit_command
 from toolkit.core.text import folder_stamp
+from toolkit.reports.metrics import read_metrics
 
 
 def probe(archive_path: str) -> None:
@@ -37,8 +38,8 @@ def probe(archive_path: str) -> None:
                          backbone="mobilenet_v2", weights=str(WEIGHTS))
     cache = FeatureCache(TrainConfig(data=str(Path(archive_path).resolve()), strategy="extract",
                                      backbone="mobilenet_v2", weights=str(WEIGHTS),
-                                     precision="float32", precision_policy="float32"),
-                         archive, split.cut)
+                                     precision="float32"),
+                         archive, split.cut, "float32")
     pooled = {name: cache.features(split.lower, x, name).mean(axis=(1, 2))
               for name, x in (("X_train", archive.X_train), ("X_test", archive.X_test))}
     rows = []
@@ -70,7 +71,7 @@ def main() -> None:
                                       args.strategies, "--backbone", "mobilenet_v2", "--weights",
                                       str(WEIGHTS), "--out", str(out), *args.extra), quiet=False)
     rows = json.loads((out / "comparison.json").read_text())
-    features = [json.loads((Path(r["run"]) / "metrics.json").read_text())["seconds"].get("features", 0)
+    features = [read_metrics(r["run"])["seconds"].get("features", 0)
                 for r in rows]
     print(f"{args.archive}: flowers 3 x 400 at 224 px, 960 train / 240 test; {machine()}")
     print(table(["strategy", "test accuracy", "macro F1", "epochs", "seconds", "of which features s"],

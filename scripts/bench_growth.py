@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from _bench import machine, measure, scratch_folder, table, toolkit_command
+from toolkit.reports.metrics import read_metrics
 
 
 def synthetic_source(folder: Path, per_class: int, seed: int = 0) -> None:
@@ -64,7 +64,7 @@ def main() -> None:
                 str(work / f"cache-{scale}")))
             n = 3 * per_class
             archive_mib = archive.stat().st_size / 2**20
-            features = json.loads((run / "metrics.json").read_text())["seconds"]["features"]
+            features = read_metrics(run)["seconds"]["features"]
             rows.append([f"{scale}x", n, f"{archive_mib:.0f}", f"{pack.seconds:.1f}",
                          f"{1000 * pack.seconds / n:.1f}", f"{pack.peak_mib:.0f}",
                          f"{extract.seconds:.1f}", f"{1000 * features / n:.1f}",

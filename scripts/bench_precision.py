@@ -24,7 +24,6 @@ from one run to the next.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from _bench import machine, measure, scratch_folder, table, toolkit_command
+from toolkit.reports.metrics import read_metrics
 from toolkit.training.precision import cpu_bf16_flags
 
 
@@ -140,7 +140,7 @@ def main() -> None:
                 args.backbone, "--weights", args.weights, "--epochs", str(args.epochs),
                 "--patience", str(args.patience), "--seed", str(args.seed), "--precision",
                 precision, "--out", str(run), "--cache-dir", str(Path(work) / f"cache-{precision}-{repeat}")))
-            metrics = json.loads((run / "metrics.json").read_text())
+            metrics = read_metrics(run)
             seconds = metrics["seconds"]
             policies[precision] = metrics["precision"]["policy"]
             runs.setdefault(precision, []).append((

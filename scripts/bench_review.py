@@ -122,10 +122,12 @@ def judged_evidence(review_json: dict, cache: Path, weights: str):
     """The judged files, their embeddings and labels, as review computed them (from the cache)."""
     from toolkit.core.sources import find_usable
     from toolkit.curate import reviewer
+    from toolkit.models.embedder import embed
 
     _, found = find_usable(review_json["source"])
     files = [f for f in found if not f.status]
-    vectors = reviewer.embed(files, weights=weights, cache_dir=cache)
+    vectors = embed(files, backbone=reviewer.DEFAULT_BACKBONE, weights=weights,
+                    size=reviewer.DEFAULT_SIZE, cache_dir=cache)
     return files, reviewer._normalised(vectors), np.array([f.label for f in files])
 
 
@@ -216,6 +218,7 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
 
     from toolkit.core import images
     from toolkit.curate import reviewer, rules
+    from toolkit.models.embedder import embed, pooled_backbone
 
     files, x, labels = judged_evidence(review_json, cache, weights)
     kinds = np.array([truth[f.name] for f in files])
@@ -224,7 +227,7 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
 
     def padded(side: int) -> np.ndarray:
         """The whole image fitted inside the square (review's embeddings are centre crops)."""
-        model = reviewer._pooled_backbone(reviewer.DEFAULT_BACKBONE, weights, side, 0)
+        model = pooled_backbone(reviewer.DEFAULT_BACKBONE, weights, side, 0)
         out = [np.asarray(model.predict_on_batch(np.stack([
             images.decode(images.read_file(f.path), images.Checks(), side, "pad")[1]
             for f in files[i:i + 32]]))) for i in range(0, len(files), 32)]
@@ -252,8 +255,9 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
 
     variants = {f"review's: {size} px centre crop, regression + neighbours": (x, None)}
     for side in (224, 256, 288, 384):
-        variants[f"{side} px centre crop"] = (reviewer._normalised(reviewer.embed(
-            files, weights=weights, size=side, cache_dir=cache)), None)
+        variants[f"{side} px centre crop"] = (reviewer._normalised(embed(
+            files, backbone=reviewer.DEFAULT_BACKBONE, weights=weights, size=side,
+            cache_dir=cache)), None)
     variants[f"{size} px centre crop + whole image padded (mean of two views)"] = (
         reviewer._normalised(x + padded(size)), None)
     variants.update({

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from _bench import machine, measure, scratch_folder, table, toolkit_command
+from toolkit.reports.metrics import read_metrics
 
 
 def recipe(archive: str, strategy: str, backbone: str, weights: str, epochs: int,
@@ -91,7 +92,7 @@ def main() -> None:
                     "--cache-dir", str(Path(work) / f"cache-{strategy}")))
 
             new = toolkit_run(run)
-            seconds = json.loads((run / "metrics.json").read_text())["seconds"]
+            seconds = read_metrics(run)["seconds"]
             rows.append([strategy, f"{per_epoch:.1f}", f"{old_total:.0f}", f"{old.peak_mib:.0f}",
                          f"{new.seconds:.0f}", f"{seconds.get('features', 0):.0f}",
                          f"{seconds.get('training', 0):.0f}", f"{new.peak_mib:.0f}",

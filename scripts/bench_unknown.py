@@ -15,7 +15,6 @@ seen before this measurement.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from _bench import SHARED, WEIGHTS, flowers_archive, machine, table, toolkit_command
+from toolkit.reports.metrics import read_metrics
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
                                  for i in range(0, len(archive.y_test), 32)])
     calibration = classifier.calibration
     rejected = calibration.unknown(embeddings)
-    metrics = json.loads((Path(args.run) / "metrics.json").read_text())
+    metrics = read_metrics(args.run)
     c = metrics["calibration"]
     print(f"{args.run}: extract / mobilenet_v2 (ImageNet weights), pool head, on {args.archive}; "
           f"{machine()}; load {os.getloadavg()[0]:.2f}")

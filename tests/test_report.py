@@ -7,8 +7,10 @@ import pytest
 
 from browser import browser, console_errors, requested_urls  # noqa: F401 (the fixture)
 from conftest import make_class_folders
+from toolkit.core.errors import ToolkitError
 from toolkit.core.images import Checks
 from toolkit.data.packer import pack
+from toolkit.reports.metrics import EVALUATION_FIELDS, RunMetrics, read_metrics, write_metrics
 from toolkit.reports.report_html import write_comparison_page
 from toolkit.training.trainer import train
 
@@ -78,3 +80,14 @@ def test_compare_writes_a_page_too(crawled_run, tmp_path):
              "epochs": m["epochs_run"], "seconds": 1.0, "run": str(crawled_run.folder)}]
     page = write_comparison_page(tmp_path, rows).read_text()
     assert "cnn" in page and f"{m['accuracy']:.3f}" in page and "report.html" in page
+
+
+def test_metrics_json_is_written_and_read_through_its_one_schema(crawled_run, tmp_path):
+    metrics = read_metrics(crawled_run.folder)
+    assert set(metrics) == RunMetrics.__required_keys__  # every field the readers name, no other
+    with pytest.raises(ValueError, match="would lack calibration"):  # a writer that drops one
+        write_metrics(tmp_path, {k: v for k, v in metrics.items() if k != "calibration"})
+    assert not (tmp_path / "metrics.json").exists()
+    write_metrics(tmp_path, {k: metrics[k] for k in EVALUATION_FIELDS})  # `toolkit evaluate --out`
+    with pytest.raises(ToolkitError, match="not a training run's metrics .*strategy"):
+        read_metrics(tmp_path)

@@ -32,6 +32,7 @@ from toolkit.curate import gallery as gallery_module, reviewer, verdicts
 from toolkit.curate.gallery import Gallery
 from toolkit.data.npz import load_archive
 from toolkit.data.packer import pack
+from toolkit.models import embedder
 
 REPO = Path(__file__).resolve().parents[1]
 #: ../shared, or where TOOLKIT_SHARED says it is (a worktree elsewhere)
@@ -88,7 +89,7 @@ def test_review_judges_what_pack_would_pack_and_a_second_review_computes_nothing
     def no_backbone(*args, **kwargs):
         raise AssertionError("the backbone ran although every embedding is cached")
 
-    monkeypatch.setattr(reviewer, "_pooled_backbone", no_backbone)
+    monkeypatch.setattr(embedder, "pooled_backbone", no_backbone)
     again = reviewer.review(folder, **QUICK)
     assert [v.reason for v in again.verdicts] == [v.reason for v in result.verdicts]
 

@@ -226,18 +226,18 @@ def test_the_gallery_shows_a_file_whose_name_is_not_utf8(tmp_path):
 def test_an_image_changed_during_the_review_never_caches_its_pixels_under_the_old_content(tmp_path):
     from toolkit.core.errors import ToolkitError
     from toolkit.core.sources import find_usable
-    from toolkit.curate import reviewer
+    from toolkit.models.embedder import embed
 
     source = write_review(tmp_path / "src", {"cat": ["a.jpg", "b.jpg"], "dog": ["c.jpg", "d.jpg"]})
     _, found = find_usable(source)
     files = [f for f in found if not f.status]
     (source / "cat" / "a.jpg").write_bytes(distinct_image(999))  # edited while review runs
-    quick = {"weights": "none", "size": 32, "cache_dir": tmp_path / "cache"}
+    quick = {"backbone": "mobilenet_v2", "weights": "none", "size": 32, "cache_dir": tmp_path / "cache"}
     with pytest.raises(ToolkitError, match="changed during the review"):
-        reviewer.embed(files, **quick)
+        embed(files, **quick)
     (source / "cat" / "a.jpg").write_bytes(distinct_image(0))  # as it was when found
-    cached = reviewer.embed(files[:1], **quick)
-    fresh = reviewer.embed(files[:1], **{**quick, "cache_dir": tmp_path / "fresh"})
+    cached = embed(files[:1], **quick)
+    fresh = embed(files[:1], **{**quick, "cache_dir": tmp_path / "fresh"})
     cosine = float(cached[0] @ fresh[0] / np.linalg.norm(cached[0]) / np.linalg.norm(fresh[0]))
     assert cosine > 0.9999, "the cache holds the edited image under the original's content"
 

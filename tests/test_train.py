@@ -1,6 +1,8 @@
 """toolkit train / evaluate / predict / compare on tiny data, with real Keras fits."""
 
+import dataclasses
 import glob
+import inspect
 import json
 import os
 import signal
@@ -17,9 +19,11 @@ from PIL import Image
 from conftest import FLOWERS, MOBILENET_WEIGHTS, shapes_dataset
 from helpers import NAMES, QUICK, assert_one_error_line, run_cli, tree, write_archive
 from toolkit import models
+from toolkit.cli import training as training_commands
 from toolkit.core.errors import ToolkitError
 from toolkit.ship.inference import evaluate
 from toolkit.training.batches import Batches, Rows, validation_split
+from toolkit.training.config import TrainConfig
 from toolkit.training.trainer import resume, train
 
 
@@ -393,6 +397,31 @@ def test_cli_compare(shapes, tmp_path):
     assert "extract" in page and "finetune" in page and "extract/report.html" in page
     rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert [r["strategy"] for r in rows] == ["extract", "finetune"]
+    config = json.loads((tmp_path / "cmp" / "finetune" / "config.json").read_text())
+    assert (config["epochs"], config["batch_size"], config["weights"]) == (2, 32, "none")
+
+
+def test_every_training_option_is_a_train_keyword_and_a_flag_with_the_same_default():
+    """TrainConfig is the one table of training options: `train` takes each by name with
+    its default, and `toolkit train` and `toolkit compare` have a flag for each."""
+    options = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    keywords = inspect.signature(train).parameters
+    assert {name: keywords[name].default for name in options if name in keywords} == options
+    for command in (training_commands.train, training_commands.compare):
+        flags = {p.name: p.default for p in command.params}
+        assert set(options) - {"strategy"} <= set(flags), command.name  # train: --strategy is asked
+        assert {name: flags[name] for name in options if name not in ("strategy", "trainable")} == {
+            name: default for name, default in options.items() if name not in ("strategy", "trainable")}
+
+
+def test_help_starts_no_stage_and_train_help_no_tensorflow():
+    code = ("import sys\nfrom toolkit.cli import cli\ntry:\n    cli(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted({'requests', 'PIL', 'numpy', 'keras', 'tensorflow'} & set(sys.modules)))")
+    for args in ([], ["train"], ["compare"]):
+        done = subprocess.run([sys.executable, "-c", code, *args, "--help"], capture_output=True,
+                              text=True, check=True)
+        assert done.stdout.splitlines()[-1] == "[]", (args, done.stdout[-300:])
 
 
 def test_cli_train_needs_a_strategy_and_a_good_archive(tmp_path):

@@ -437,3 +437,40 @@ def test_the_gallery_shows_no_file_outside_its_class_folder_whatever_review_json
             assert fetch(server.address + f"image?f={quote(name)}", headers=cookie)[0] == 404, name
     finally:
         stop(server)
+
+
+def test_the_command_line_asks_for_trust_before_loading_a_saved_model(tmp_path):
+    from helpers import assert_one_error_line, run_cli
+
+    folder = export_folder(tmp_path, "saved_model", "saved_model")
+    (folder / "saved_model").mkdir()
+    (tmp_path / "x.png").write_bytes(b"")
+    for command in (["predict", folder, tmp_path / "x.png"], ["evaluate", folder]):
+        assert_one_error_line(run_cli(*command), "pass --trust-saved-model")
+        assert_one_error_line(run_cli(*command, "--trust-saved-model"), "cannot be loaded by tensorflow")
+
+
+@pytest.mark.slow
+def test_a_run_folder_has_one_writer_at_a_time(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import assert_one_error_line, run_cli, write_archive
+    from toolkit.training.trainer import train
+
+    data = write_archive(tmp_path / "a.npz", n_per_class=10)
+    run = train(data, "cnn", out=tmp_path / "run", epochs=1, weights="none", batch_size=16,
+                precision="float32", verbose=0, cache_dir=str(tmp_path / "cache"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom toolkit.core.locks import holding\n"
+         f"with holding({str(run.folder)!r}, 'x'):\n    print('held', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run_cli("train", "--resume", run.folder)
+        assert_one_error_line(result, f"the run {run.folder} is in use by another toolkit process "
+                                      f"(pid {holder.pid})")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_one_error_line(run_cli("train", "--resume", run.folder), "already finished")

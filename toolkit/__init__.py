@@ -26,7 +26,7 @@ _API = {
     "pack": "toolkit.data.packer",
     "load_archive": "toolkit.data.npz",
     "train": "toolkit.training.trainer",
-    "compare": "toolkit.training.trainer",
+    "compare": "toolkit.training.comparison",
     "evaluate": "toolkit.ship.inference",
     "predict": "toolkit.ship.inference",
     "export": "toolkit.ship.exporter",

@@ -21,26 +21,19 @@ fine, with a score to sort by (the rules: :mod:`toolkit.curate.rules`). It write
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import time
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from .. import __version__
 from ..core import dedupe, images
 from ..core.errors import ToolkitError
-from ..core.files import atomic_path, write_json
 from ..core.locks import holding
-from ..core.sources import InputFile, class_folders, find_usable
-from ..training.features import cache_root, weights_fingerprint
+from ..core.sources import class_folders, find_usable
 from .review_page import REVIEW_HTML, write_html
 from .rules import AMBIGUOUS, FINE, MISLABELED, OFF_TOPIC, OFF_TOPIC_Z, reasons
 from .verdicts import REVIEW_FILE, Review, Verdict, write_review
@@ -62,7 +55,6 @@ FOLDS = 5
 #: distance, to the 20th nearest of up to 2,000 training images.
 NEIGHBOURHOOD_SIZE = 10
 PRINCIPAL_COMPONENTS = 128
-EMBED_BATCH = 32
 #: review.html shows every suspect but at most this many fine images per class, so that a
 #: crawl of 20,000 images still gives a page a browser opens (the gallery shows them all).
 HTML_FINE_PER_CLASS = 300
@@ -84,6 +76,8 @@ def review(source: str | os.PathLike = "datasets", *, reference: str | os.PathLi
     class, or has a class with fewer than 2 usable images, for a reference inside SOURCE
     (or holding it) or naming a class as SOURCE does, and for weights that cannot be loaded.
     """
+    from ..models.embedder import embed  # Keras loads here, not when the gallery imports this
+
     lock = holding(Path(source) / REVIEW_FILE, f"the review of {source}") if write else \
         contextlib.nullcontext()
     with lock:  # two reviews of one folder would overwrite each other's verdicts
@@ -150,105 +144,6 @@ def _check_class_sizes(class_names: list[str], labels: list[int]) -> None:
 
 
 # --------------------------------------------------------------------------- embeddings
-
-def embed(files: Sequence[InputFile], *, backbone: str = DEFAULT_BACKBONE,
-          weights: str = "imagenet", size: int = DEFAULT_SIZE, checks: images.Checks = images.Checks(),
-          cache_dir: str | os.PathLike | None = None, seed: int = 0, workers: int | None = None,
-          progress: bool = False) -> np.ndarray:
-    """Globally pooled backbone features of `files` (usable images, with their `info`),
-    float32 (n, channels); only images the cache lacks are computed."""
-    cache = EmbeddingCache(cache_root(cache_dir), backbone, weights, size, seed)
-    known = cache.load()
-    todo = [f for f in files if f.info.sha256 not in known]
-    if todo:
-        model = _pooled_backbone(backbone, weights, size, seed)
-        executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
-
-        def pixels(f: InputFile) -> np.ndarray:
-            try:
-                info, x = images.decode(images.read_file(f.path, checks), checks, size, "crop")
-            except images.Unusable as e:
-                raise ToolkitError(f"{f.name} changed during the review ({e}); run "
-                                   "`toolkit review` again") from None
-            if info.sha256 != f.info.sha256:  # never cache these pixels under the old content
-                raise ToolkitError(f"{f.name} changed during the review; run `toolkit review` "
-                                   "again")
-            return x
-
-        try:
-            with tqdm(total=len(todo), desc=f"embed ({backbone})", unit="img",
-                      disable=not progress) as bar:
-                for start in range(0, len(todo), cache.SHARD):
-                    shard = todo[start:start + cache.SHARD]
-                    batches = [shard[i:i + EMBED_BATCH] for i in range(0, len(shard), EMBED_BATCH)]
-                    # the pool decodes the next batch while the backbone runs on this one
-                    pending = [executor.submit(pixels, f) for f in batches[0]]
-                    out = []
-                    for i in range(len(batches)):
-                        x = np.stack([p.result() for p in pending])
-                        if i + 1 < len(batches):
-                            pending = [executor.submit(pixels, f) for f in batches[i + 1]]
-                        padded = np.concatenate([x, np.repeat(x[-1:], EMBED_BATCH - len(x), 0)])
-                        out.append(np.asarray(model.predict_on_batch(padded))[:len(x)])
-                        bar.update(len(x))
-                    vectors = np.concatenate(out).astype(np.float32)
-                    cache.save([f.info.sha256 for f in shard], vectors)
-                    known.update(zip((f.info.sha256 for f in shard), vectors))
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)
-    return np.stack([known[f.info.sha256] for f in files]).astype(np.float32)
-
-
-class EmbeddingCache:
-    """Embeddings by image content (sha256), for one backbone, weights, input size.
-
-    Stored as shards (`<hash>.npz`: `sha256` and `vectors`), each written atomically, so an
-    interrupted review keeps every shard it finished.
-    """
-
-    SHARD = 256  # images per shard file
-
-    def __init__(self, root: Path, backbone: str, weights: str, size: int, seed: int):
-        self.key = {"backbone": backbone, "weights": weights_fingerprint(weights, seed),
-                    "size": size, "fit": "crop", "pooling": "average", "toolkit": __version__}
-        name = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:24]
-        self.folder = root / "embeddings" / name
-
-    def load(self) -> dict[str, np.ndarray]:
-        known: dict[str, np.ndarray] = {}
-        for path in sorted(self.folder.glob("*.npz")) if self.folder.is_dir() else []:
-            try:
-                with np.load(path, allow_pickle=False) as shard:
-                    known.update(zip(shard["sha256"].tolist(), shard["vectors"]))
-            except (OSError, ValueError, KeyError):
-                continue  # a damaged shard is computed again
-        return known
-
-    def save(self, shas: list[str], vectors: np.ndarray) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if not (self.folder / "key.json").exists():  # what the folder's name stands for
-            write_json(self.folder / "key.json", self.key)
-        name = hashlib.sha256("".join(shas).encode()).hexdigest()[:24]
-        with atomic_path(self.folder / f"{name}.npz") as tmp:
-            np.savez(tmp, sha256=np.array(shas, dtype=str), vectors=vectors)
-
-
-def _pooled_backbone(backbone: str, weights: str, size: int, seed: int):
-    """raw 0-255 RGB -> the backbone's preprocessing -> frozen base -> global average pool."""
-    import keras
-
-    from ..models import Preprocess, backbone_spec, load_backbone
-
-    keras.utils.set_random_seed(seed)  # only `--weights none` depends on it
-    spec = backbone_spec(backbone)
-    base = load_backbone(backbone, weights, (size, size, 3))
-    base.trainable = False
-    inputs = keras.Input((size, size, 3), name="image")
-    features = base(Preprocess(spec.preprocess)(inputs), training=False)
-    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(features), name="embed")
-
-
-# --------------------------------------------------------------------------- verdicts
 
 def judge(vectors: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
           files: Sequence[str], *, folds: int = FOLDS, seed: int = 0,

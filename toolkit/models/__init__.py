@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import keras
 from keras import layers, ops
 
+from ..core.architectures import BACKBONES, HEADS, STRATEGIES, Backbone
 from ..core.errors import OptionError, ToolkitError, first_line
 from ..core.files import atomic_path
-from ..training.config import BACKBONES, HEADS, STRATEGIES, Backbone
 
 #: The study's augmentation: rotation 30 degrees, shifts 0.2, zoom 0.2, horizontal flip,
 #: nearest fill (its ImageDataGenerator arguments, as Keras preprocessing layers).

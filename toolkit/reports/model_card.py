@@ -13,17 +13,17 @@ def write_model_card(facts: RunFacts) -> Path:
     """Write `MODEL_CARD.md` beside report.html; return its path."""
     m, config = facts.metrics, facts.config
     names = facts.class_names
-    backbone = (f"{m['backbone']} ({m.get('weights')} weights)" if m.get("backbone")
+    backbone = (f"{m['backbone']} ({m['weights']} weights)" if m["backbone"]
                 else "a small CNN trained from scratch")
     size = facts.pack.get("size") or "?"
-    cal = m.get("calibration") or {}
+    cal = m["calibration"]
     lines = [
         f"# Model card: {', '.join(map(for_markdown, names))}",
         "",
         "## What it does",
         "",
         (f"Labels a photo as one of {len(names)} classes: {', '.join(map(code, names))}. "
-         f"It is the `{m.get('strategy')}` strategy on {backbone}, and takes a {size}x{size} RGB "
+         f"It is the `{m['strategy']}` strategy on {backbone}, and takes a {size}x{size} RGB "
          f"image (0-255; `toolkit predict` makes it from any photo the way `pack` did: "
          f"{facts.pack.get('fit', 'crop')}). `toolkit predict` answers `unknown` for a photo "
          "unlike every class (see Calibration)."),
@@ -50,13 +50,13 @@ def write_model_card(facts: RunFacts) -> Path:
         "",
         "## Metrics (test set)",
         "",
-        (f"- {m.get('test_images')} test images: accuracy **{m.get('accuracy', 0):.3f}**, "
-         f"macro F1 **{m.get('macro_f1', 0):.3f}**."),
+        (f"- {m['test_images']} test images: accuracy **{m['accuracy']:.3f}**, "
+         f"macro F1 **{m['macro_f1']:.3f}**."),
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
         *(f"| {for_markdown(n)} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
-          for n, s in m.get("per_class", {}).items()),
+          for n, s in m["per_class"].items()),
         "",
         "## Calibration",
         "",

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..collect import manifest
+from .metrics import RunMetrics, read_metrics
 
 TOP_HOSTS = 5
 
@@ -24,7 +25,7 @@ TOP_HOSTS = 5
 @dataclass
 class RunFacts:
     folder: Path
-    metrics: dict
+    metrics: RunMetrics
     config: dict
     class_names: list[str]
     train_counts: list[int]
@@ -41,7 +42,7 @@ class RunFacts:
 def gather(folder: str | os.PathLike, archive, test_probabilities: np.ndarray | None) -> RunFacts:
     """Everything the pages show about the finished run in `folder`."""
     folder = Path(folder)
-    metrics = read_json(folder / "metrics.json")
+    metrics = read_metrics(folder)
     n = len(archive.class_names)
     return RunFacts(
         folder=folder, metrics=metrics, config=read_json(folder / "config.json"),
@@ -76,7 +77,7 @@ def crawl_provenance(source: str | None, class_names: list[str]) -> dict[str, di
     return out
 
 
-def known_confusions(metrics: dict, limit: int = 3) -> list[tuple[str, str, int, float]]:
+def known_confusions(metrics: RunMetrics, limit: int = 3) -> list[tuple[str, str, int, float]]:
     """The largest off-diagonal cells: (true, predicted, count, share of the true class)."""
     names, matrix = metrics["class_names"], np.array(metrics["confusion_matrix"])
     cells = [(matrix[i, j], i, j) for i in range(len(names)) for j in range(len(names))

@@ -12,11 +12,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import classification_report, confusion_matrix
 
-from ..core.files import atomic_path, write_json, write_text
+from ..core.files import atomic_path, write_text
+from .metrics import Evaluation, RunMetrics, write_metrics
 
 
 def evaluate_predictions(y_true: np.ndarray, probabilities: np.ndarray,
-                         class_names: Sequence[str]) -> dict:
+                         class_names: Sequence[str]) -> Evaluation:
     """Accuracy, macro F1, per-class precision/recall/F1/support and the confusion matrix."""
     y_pred = np.argmax(probabilities, axis=1)
     labels = list(range(len(class_names)))
@@ -117,13 +118,13 @@ def plot_comparison(rows: Sequence[dict], path: str | os.PathLike) -> None:
     _save(figure, path)
 
 
-def write_run_report(folder: str | os.PathLike, evaluation: dict, history: dict, metrics: dict,
-                     title: str) -> str:
+def write_run_report(folder: str | os.PathLike, evaluation: Evaluation, history: dict,
+                     metrics: Evaluation | RunMetrics, title: str) -> str:
     """Write a run's report files; return the text to print."""
     text = (f"{title}\n\n{classification_text(evaluation)}\n\nconfusion matrix\n"
             f"{confusion_text(evaluation)}\n")
     write_text(os.path.join(folder, "classification_report.txt"), text)
-    write_json(os.path.join(folder, "metrics.json"), metrics)
+    write_metrics(folder, metrics)
     plot_confusion(evaluation, os.path.join(folder, "confusion_matrix.png"), title)
     if history.get("loss"):
         plot_curves(history, os.path.join(folder, "curves.png"), title)

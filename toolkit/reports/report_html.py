@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..core.files import read_own_file, write_text
+from .metrics import RunMetrics, read_metrics
 from .pages import RunFacts, known_confusions
 
 THUMBNAIL = 96      # px, the side of an inlined test image
@@ -54,7 +55,7 @@ document.querySelectorAll('[data-cell]').forEach(function (button) {
 def write_run_page(facts: RunFacts) -> Path:
     """Write `report.html` into the run folder; return its path."""
     m = facts.metrics
-    title = (f"{m.get('strategy', '?')}" + (f" / {m['backbone']}" if m.get("backbone") else "")
+    title = (m["strategy"] + (f" / {m['backbone']}" if m["backbone"] else "")
              + f" on {Path(facts.archive).name}")
     body = [f"<h1>{_e(title)}</h1>", f"<p class=muted>{_e(str(facts.folder))}</p>",
             _headline(m), "<h2>Learning curves</h2>", _image_file(facts.folder / "curves.png"),
@@ -70,22 +71,20 @@ def write_run_page(facts: RunFacts) -> Path:
 
 def write_comparison_page(folder: str | os.PathLike, rows: Sequence[dict]) -> Path:
     """`report.html` of a comparison: the strategies' numbers, curves and confusions side by side."""
-    from .pages import read_json
-
     folder = Path(folder)
-    metrics = [read_json(Path(r["run"]) / "metrics.json") for r in rows]
+    metrics = [read_metrics(r["run"]) for r in rows]
     head = ["strategy", "accuracy", "macro F1", "test ECE (calibrated)", "epochs", "seconds", "report"]
     lines = [_table_head(head)]
     for r, m in zip(rows, metrics):
-        ece = m.get("calibration", {}).get("test_ece_after")
+        ece = m["calibration"]["test_ece_after"]
         link = os.path.relpath(Path(r["run"]) / "report.html", folder)
         lines.append(f"<tr><td class=l>{_e(r['strategy'])}</td><td>{r['accuracy']:.3f}</td>"
-                     f"<td>{r['macro_f1']:.3f}</td><td>{'' if ece is None else f'{ece:.3f}'}</td>"
+                     f"<td>{r['macro_f1']:.3f}</td><td>{ece:.3f}</td>"
                      f"<td>{r['epochs']}</td><td>{r['seconds']:.0f}</td>"
                      f"<td class=l><a href=\"{_e(link)}\">{_e(link)}</a></td></tr>")
     side = "".join(
         f"<div><h3>{_e(r['strategy'])}</h3>{_image_file(Path(r['run']) / 'curves.png', 480)}"
-        f"{_matrix_table(m) if m.get('confusion_matrix') else ''}</div>"
+        f"{_matrix_table(m)}</div>"
         for r, m in zip(rows, metrics))
     body = (f"<h1>Comparison</h1><p class=muted>{_e(str(folder))}</p><table>{''.join(lines)}</table>"
             f"{_image_file(folder / 'comparison.png')}<h2>Side by side</h2>"
@@ -97,14 +96,13 @@ def write_comparison_page(folder: str | os.PathLike, rows: Sequence[dict]) -> Pa
 
 # --------------------------------------------------------------------------- sections
 
-def _headline(m: dict) -> str:
-    c = m.get("calibration") or {}
-    items = [("accuracy", f"{m.get('accuracy', 0):.3f}"), ("macro F1", f"{m.get('macro_f1', 0):.3f}"),
-             ("test images", str(m.get("test_images", "")))]
-    if c:
-        items += [("test ECE, before / after calibration",
-                   f"{c['test_ece_before']:.3f} / {c['test_ece_after']:.3f}"),
-                  ("in-class images answered unknown", f"{c['test_rejected_as_unknown']:.1%}")]
+def _headline(m: RunMetrics) -> str:
+    c = m["calibration"]
+    items = [("accuracy", f"{m['accuracy']:.3f}"), ("macro F1", f"{m['macro_f1']:.3f}"),
+             ("test images", str(m["test_images"])),
+             ("test ECE, before / after calibration",
+              f"{c['test_ece_before']:.3f} / {c['test_ece_after']:.3f}"),
+             ("in-class images answered unknown", f"{c['test_rejected_as_unknown']:.1%}")]
     return "<div class=headline>" + "".join(f"<div>{_e(k)}<b>{_e(v)}</b></div>" for k, v in items) + "</div>"
 
 
@@ -167,15 +165,11 @@ def _per_class(m: dict) -> str:
 def _settings(facts: RunFacts) -> str:
     m, c = facts.metrics, dict(facts.config)
     c.update({k: m[k] for k in ("epochs_run", "best_epoch", "stopped_early", "learning_rate",
-                                 "global_batch_size", "device") if k in m})
-    if "parameters" in m:
-        c["parameters (trainable)"] = f"{m['parameters']['total']:,} ({m['parameters']['trainable']:,})"
-    if "seconds" in m:
-        c["seconds"] = ", ".join(f"{k} {v:.0f}" for k, v in m["seconds"].items())
-    cal = m.get("calibration") or {}
+                                 "global_batch_size", "device")})
+    c["parameters (trainable)"] = f"{m['parameters']['total']:,} ({m['parameters']['trainable']:,})"
+    c["seconds"] = ", ".join(f"{k} {v:.0f}" for k, v in m["seconds"].items())
     for key in ("temperature", "distance_threshold", "neighbours", "validation_images"):
-        if key in cal:
-            c[f"calibration: {key}"] = cal[key]
+        c[f"calibration: {key}"] = m["calibration"][key]
     return _key_values(c)
 
 
@@ -232,7 +226,7 @@ def _image_file(path: Path, width: int | None = None) -> str:
             f"src=\"data:image/png;base64,{base64.b64encode(data).decode()}\">")
 
 
-def _matrix_table(m: dict) -> str:
+def _matrix_table(m: RunMetrics) -> str:
     names = m["class_names"]
     rows = [f"<tr><th></th>{''.join(f'<th>{_e(n)}</th>' for n in names)}</tr>"]
     rows += [f"<tr><th class=l>{_e(n)}</th>{''.join(f'<td>{v}</td>' for v in row)}</tr>"

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..core.errors import ToolkitError
 from ..core.files import atomic_path, write_json
+from ..reports.metrics import CalibrationSummary
 
 #: k of the k-th nearest training embedding, whose distance is the unknown score (it was
 #: 5 before): 20 was chosen once, with the 98% quantile, on scripts/bench_unknown.py (README,
@@ -99,7 +100,7 @@ class Fitted:
     """What `fit` gives training: the calibration, and the numbers for metrics.json."""
 
     calibration: Calibration
-    summary: dict
+    summary: CalibrationSummary
     test_probabilities: np.ndarray  # calibrated
     uncalibrated: np.ndarray        # the model's own test probabilities
 
@@ -122,7 +123,7 @@ def fit(train_embeddings: np.ndarray, val_probabilities: np.ndarray | None,
         calibration.distance_threshold = float(np.quantile(
             calibration.distances(val_embeddings), DISTANCE_QUANTILE))
     calibrated = calibration.probabilities(test_probabilities)
-    summary = {
+    summary: CalibrationSummary = {
         **calibration.settings(),
         "validation_images": 0 if val_labels is None else len(val_labels),
         "test_ece_before": expected_calibration_error(test_probabilities, test_labels),

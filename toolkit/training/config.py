@@ -1,53 +1,35 @@
 """What a training run can be asked for: the choices, and :class:`TrainConfig`, which checks them.
 
-Nothing heavy is imported here, so the command line reads its choices from this module
-without starting TensorFlow.
+TrainConfig is the one table of training options and their defaults: `train` takes its
+fields as keywords of the same names, `compare` takes a TrainConfig, and the command line's
+flags read their defaults from it. Nothing heavy is imported here, so the command line
+reads its choices from this module without starting TensorFlow.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
+from ..core.architectures import BACKBONES, HEADS, STRATEGIES
 from ..core.errors import OptionError
 from .precision import PRECISIONS
 
-STRATEGIES = ("cnn", "extract", "finetune", "augment")
 LEARNING_RATES = {"cnn": 1e-3, "extract": 1e-3, "finetune": 1e-4, "augment": 1e-4}
-HEADS = ("flatten", "pool")
 AUGMENT_MODES = ("auto", "cached", "online")
 DISTRIBUTIONS = ("none", "mirrored", "multiworker")
 
 
-@dataclass(frozen=True)
-class Backbone:
-    """A keras.applications base and how to use it."""
-
-    name: str
-    factory: str               # the keras.applications constructor
-    preprocess: str            # mode of the models.Preprocess layer
-    finetune: tuple[str, ...]  # layer-name patterns unfrozen by finetune/augment
-    min_size: int = 32
-
-
-BACKBONES = {
-    b.name: b for b in (
-        Backbone("vgg16", "VGG16", "caffe", ("block5_conv3",)),
-        Backbone("vgg19", "VGG19", "caffe", ("block5_conv4",)),
-        Backbone("mobilenet_v2", "MobileNetV2", "tf", ("block_16_*", "Conv_1")),
-        Backbone("resnet50", "ResNet50", "caffe", ("conv5_block3_*",)),
-        Backbone("efficientnet_b0", "EfficientNetB0", "none", ("block7a_*", "top_conv")),
-    )
-}
-
-
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; saved as the run's config.json.
+    """Everything a run is asked for; saved as the run's config.json.
 
     The defaults here are the library's and the command line's (which reads them from here).
+    What the options resolve to on a machine (the precision policy) is run state:
+    :class:`toolkit.training.runs.Resolved`.
     """
 
-    data: str
+    data: str = "animal.npz"         # the archive made by `pack`
     strategy: str = "finetune"       # one of STRATEGIES
     backbone: str = "vgg16"          # one of BACKBONES
     weights: str = "imagenet"        # imagenet | none | a weights file
@@ -62,8 +44,6 @@ class TrainConfig:
     views: int = 4
     augment_mode: str = "auto"       # one of AUGMENT_MODES
     precision: str = "auto"          # one of PRECISIONS
-    precision_policy: str | None = None  # what `precision` resolved to here (kept by resume)
-    precision_reason: str | None = None
     distribute: str = "none"         # one of DISTRIBUTIONS
     deterministic: bool | None = None  # None: on for CPU, off for GPU
     cache_dir: str | None = None
@@ -83,6 +63,19 @@ class TrainConfig:
             raise OptionError("validation_split", self.validation_split, "must be in [0, 1)")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise OptionError("learning_rate", self.learning_rate, "must be positive")
+
+    @classmethod
+    def from_arguments(cls, arguments: dict) -> TrainConfig:
+        """The config of `train`'s arguments, whose parameters are these fields by name
+        (a field `train` lacks is a KeyError here, not an option silently left out)."""
+        return cls(**{f.name: arguments[f.name] for f in fields(cls)}).as_saved()
+
+    def as_saved(self) -> TrainConfig:
+        """This config as config.json keeps it: the archive's absolute path, strings for
+        paths, a list (or None) of trainable layers."""
+        return replace(self, data=str(Path(self.data).resolve()), weights=str(self.weights),
+                       trainable=list(self.trainable) if self.trainable else None,
+                       cache_dir=None if self.cache_dir is None else str(self.cache_dir))
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:

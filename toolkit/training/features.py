@@ -8,7 +8,6 @@ the same layer - computes nothing.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -20,9 +19,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import __version__
-from ..core.errors import OptionError
 from ..core.files import atomic_path, write_json
 from ..data.npz import Archive, row_reader, write_npy_header
+from ..models.cache import cache_root, weights_fingerprint
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -38,8 +37,8 @@ class FeatureCache:
     batches it is using, and a second run (or strategy) on the same data computes nothing.
     """
 
-    def __init__(self, config: TrainConfig, archive: Archive, cut: str):
-        self.cut = cut
+    def __init__(self, config: TrainConfig, archive: Archive, cut: str, policy: str):
+        self.cut, self.policy = cut, policy  # policy: the dtype policy the frozen part computes in
         self.folder = cache_root(config.cache_dir) / "features"
         self.config, self.archive = config, archive
 
@@ -47,7 +46,7 @@ class FeatureCache:
         c = self.config
         return {"archive": file_fingerprint(self.archive.path), "array": array,
                 "backbone": c.backbone, "weights": weights_fingerprint(c.weights, c.seed),
-                "cut": self.cut, "shape": list(self.archive.image_shape), "precision": c.precision_policy,
+                "cut": self.cut, "shape": list(self.archive.image_shape), "precision": self.policy,
                 "rows": None if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest(),
                 "view": view, "view_seed": c.seed if view else None, "toolkit": __version__}
 
@@ -117,34 +116,3 @@ def forward(lower, images: np.ndarray, rows: np.ndarray, augment_seed: int | Non
 def file_fingerprint(path: str) -> str:
     st = os.stat(path)
     return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def cache_root(cache_dir: str | os.PathLike | None) -> Path:
-    """Where frozen features (and review's embeddings) are cached: `cache_dir`,
-    $TOOLKIT_CACHE_DIR or ~/.cache/toolkit."""
-    return Path(cache_dir or os.environ.get("TOOLKIT_CACHE_DIR")
-                or os.path.join(os.path.expanduser("~"), ".cache", "toolkit"))
-
-
-def weights_fingerprint(weights: str, seed: int) -> str:
-    """What identifies the weights: a file by its content, random weights by their seed."""
-    if weights == "none":
-        return f"none:seed{seed}"
-    if weights == "imagenet":
-        return "imagenet"
-    try:
-        st = os.stat(weights)
-        return "file:" + _content_hash(os.path.realpath(weights), st.st_size, st.st_mtime_ns)
-    except OSError as e:
-        raise OptionError("weights", weights, f"{e.strerror}; give imagenet, none or the path "
-                          "of a .weights.h5 file") from None
-
-
-@functools.lru_cache(maxsize=16)
-def _content_hash(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a file, read once per (path, size, mtime) however many keys ask for it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

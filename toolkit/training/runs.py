@@ -1,22 +1,63 @@
-"""The run folder: where it is made, what a finished run leaves in it, the clock of its phases."""
+"""The run folder: where it is made, its config.json, what a finished run leaves in it, the clock
+of its phases."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..core.errors import OptionError, ToolkitError
-from ..core.files import atomic_path
+from ..core.files import atomic_path, write_json
 from ..core.text import folder_stamp, timestamp
 from ..data.npz import Archive
+from ..reports.metrics import RunMetrics
+from .config import TrainConfig
+from .precision import Precision
 
-if TYPE_CHECKING:
-    from .config import TrainConfig
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a run's options came to on the machine that started it: run state, not a request.
+    Resume keeps it, so a resumed run computes as it began."""
+
+    precision: Precision
+
+    def to_json(self) -> dict:
+        return {"precision_policy": self.precision.policy, "precision_reason": self.precision.reason}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Resolved | None:
+        """None for a run folder from before `--precision auto`: resolve it once, then."""
+        if data.get("precision_policy") is None:
+            return None
+        return cls(Precision(data["precision_policy"], data.get("precision_reason")))
+
+
+def write_config(folder: Path, config: TrainConfig, resolved: Resolved) -> None:
+    """config.json: the options asked for, and beside `precision` what it resolved to."""
+    saved = {}
+    for name, value in asdict(config).items():
+        saved[name] = value
+        if name == "precision":
+            saved.update(resolved.to_json())
+    write_json(folder / CONFIG_FILE, saved)
+
+
+def read_config(folder: Path) -> tuple[TrainConfig, Resolved | None]:
+    """The options and the resolved state a run folder's config.json holds."""
+    try:
+        saved = json.loads((folder / CONFIG_FILE).read_text())
+        return TrainConfig.from_json(saved), Resolved.from_json(saved)
+    except (OSError, ValueError, TypeError) as e:
+        raise ToolkitError(f"{folder} is not a run folder (no readable config.json: {e})") from None
 
 
 def new_run_folder(out: str | os.PathLike | None, config: TrainConfig) -> Path:
@@ -25,7 +66,7 @@ def new_run_folder(out: str | os.PathLike | None, config: TrainConfig) -> Path:
         name = config.strategy if config.strategy == "cnn" else f"{config.strategy}-{config.backbone}"
         return timestamped(Path("runs"), name)
     folder = Path(out)
-    if (folder / "config.json").exists():
+    if (folder / CONFIG_FILE).exists():
         raise OptionError("out", str(folder), "already holds a run; resume it (toolkit train "
                           "--resume) or choose another folder")
     if folder.exists() and any(folder.iterdir()):
@@ -60,7 +101,7 @@ def timestamped(parent: Path, name: str) -> Path:
 
 
 def save_run(folder: Path, config: TrainConfig, archive: Archive, model, evaluation: dict,
-             metrics: dict, history: dict) -> str:
+             metrics: RunMetrics, history: dict) -> str:
     """Write the model and the report files; return the report text."""
     from .. import models
     from ..reports.report import write_run_report

@@ -1,7 +1,8 @@
-"""Train a strategy on an archive: the public API (train, resume, compare) and a run's steps.
+"""Train a strategy on an archive: the public API (train, resume) and a run's steps.
 
 The parts live beside it: batches.py, features.py (the frozen-feature cache),
-checkpoints.py, distribution.py, precision.py and runs.py (the run folder).
+checkpoints.py, distribution.py, precision.py and runs.py (the run folder);
+comparison.py trains several strategies with it.
 
 What the original notebook got wrong, done right here:
 - the frozen part of the backbone runs once per image; its output is cached on disk
@@ -20,29 +21,37 @@ is computed for a fixed number of views of each training image (the original and
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from ..core.errors import OptionError, ToolkitError
-from ..core.files import write_json, write_text
-from ..core.text import text_table
+from ..core.locks import holding
 from ..data.npz import Archive, load_archive
+from ..reports.metrics import EVALUATION_FIELDS, CalibrationSummary, RunMetrics
 from . import precision
 from .batches import Batches, Rows, validation_split
 from .checkpoints import Checkpointer, read_state
-from .config import LEARNING_RATES, STRATEGIES, TrainConfig
+from .config import LEARNING_RATES, TrainConfig
 from .distribution import distribution_strategy, is_chief, multiworker_workarounds
 from .features import FeatureCache
-from .runs import Clock, discard, new_run_folder, save_run, timestamped, write_pages
+from .runs import (
+    Clock,
+    Resolved,
+    discard,
+    new_run_folder,
+    read_config,
+    save_run,
+    write_config,
+    write_pages,
+)
 
 log = logging.getLogger("toolkit")
 
@@ -53,7 +62,7 @@ class Run:
 
     folder: Path | None  # None on a multiworker worker that is not the chief
     config: TrainConfig
-    metrics: dict
+    metrics: RunMetrics
     history: dict
     report: str
     model: object = field(repr=False, default=None)
@@ -64,7 +73,7 @@ class Run:
 _DEFAULT = TrainConfig  # a dataclass keeps its fields' defaults as class attributes
 
 
-def train(data: str | os.PathLike = "animal.npz", strategy: str = _DEFAULT.strategy, *,
+def train(data: str | os.PathLike = _DEFAULT.data, strategy: str = _DEFAULT.strategy, *,
           backbone: str = _DEFAULT.backbone, weights: str = _DEFAULT.weights,
           epochs: int = _DEFAULT.epochs, batch_size: int = _DEFAULT.batch_size,
           learning_rate: float | None = _DEFAULT.learning_rate, seed: int = _DEFAULT.seed,
@@ -106,28 +115,22 @@ def train(data: str | os.PathLike = "animal.npz", strategy: str = _DEFAULT.strat
         verbose: Keras' fit verbosity.
         progress: progress bars while computing frozen features.
     """
-    config = TrainConfig(
-        data=str(Path(data).resolve()), strategy=strategy, backbone=backbone, weights=str(weights),
-        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-        validation_split=validation_split, patience=patience,
-        trainable=list(trainable) if trainable else None, head=head, views=views,
-        augment_mode=augment_mode, precision=precision, distribute=distribute,
-        deterministic=deterministic, cache_dir=None if cache_dir is None else str(cache_dir))
+    config = TrainConfig.from_arguments(locals())  # every parameter but out, verbose, progress
     config.check()
     load_archive(config.data)  # fail on a bad archive before making a run folder
     if config.distribute == "multiworker" and "TF_CONFIG" not in os.environ:
         raise OptionError("distribute", "multiworker", "needs TF_CONFIG (the cluster and this "
                           "worker's task) in the environment of every worker")
-    _resolve_precision(config)
+    resolved = _resolve(config)
     worker = not is_chief(config.distribute)
     if worker:
         out = tempfile.mkdtemp(prefix="toolkit-worker-")  # only the chief keeps a run folder
     created = out is None or not Path(out).exists()
     folder = new_run_folder(out, config)
-    write_json(folder / "config.json", asdict(config))
+    write_config(folder, config, resolved)
     try:
-        with _interruptible(folder):
-            run = _execute(config, folder, {}, verbose, progress)
+        with holding(folder, f"the run {folder}"), _interruptible(folder):
+            run = _execute(config, resolved, folder, {}, verbose, progress)
     except ToolkitError:
         # an error before the first checkpoint (a bad weights file, no network for imagenet)
         # leaves nothing to resume, so it leaves nothing behind either
@@ -145,22 +148,24 @@ def train(data: str | os.PathLike = "animal.npz", strategy: str = _DEFAULT.strat
 def resume(folder: str | os.PathLike, *, verbose: int | str = "auto", progress: bool = False) -> Run:
     """Continue an interrupted run from its last checkpoint."""
     folder = Path(folder)
-    try:
-        config = TrainConfig.from_json(json.loads((folder / "config.json").read_text()))
-    except (OSError, ValueError, TypeError) as e:
-        raise ToolkitError(f"{folder} is not a run folder (no readable config.json: {e})") from None
+    with holding(folder, f"the run {folder}"):  # two resumes of one run would mix checkpoints
+        return _resume_held(folder, verbose, progress)
+
+
+def _resume_held(folder: Path, verbose: int | str, progress: bool) -> Run:
+    config, resolved = read_config(folder)
     config.check()
     if config.distribute == "multiworker":
         raise ToolkitError("a multiworker run cannot be resumed (only its chief kept "
                            "checkpoints); start it again on every worker")
-    if config.precision_policy is None:  # a run folder from before `auto`: resolved once
-        _resolve_precision(config)
-        write_json(folder / "config.json", asdict(config))
+    if resolved is None:  # a run folder from before `auto`: resolved once
+        resolved = _resolve(config)
+        write_config(folder, config, resolved)
     state = read_state(folder)
     if state.get("finished"):
         raise ToolkitError(f"run {folder} already finished; nothing to resume")
     with _interruptible(folder):
-        return _execute(config, folder, state, verbose, progress)
+        return _execute(config, resolved, folder, state, verbose, progress)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -179,70 +184,12 @@ def _interruptible(folder: Path) -> Iterator[None]:
         raise Interrupted(folder) from None
 
 
-@dataclass
-class Comparison:
-    folder: Path
-    rows: list[dict]
-
-    def table(self) -> str:
-        return text_table(["strategy", "accuracy", "macro F1", "epochs", "seconds", "precision"],
-                          [[r["strategy"], f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}",
-                            r["epochs"], f"{r['seconds']:.1f}", r["precision"]] for r in self.rows],
-                          left=(0, 5))
-
-
-def compare(data: str | os.PathLike = "animal.npz", strategies: Sequence[str] = STRATEGIES, *,
-            backbone: str = _DEFAULT.backbone, weights: str = _DEFAULT.weights,
-            epochs: int = _DEFAULT.epochs, batch_size: int = _DEFAULT.batch_size,
-            learning_rate: float | None = _DEFAULT.learning_rate, seed: int = _DEFAULT.seed,
-            validation_split: float = _DEFAULT.validation_split, patience: int = _DEFAULT.patience,
-            trainable: Sequence[str] | None = _DEFAULT.trainable, head: str = _DEFAULT.head,
-            views: int = _DEFAULT.views, augment_mode: str = _DEFAULT.augment_mode,
-            precision: str = _DEFAULT.precision, distribute: str = _DEFAULT.distribute,
-            deterministic: bool | None = _DEFAULT.deterministic,
-            cache_dir: str | os.PathLike | None = _DEFAULT.cache_dir,
-            out: str | os.PathLike | None = None, verbose: int | str = "auto",
-            progress: bool = False) -> Comparison:
-    """Train several strategies on one archive; one table and one plot of the results.
-
-    Each strategy's run goes to `out`/<strategy>; every other parameter is `train`'s.
-    """
-    from ..reports.report import plot_comparison
-    from ..reports.report_html import write_comparison_page
-
-    unknown = [s for s in strategies if s not in STRATEGIES]
-    if unknown or not strategies:
-        raise OptionError("strategies", ",".join(unknown) or "(none)",
-                          f"choose from {', '.join(STRATEGIES)}")
-    if len(set(strategies)) < len(strategies):
-        raise OptionError("strategies", ",".join(strategies), "name each strategy once")
-    folder = Path(out) if out else timestamped(Path("runs"), "compare")
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for strategy in strategies:
-        run = train(data, strategy, backbone=backbone, weights=weights, epochs=epochs,
-                    batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-                    validation_split=validation_split, patience=patience, trainable=trainable,
-                    head=head, views=views, augment_mode=augment_mode, precision=precision,
-                    distribute=distribute, deterministic=deterministic, cache_dir=cache_dir,
-                    out=folder / strategy, verbose=verbose, progress=progress)
-        rows.append({"strategy": strategy, "accuracy": run.metrics["accuracy"],
-                     "macro_f1": run.metrics["macro_f1"], "epochs": run.metrics["epochs_run"],
-                     "seconds": run.metrics["seconds"]["total"],
-                     "precision": run.metrics["precision"]["policy"], "run": str(run.folder)})
-    comparison = Comparison(folder, rows)
-    write_text(folder / "comparison.txt", comparison.table() + "\n")
-    write_json(folder / "comparison.json", rows)
-    plot_comparison(rows, folder / "comparison.png")
-    write_comparison_page(folder, rows)
-    return comparison
-
-
 # --------------------------------------------------------------------------- a run
 
 @dataclass
 class _Plan:
-    """What a run decides before it builds anything: devices, rows, batch size, mode."""
+    """What a run decides before it builds anything: devices, rows, batch size, mode, and the
+    precision it resolved to when it began."""
 
     gpu: bool
     distribution: object          # a tf.distribute.Strategy
@@ -253,13 +200,15 @@ class _Plan:
     global_batch: int
     online: bool                  # augment on every batch, inside the model
     learning_rate: float
+    precision: precision.Precision
 
 
-def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: bool) -> Run:
+def _execute(config: TrainConfig, resolved: Resolved, folder: Path, state: dict, verbose,
+             progress: bool) -> Run:
 
     clock = Clock(state.get("seconds", {}))
     archive = load_archive(config.data)
-    plan = _plan(config, archive)
+    plan = _plan(config, archive, resolved)
     split, fitted, cached = _build(config, archive, plan)
 
     clock.start("features")
@@ -269,8 +218,8 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
                                clock, write=plan.chief)
     probabilities, calibrated = _fit_and_predict(config, archive, plan, fitted, state, checkpoints,
                                                  train_data, val_data, test_source, clock, verbose)
-    evaluation, metrics = _metrics(config, archive, plan, split, checkpoints, probabilities, clock)
-    metrics["calibration"] = calibrated.summary
+    evaluation, metrics = _metrics(config, archive, plan, split, checkpoints, probabilities,
+                                   calibrated.summary, clock)
     report = ""
     if plan.chief:
         report = save_run(folder, config, archive, split.model, evaluation, metrics,
@@ -281,7 +230,7 @@ def _execute(config: TrainConfig, folder: Path, state: dict, verbose, progress: 
     return Run(folder, config, metrics, checkpoints.history, report, split.model)
 
 
-def _plan(config: TrainConfig, archive: Archive) -> _Plan:
+def _plan(config: TrainConfig, archive: Archive, resolved: Resolved) -> _Plan:
     """Seed everything, pick the devices, split off validation, size the global batch."""
     import tensorflow as tf
 
@@ -302,7 +251,8 @@ def _plan(config: TrainConfig, archive: Archive) -> _Plan:
     online = config.strategy == "augment" and (
         config.augment_mode == "online" or (config.augment_mode == "auto" and gpu))
     return _Plan(gpu, distribution, replicas, is_chief(config.distribute), train_rows, val_rows,
-                 global_batch, online, config.learning_rate or LEARNING_RATES[config.strategy])
+                 global_batch, online, config.learning_rate or LEARNING_RATES[config.strategy],
+                 resolved.precision)
 
 
 def _build(config: TrainConfig, archive: Archive, plan: _Plan):
@@ -312,13 +262,14 @@ def _build(config: TrainConfig, archive: Archive, plan: _Plan):
     trainable part trains in float32 (in bfloat16 it cost accuracy: README, Performance 7).
     """
     cached = config.strategy != "cnn" and not plan.online
-    with precision.scope("float32" if cached else config.precision_policy), plan.distribution.scope():
+    policy = plan.precision.policy
+    with precision.scope("float32" if cached else policy), plan.distribution.scope():
         split = _build_split(config, archive)
         fitted = split.trainer if cached else split.model
         fitted.compile(optimizer=keras.optimizers.Adam(plan.learning_rate),
                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    if cached and config.precision_policy != "float32":
-        split = _with_frozen_pass_in(config.precision_policy, split, config, archive, plan)
+    if cached and policy != "float32":
+        split = _with_frozen_pass_in(policy, split, config, archive, plan)
     return split, fitted, cached
 
 
@@ -343,13 +294,13 @@ def _with_frozen_pass_in(policy: str, split, config: TrainConfig, archive: Archi
     return replace(split, model=model, lower=lower)
 
 
-def _resolve_precision(config: TrainConfig) -> None:
-    """Fix what `config.precision` means on this machine, for this run and its resumes."""
+def _resolve(config: TrainConfig) -> Resolved:
+    """What `config.precision` means on this machine, for this run and its resumes."""
     import tensorflow as tf
 
-    chosen = precision.resolve(config.precision, gpu=bool(tf.config.list_physical_devices("GPU")),
-                               model="cnn" if config.strategy == "cnn" else config.backbone)
-    config.precision_policy, config.precision_reason = chosen.policy, chosen.reason
+    return Resolved(precision.resolve(
+        config.precision, gpu=bool(tf.config.list_physical_devices("GPU")),
+        model="cnn" if config.strategy == "cnn" else config.backbone))
 
 
 def _fit_and_predict(config: TrainConfig, archive: Archive, plan: _Plan, fitted, state: dict,
@@ -385,16 +336,15 @@ def _fit_and_predict(config: TrainConfig, archive: Archive, plan: _Plan, fitted,
 
 
 def _metrics(config: TrainConfig, archive: Archive, plan: _Plan, split,
-             checkpoints: Checkpointer, probabilities: np.ndarray, clock: Clock
-             ) -> tuple[dict, dict]:
+             checkpoints: Checkpointer, probabilities: np.ndarray,
+             calibration: CalibrationSummary, clock: Clock) -> tuple[dict, RunMetrics]:
     """(the test-set evaluation, the run's metrics.json)."""
     from .. import models
     from ..reports.report import evaluate_predictions
 
     evaluation = evaluate_predictions(archive.y_test, probabilities, archive.class_names)
-    metrics = {
-        **{k: evaluation[k] for k in ("accuracy", "macro_f1", "per_class", "test_images",
-                                      "confusion_matrix", "class_names")},
+    metrics: RunMetrics = {
+        **{k: evaluation[k] for k in EVALUATION_FIELDS},
         "strategy": config.strategy,
         "backbone": None if config.strategy == "cnn" else config.backbone,
         "weights": None if config.strategy == "cnn" else config.weights,
@@ -407,8 +357,9 @@ def _metrics(config: TrainConfig, archive: Archive, plan: _Plan, split,
         "replicas": plan.replicas,
         "augment_mode": ("online" if plan.online else "cached") if config.strategy == "augment" else None,
         "device": "GPU" if plan.gpu else "CPU",
-        "precision": {"policy": config.precision_policy, "reason": config.precision_reason},
+        "precision": {"policy": plan.precision.policy, "reason": plan.precision.reason},
         "seconds": clock.totals(),
+        "calibration": calibration,
     }
     return evaluation, metrics
 
@@ -419,7 +370,7 @@ def _inputs(config: TrainConfig, archive: Archive, split, cached: bool, plan: _P
     when the model has a frozen part, raw images otherwise."""
     y, train_rows, val_rows = archive.y_train, plan.train_rows, plan.val_rows
     if cached:
-        cache = FeatureCache(config, archive, split.cut)
+        cache = FeatureCache(config, archive, split.cut, plan.precision.policy)
         source = cache.features(split.lower, archive.X_train, "X_train", progress=progress)
         test = cache.features(split.lower, archive.X_test, "X_test", progress=progress)
         views = [Rows(source, train_rows)]

@@ -1,0 +1,5 @@
+"""`python -m toolkit.cli`: the `toolkit` command."""
+
+from . import main
+
+main()
