@@ -408,9 +408,12 @@ def test_markup_in_class_names_stays_text_in_the_model_card_and_the_terminal(tmp
     assert len(rows) == 3 and all(len(re.findall(r"(?<!\\)\|", row)) == 6 for row in rows), rows
     odd = tmp_path / "evil\x1b]0;pwned\x07.png"
     Image.new("RGB", (40, 40), (9, 9, 9)).save(odd, "PNG")
-    result = run_cli("predict", run.folder, odd)
+    broken = tmp_path / "broken\x1b[2J.png"
+    broken.write_bytes(b"not an image")
+    result = run_cli("predict", run.folder, odd, broken)
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\\x1b]0;pwned\\x07" in result.output
+    assert "warning: " in result.output and "broken\\x1b[2J.png" in result.output
 
 
 def test_the_gallery_shows_no_file_outside_its_class_folder_whatever_review_json_names(tmp_path):

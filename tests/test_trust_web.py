@@ -197,3 +197,17 @@ def test_two_crawls_of_one_class_at_once_the_second_stops_naming_the_first(engin
     manifest = (tmp_path / "cat.manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 4 == len(list((tmp_path / "cat").iterdir()))
     assert not (tmp_path / ".cat.lock").exists()
+
+
+def test_a_crawl_never_logs_through_a_link(engine, tmp_path):
+    from helpers import assert_one_error_line, run_cli
+
+    outside = tmp_path / "bashrc"
+    outside.write_text("# profile\n")
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "crawl.log").symlink_to(outside)
+    engine.add_images("cat", range(2))
+    result = run_cli("crawl", "cat", "--root", root, "--per-class", "2", "--engine", "bing")
+    assert_one_error_line(result, "crawl.log is a symbolic link")
+    assert outside.read_text() == "# profile\n"

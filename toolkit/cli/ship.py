@@ -51,6 +51,7 @@ def predict(model, images, fmt, unknown, trust_saved_model):
     import json
 
     load_tensorflow()
+    from ..core.text import for_terminal
     from ..ship import inference
 
     results = inference.predict(model, list(images), unknown=unknown,
@@ -62,7 +63,7 @@ def predict(model, images, fmt, unknown, trust_saved_model):
         writer = csv.writer(click.get_text_stream("stdout"))
         writer.writerow(["image", "label", "probability", "closest", "error"])
         for r in results:
-            writer.writerow([r.path, r.label or "", "" if r.probability is None else
+            writer.writerow([for_terminal(r.path), r.label or "", "" if r.probability is None else
                              f"{r.probability:.4f}", r.closest or "", r.error])
     else:
         click.echo(text_table(["image", "label", "probability", "closest"],
@@ -70,7 +71,7 @@ def predict(model, images, fmt, unknown, trust_saved_model):
                               left=(0, 1, 3)))
     for r in results:
         if r.error and fmt == "table":
-            click.echo(f"warning: {r.path}: {r.error}", err=True)
+            click.echo(f"warning: {for_terminal(r.path)}: {for_terminal(r.error)}", err=True)
     if not good:
         raise ToolkitError("none of the inputs is a usable image")
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ..core import decisions, dedupe, images
 from ..core.errors import OptionError, ToolkitError
+from ..core.files import open_to_append
 from ..core.locks import holding
 from . import manifest
 from .addresses import private_addresses_allowed
@@ -248,8 +249,10 @@ def _log_to(path: Path) -> Iterator[None]:
     """Send the engines', the HTTP libraries' and this package's log lines to `path`, not the
     terminal."""
     handler: logging.Handler
-    try:
-        handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+    stream = None
+    try:  # never through a link: log lines carry URLs and titles that web pages chose
+        stream = os.fdopen(open_to_append(path), "a", encoding="utf-8")
+        handler = logging.StreamHandler(stream)
     except OSError:
         handler = logging.NullHandler()
     handler.handleError = lambda record: None  # a full disk must not print tracebacks
@@ -269,3 +272,5 @@ def _log_to(path: Path) -> Iterator[None]:
             logger.setLevel(level)
             logger.propagate = propagate
         handler.close()
+        if stream is not None:
+            stream.close()
