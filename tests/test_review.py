@@ -392,7 +392,7 @@ def test_crawl_top_up_skips_dropped_images_and_their_urls(engine, tmp_path):
     crawl(["cat"], root=tmp_path, per_class=3, fetch=fast, threads=1)
     manifest = [json.loads(line) for line in (tmp_path / "cat.manifest.jsonl").read_text().splitlines()]
     dropped = manifest[0]
-    decisions.append(tmp_path, [decisions.Decision(f"cat/{dropped['file']}", "drop")])
+    gallery_module.record(tmp_path, [decisions.Decision(f"cat/{dropped['file']}", "drop")])
     assert decisions.dropped_urls(tmp_path) == {dropped["url"]}
     assert decisions.left_out(tmp_path, "cat") == {dropped["file"]}
     (tmp_path / "cat" / dropped["file"]).unlink()  # even gone from disk, its URL is remembered

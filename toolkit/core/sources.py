@@ -102,11 +102,12 @@ def list_files(folder: Path) -> list[Path]:
 
 
 def inside(path: Path, root: Path) -> bool:
-    """Whether `path`, its links followed, lies inside the (resolved) folder `root`."""
+    """Whether `path`, its links followed, lies inside the (resolved) folder `root`. A dangling
+    link or a link loop counts as inside: reading it fails, and says so, as for any file."""
     try:
-        return path.resolve().is_relative_to(root)
-    except (OSError, RuntimeError):  # a link loop
-        return False
+        return path.resolve(strict=True).is_relative_to(root)
+    except (OSError, RuntimeError):
+        return True
 
 
 def printable(name: str) -> str:

@@ -118,15 +118,22 @@ class Gallery(guard.GuardedServer):
                 action = decisions.KEEP  # moved to where it is
             wanted.append(decisions.Decision(item["file"], action,
                                              label if action == decisions.MOVE else None))
-        urls: dict[str, dict[str, str]] = {}  # per class, the manifest's URL of each file
+        return {d.file: _public(d) for d in record(self.source, wanted)}
 
-        def url_of(file: str) -> str | None:
-            label, _, name = file.partition("/")
-            if label not in urls:
-                urls[label] = manifest.file_urls(self.source, label)
-            return urls[label].get(name)
 
-        return {d.file: _public(d) for d in decisions.append(self.source, wanted, url_of)}
+def record(source: str | os.PathLike, made: list[decisions.Decision]) -> list[decisions.Decision]:
+    """Record decisions in SOURCE/decisions.jsonl, each with the URL its crawl found the image at
+    (from the class's manifest), so that a top-up never fetches a dropped image again, even
+    once its file is gone."""
+    urls: dict[str, dict[str, str]] = {}  # per class, the manifest's URL of each file
+
+    def url_of(file: str) -> str | None:
+        label, _, name = file.partition("/")
+        if label not in urls:
+            urls[label] = manifest.file_urls(source, label)
+        return urls[label].get(name)
+
+    return decisions.append(source, made, url_of)
 
 
 def _public(d: decisions.Decision) -> dict:

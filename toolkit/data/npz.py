@@ -234,10 +234,11 @@ def _check_members(path: Path) -> None:
             declared[key] = shape, dtype
     for x_key, y_key in zip(IMAGE_KEYS, LABEL_KEYS):
         if x_key in declared and y_key in declared:
-            rows, labels = declared[x_key][0][:1], declared[y_key][0]
+            rows = declared[x_key][0][0] if declared[x_key][0] else 0
+            labels = math.prod(declared[y_key][0])
             if labels != rows:
-                raise ToolkitError(f"{path}: {y_key} declares shape {labels} for {x_key}'s "
-                                   f"{rows[0] if rows else 0} images; pack it again")
+                raise ToolkitError(f"{path}: {y_key} has {labels} labels for {rows} images in "
+                                   f"{x_key}; pack it again")
     if "class_names" in declared and "X_train" in declared:
         names, rows = declared["class_names"][0], declared["X_train"][0][:1]
         if len(names) != 1 or not rows or names[0] > rows[0]:
