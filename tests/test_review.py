@@ -7,6 +7,7 @@ import html
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -108,11 +109,11 @@ def test_review_finds_real_off_topic_and_moved_photos_among_real_flowers(tmp_pat
         (source / c).mkdir(parents=True)
         for path in sorted((FLOWERS / c).glob("*.jpg"))[:40]:
             into = "rose" if c == "sunflower" and len(truth) % 20 == 0 else c  # 2 moved
-            (source / into / path.name).symlink_to(path)
+            shutil.copyfile(path, source / into / path.name)
             truth[f"{into}/{path.name}"] = "moved" if into != c else "clean"
     for i, path in enumerate(sorted((SHARED / "data" / "offtopic").glob("*.jpg"))[:6]):
         into = ("rose", "sunflower", "tulip")[i % 3]
-        (source / into / path.name).symlink_to(path)
+        shutil.copyfile(path, source / into / path.name)
         truth[f"{into}/{path.name}"] = "off-topic"
     result = reviewer.review(source, weights=str(MOBILENET_WEIGHTS))
     verdicts = {v.file: v for v in result.verdicts}
@@ -135,14 +136,14 @@ def test_a_reference_folder_names_a_group_of_intruders_off_topic(tmp_path, monke
     for c in ("rose", "tulip"):
         (source / c).mkdir(parents=True)
         for path in sorted((FLOWERS / c).glob("*.jpg"))[:40]:
-            (source / c / path.name).symlink_to(path)
+            shutil.copyfile(path, source / c / path.name)
     sunflowers = sorted((FLOWERS / "sunflower").glob("*.jpg"))
     intruders = {f"rose/{p.name}" for p in sunflowers[:4]}
     for path in sunflowers[:4]:
-        (source / "rose" / path.name).symlink_to(path)
+        shutil.copyfile(path, source / "rose" / path.name)
     (reference / "sunflower").mkdir(parents=True)
     for path in sunflowers[100:140]:
-        (reference / "sunflower" / path.name).symlink_to(path)
+        shutil.copyfile(path, reference / "sunflower" / path.name)
     result = run_cli("review", source, "--reference", reference, "--weights", MOBILENET_WEIGHTS)
     assert result.exit_code == 0, result.output
     written = json.loads((source / verdicts.REVIEW_FILE).read_text())
@@ -495,7 +496,7 @@ def gallery_folder(root: Path) -> tuple[Path, list[str]]:
         for c, paths in photos.items():
             (root / c).mkdir(parents=True)
             for path in paths + (objects if c == "tulip" else []):
-                (root / c / path.name).symlink_to(path)
+                shutil.copyfile(path, root / c / path.name)
         return root, ["--weights", str(weights), "--size", "160"]
     make_class_folders(root, {"cat": range(6), "dog": range(100, 106), "fox": range(200, 206)},
                        size=(240, 180))
