@@ -105,6 +105,34 @@ def open_gallery(driver, server: Gallery, n_cards: int):
     return wait
 
 
+def decide_by_key_and_settle(driver, wait, source: Path, key: str, action: str,
+                             in_flight: dict) -> str:
+    """Press `key` (k or d) on the focused image; return once the server has recorded that
+    decision and Chromium has every decision the page sent answered: then the server's
+    decisions are all the page made, those of the keys pressed before included (the page
+    handles keys in order)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    focused = driver.find_element(By.CSS_SELECTOR, "#grid .card.focus").get_attribute("data-file")
+    ActionChains(driver).send_keys(key).perform()
+
+    def settled(d) -> bool:
+        for entry in d.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            params = message.get("params", {})
+            if (message.get("method") == "Network.requestWillBeSent"
+                    and params["request"]["url"].endswith("/api/decisions")):
+                in_flight[params["requestId"]] = True
+            elif message.get("method") in ("Network.loadingFinished", "Network.loadingFailed"):
+                in_flight.pop(params.get("requestId"), None)
+        made = decisions.read(source).get(focused)
+        return made is not None and made.action == action and not in_flight
+
+    wait.until(settled)
+    return focused
+
+
 def test_arrow_keys_after_a_bulk_move_do_not_move_more_images(browser, tmp_path):  # noqa: F811
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -120,11 +148,14 @@ def test_arrow_keys_after_a_bulk_move_do_not_move_more_images(browser, tmp_path)
         Select(browser.find_element(By.ID, "bulk-move")).select_by_value("dog")  # by mouse
         wait.until(lambda d: "move" in d.find_element(
             By.CSS_SELECTOR, '#grid .card[data-file="cat/a.jpg"]').get_attribute("class"))
-        # then on with the keyboard, as the page's key help says: next image, next one
+        # then on with the keyboard, as the page's key help says: next image, next one, keep
+        in_flight: dict = {}
         ActionChains(browser).send_keys(Keys.ARROW_RIGHT).send_keys(Keys.ARROW_DOWN).perform()
-        time.sleep(0.5)
+        kept = decide_by_key_and_settle(browser, wait, source, "k", "keep", in_flight)
         made = {f: (d.action, d.label) for f, d in decisions.read(source).items()}
-        assert made == {"cat/a.jpg": ("move", "dog")}, "arrow keys moved images nobody chose"
+        assert made == {"cat/a.jpg": ("move", "dog"), kept: ("keep", None)}, \
+            "arrow keys moved images nobody chose"
+        assert kept not in ("cat/a.jpg", "cat/c.jpg")
         # a card's own select, by mouse, then the arrow keys again
         menu = browser.find_element(By.CSS_SELECTOR, '#grid .card[data-file="cat/c.jpg"] select')
         menu.click()
@@ -132,11 +163,12 @@ def test_arrow_keys_after_a_bulk_move_do_not_move_more_images(browser, tmp_path)
         wait.until(lambda d: "move" in d.find_element(
             By.CSS_SELECTOR, '#grid .card[data-file="cat/c.jpg"]').get_attribute("class"))
         ActionChains(browser).send_keys(Keys.ARROW_DOWN).send_keys(Keys.ARROW_DOWN).perform()
-        time.sleep(0.5)
+        dropped = decide_by_key_and_settle(browser, wait, source, "d", "drop", in_flight)
     finally:
         stop(server)
     made = {f: (d.action, d.label) for f, d in decisions.read(source).items()}
-    assert made == {"cat/a.jpg": ("move", "dog"), "cat/c.jpg": ("move", "fox")}
+    assert made == {"cat/a.jpg": ("move", "dog"), "cat/c.jpg": ("move", "fox"),
+                    dropped: ("drop", None)} and dropped != "cat/c.jpg"
 
 
 def test_keys_answer_at_once_in_a_class_of_1200_images_among_30_classes(browser, tmp_path):  # noqa: F811
@@ -160,14 +192,28 @@ def test_keys_answer_at_once_in_a_class_of_1200_images_among_30_classes(browser,
 def test_a_closed_tab_or_a_cancelled_thumbnail_prints_no_traceback(small, capfd):
     """The browser cancels image loads whenever the grid changes or the tab closes."""
     source, server = small
+    handled = []  # the server's own count of the requests it has finished handling
+    handle = server.process_request_thread
+
+    def counted(request, client_address):
+        try:
+            handle(request, client_address)
+        finally:
+            handled.append(client_address)
+
+    server.process_request_thread = counted
     for _ in range(10):
         s = socket.create_connection(("127.0.0.1", server.server_port))
         s.sendall(f"GET /image?f=cat/a.jpg HTTP/1.1\r\nHost: 127.0.0.1:{server.server_port}"
                   "\r\n\r\n".encode())
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()  # a reset, as a browser gives up on a request
-    time.sleep(1)
+    # the server accepts in order: once the 11th is answered, the 10 are being handled
     assert fetch(server.url + "image?f=cat/a.jpg")[0] == 200
+    deadline = time.monotonic() + 60
+    while len(handled) < 11 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(handled) == 11, "the server never finished handling the cancelled requests"
     assert "Traceback" not in capfd.readouterr().err
 
 
