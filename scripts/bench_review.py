@@ -126,7 +126,7 @@ def judged_evidence(review_json: dict, cache: Path, weights: str):
     _, found = find_usable(review_json["source"])
     files = [f for f in found if not f.status]
     vectors = reviewer.embed(files, weights=weights, cache_dir=cache)
-    return files, reviewer._normalised(vectors), np.array([f.label for f in files])
+    return files, reviewer.normalised(vectors), np.array([f.label for f in files])
 
 
 def variant_rows(truth: dict[str, str], review_json: dict, cache: Path, weights: str) -> list:
@@ -224,11 +224,11 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
 
     def padded(side: int) -> np.ndarray:
         """The whole image fitted inside the square (review's embeddings are centre crops)."""
-        model = reviewer._pooled_backbone(reviewer.DEFAULT_BACKBONE, weights, side, 0)
+        model = reviewer.pooled_backbone(reviewer.DEFAULT_BACKBONE, weights, side, 0)
         out = [np.asarray(model.predict_on_batch(np.stack([
             images.decode(images.read_file(f.path), images.Checks(), side, "pad")[1]
             for f in files[i:i + 32]]))) for i in range(0, len(files), 32)]
-        return reviewer._normalised(np.concatenate(out))
+        return reviewer.normalised(np.concatenate(out))
 
     def folds(seed: int) -> StratifiedKFold:
         return StratifiedKFold(reviewer.FOLDS, shuffle=True, random_state=seed)
@@ -252,10 +252,10 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
 
     variants = {f"review's: {size} px centre crop, regression + neighbours": (x, None)}
     for side in (224, 256, 288, 384):
-        variants[f"{side} px centre crop"] = (reviewer._normalised(reviewer.embed(
+        variants[f"{side} px centre crop"] = (reviewer.normalised(reviewer.embed(
             files, weights=weights, size=side, cache_dir=cache)), None)
     variants[f"{size} px centre crop + whole image padded (mean of two views)"] = (
-        reviewer._normalised(x + padded(size)), None)
+        reviewer.normalised(x + padded(size)), None)
     variants.update({
         "regression averaged over 3 draws of the folds": (x, lambda v: np.mean(
             [reviewer.out_of_fold_probabilities(v, labels, seed=s) for s in range(3)], axis=0)),

@@ -85,7 +85,7 @@ def test_review_judges_what_pack_would_pack_and_a_second_review_computes_nothing
     def no_backbone(*args, **kwargs):
         raise AssertionError("the backbone ran although every embedding is cached")
 
-    monkeypatch.setattr(reviewer, "_pooled_backbone", no_backbone)
+    monkeypatch.setattr(reviewer, "pooled_backbone", no_backbone)
     again = reviewer.review(folder, **QUICK)
     assert [v.reason for v in again.verdicts] == [v.reason for v in result.verdicts]
 

@@ -232,7 +232,7 @@ def embed(files: Sequence[InputFile], *, backbone: str = DEFAULT_BACKBONE,
     known = cache.load()
     todo = [f for f in files if f.info.sha256 not in known]
     if todo:
-        model = _pooled_backbone(backbone, weights, size, seed)
+        model = pooled_backbone(backbone, weights, size, seed)
         executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
 
         def pixels(f: InputFile) -> np.ndarray:
@@ -304,8 +304,10 @@ class EmbeddingCache:
             np.savez(tmp, sha256=np.array(shas, dtype=str), vectors=vectors)
 
 
-def _pooled_backbone(backbone: str, weights: str, size: int, seed: int):
-    """raw 0-255 RGB -> the backbone's preprocessing -> frozen base -> global average pool."""
+def pooled_backbone(backbone: str, weights: str, size: int, seed: int):
+    """The model review embeds with: raw 0-255 RGB (size x size) -> the backbone's
+    preprocessing -> frozen base -> global average pool. (Public for other views of the same
+    images than `embed`'s centre crops, as scripts/bench_review.py compares.)"""
     import keras
 
     from ..models import Preprocess, backbone_spec, load_backbone
@@ -329,7 +331,7 @@ def judge(vectors: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
     The last `references` classes are reference classes: their images are evidence only
     (no verdict), and an image that looks like one of them is off-topic.
     """
-    x = _normalised(vectors)
+    x = normalised(vectors)
     probabilities = out_of_fold_probabilities(x, labels, folds, seed)
     outlier, votes = neighbourhood(x, labels, len(class_names))
     evidence = (probabilities + votes) / 2
@@ -406,7 +408,8 @@ def neighbourhood(x: np.ndarray, labels: np.ndarray, n_classes: int,
     return (spread - median) / mad, votes
 
 
-def _normalised(vectors: np.ndarray) -> np.ndarray:
+def normalised(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero): what `judge` compares."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(norms == 0, 1.0, norms)
 
