@@ -79,10 +79,19 @@ WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
 
 def flowers_archive(path: str) -> None:
     """Pack ../shared/data/flowers (3 x 400 at 224 px, the defaults) into `path`, unless it
-    is there; exit with the reason when the shared weights are absent."""
-    if not WEIGHTS.exists():
-        sys.exit(f"{WEIGHTS} is absent")
+    is there; exit with the reason when the shared photos are absent."""
+    if Path(path).exists():
+        return
+    flowers = SHARED / "data" / "flowers"
+    if not flowers.is_dir():
+        sys.exit(f"{flowers} is absent (../shared); or give an archive that exists")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if not Path(path).exists():
-        subprocess.run(toolkit_command("pack", str(SHARED / "data" / "flowers"), "--out", path),
-                       check=True)
+    subprocess.run(toolkit_command("pack", str(flowers), "--out", path), check=True)
+
+
+def weights_option(value: str) -> str:
+    """A --weights value (a file, imagenet or none); exit with the reason when the file is
+    absent (the shared weights, by default)."""
+    if value not in ("imagenet", "none") and not Path(value).exists():
+        sys.exit(f"{value} is absent (../shared/weights); or pass --weights none")
+    return value

@@ -9,7 +9,11 @@ features are computed once and shared by extract, finetune and augment through t
 (the ceiling of what these weights give on this split) and prints its test accuracy.
 
     python scripts/accuracy_table.py [--strategies cnn,extract,finetune,augment] [--out DIR]
+                                     [--archive runs/flowers.npz] [--weights FILE]
                                      [--extra OPTION...] | --probe
+
+`--archive` and `--weights` (the shared ones by default) make a quick run on other data
+(the suite's smoke test: a tiny archive, `--weights none`).
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import json
 import sys
 from pathlib import Path
 
-from _bench import WEIGHTS, flowers_archive, machine, measure, table, toolkit_command
+import numpy as np
+
+from _bench import WEIGHTS, flowers_archive, machine, measure, table, toolkit_command, weights_option
 from toolkit.core.text import folder_stamp
 from toolkit.reports.metrics import read_metrics
 
 
-def probe(archive_path: str) -> None:
+def probe(archive_path: str, weights: str) -> None:
     """Test accuracy of a logistic regression on extract's frozen features, pooled."""
     from sklearn.linear_model import LogisticRegression
 
@@ -35,9 +41,9 @@ def probe(archive_path: str) -> None:
 
     archive = load_archive(archive_path)
     split = models.build("extract", archive.image_shape, len(archive.class_names),
-                         backbone="mobilenet_v2", weights=str(WEIGHTS))
+                         backbone="mobilenet_v2", weights=weights)
     cache = FeatureCache(TrainConfig(data=str(Path(archive_path).resolve()), strategy="extract",
-                                     backbone="mobilenet_v2", weights=str(WEIGHTS),
+                                     backbone="mobilenet_v2", weights=weights,
                                      precision="float32"),
                          archive, split.cut, "float32")
     pooled = {name: cache.features(split.lower, x, name).mean(axis=(1, 2))
@@ -55,25 +61,29 @@ def main() -> None:
     parser.add_argument("--strategies", default="cnn,extract,finetune,augment")
     parser.add_argument("--archive", default="runs/flowers.npz")
     parser.add_argument("--out", default=None, help="a new folder  [default: runs/flowers-<time>]")
+    parser.add_argument("--weights", default=str(WEIGHTS), help="MobileNetV2's weights (a file, or none)")
     parser.add_argument("--probe", action="store_true",
                         help="print the logistic-regression ceiling instead of training")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="more options for toolkit compare")
     args = parser.parse_args()
+    weights = weights_option(args.weights)
     flowers_archive(args.archive)
     if args.probe:
-        probe(args.archive)
+        probe(args.archive, weights)
         return
     out = Path(args.out or f"runs/flowers-{folder_stamp()}")
     if out.exists() and any(out.iterdir()):
         sys.exit(f"--out {out} is not empty; give a new folder (or leave --out out)")
     compare = measure(toolkit_command("compare", "--data", args.archive, "--strategies",
                                       args.strategies, "--backbone", "mobilenet_v2", "--weights",
-                                      str(WEIGHTS), "--out", str(out), *args.extra), quiet=False)
+                                      weights, "--out", str(out), *args.extra), quiet=False)
     rows = json.loads((out / "comparison.json").read_text())
     features = [read_metrics(r["run"])["seconds"].get("features", 0)
                 for r in rows]
-    print(f"{args.archive}: flowers 3 x 400 at 224 px, 960 train / 240 test; {machine()}")
+    with np.load(args.archive) as archive:
+        sizes = (len(archive["y_train"]), len(archive["y_test"]), archive["X_train"].shape[1])
+    print(f"{args.archive}: {sizes[0]} train / {sizes[1]} test at {sizes[2]} px; {machine()}")
     print(table(["strategy", "test accuracy", "macro F1", "epochs", "seconds", "of which features s"],
                 [[r["strategy"], f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}", r["epochs"],
                   f"{r['seconds']:.0f}", f"{f:.0f}"] for r, f in zip(rows, features)]))

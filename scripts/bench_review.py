@@ -4,8 +4,9 @@
                                    [--offtopic ../shared/data/offtopic]
                                    [--weights ../shared/weights/mobilenet_v2_imagenet_notop.weights.h5]
                                    [--mislabeled 15] [--seed 0] [--variants] [--evidence]
-                                   [--cleanlab]
-    python scripts/bench_review.py --intruders [--seed 0]
+                                   [--cleanlab] [--size 320] [--evidence-sizes 224,256,288,384]
+    python scripts/bench_review.py --intruders [--seed 0] [--intruder-counts 5,20,80]
+                                   [--reference-size 100]
 
 Builds a crawl-like folder (links, nothing copied) from the flower classes with two kinds
 of noise, both recorded: `mislabeled`, `--mislabeled` photos of each class moved into each
@@ -22,6 +23,8 @@ for any verdict rule on that evidence; `--cleanlab` scores cleanlab's label issu
 out-of-distribution scores on the same embeddings and out-of-fold probabilities.
 `--intruders` measures instead a coherent group of intruders in a class (sunflower photos
 filed as roses in a rose/tulip crawl), with and without `review --reference`.
+`--size` (review's by default) and the other sizes make a quick run on small data (the
+suite's smoke test: tiny class folders, `--weights none`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _bench import SHARED, machine, measure, scratch_folder, table, toolkit_command
+from _bench import SHARED, machine, measure, scratch_folder, table, toolkit_command, weights_option
 
 MISLABELED, OFF_TOPIC, CLEAN = "mislabeled", "off-topic", "clean"
 FOUND = "found"  # a photo of the flowers set that is not of its class (flowers_audit.txt)
@@ -96,7 +99,8 @@ def score(truth: dict[str, str], judged: set[str], flagged: set[str]) -> list[li
     return rows
 
 
-def cleanlab_rows(truth: dict[str, str], review_json: dict, cache: Path, weights: str) -> list:
+def cleanlab_rows(truth: dict[str, str], review_json: dict, cache: Path, weights: str,
+                  size: int) -> list:
     """Cleanlab's confident learning and its kNN out-of-distribution score on the same
     embeddings and out-of-fold probabilities."""
     from cleanlab.filter import find_label_issues
@@ -104,7 +108,7 @@ def cleanlab_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
 
     from toolkit.curate import reviewer
 
-    files, x, labels = judged_evidence(review_json, cache, weights)
+    files, x, labels = judged_evidence(review_json, cache, weights, size)
     probabilities = reviewer.out_of_fold_probabilities(x, labels)
     judged = {f.name for f in files}
     issues = find_label_issues(labels, probabilities)
@@ -118,7 +122,7 @@ def cleanlab_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
     return rows
 
 
-def judged_evidence(review_json: dict, cache: Path, weights: str):
+def judged_evidence(review_json: dict, cache: Path, weights: str, size: int):
     """The judged files, their embeddings and labels, as review computed them (from the cache)."""
     from toolkit.core.sources import find_usable
     from toolkit.curate import reviewer
@@ -126,19 +130,20 @@ def judged_evidence(review_json: dict, cache: Path, weights: str):
 
     _, found = find_usable(review_json["source"])
     files = [f for f in found if not f.status]
-    vectors = embed(files, backbone=reviewer.DEFAULT_BACKBONE, weights=weights,
-                    size=reviewer.DEFAULT_SIZE, cache_dir=cache)
-    return files, reviewer._normalised(vectors), np.array([f.label for f in files])
+    vectors = embed(files, backbone=reviewer.DEFAULT_BACKBONE, weights=weights, size=size,
+                    cache_dir=cache)
+    return files, reviewer.normalised(vectors), np.array([f.label for f in files])
 
 
-def variant_rows(truth: dict[str, str], review_json: dict, cache: Path, weights: str) -> list:
+def variant_rows(truth: dict[str, str], review_json: dict, cache: Path, weights: str,
+                 size: int) -> list:
     """Other verdict rules on the same evidence, each scored as `pack --drop-suspects` would
     use it (every flagged image left out): the ideas of issue 9's precision follow-up."""
     from sklearn.neighbors import NearestNeighbors
 
     from toolkit.curate import reviewer, rules
 
-    files, x, labels = judged_evidence(review_json, cache, weights)
+    files, x, labels = judged_evidence(review_json, cache, weights, size)
     n = len(labels)
     probabilities = reviewer.out_of_fold_probabilities(x, labels)
     z, votes = reviewer.neighbourhood(x, labels, probabilities.shape[1])
@@ -204,7 +209,8 @@ def tuned_on_the_answers(own: np.ndarray, other: np.ndarray, outlier: np.ndarray
     return f"{recall:.3f}", f"{kept:.1%}"
 
 
-def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights: str) -> list:
+def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights: str,
+                  size: int, sides: list[int]) -> list:
     """Other evidence from the same weights: other input sizes and views, other classifiers.
     For each, its separation of the noise from the clean photos (ROC AUC), what review's
     rules make of it, and the best the rules' thresholds can do when chosen on the answers:
@@ -220,10 +226,9 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
     from toolkit.curate import reviewer, rules
     from toolkit.models.embedder import embed, pooled_backbone
 
-    files, x, labels = judged_evidence(review_json, cache, weights)
+    files, x, labels = judged_evidence(review_json, cache, weights, size)
     kinds = np.array([truth[f.name] for f in files])
     n_classes = labels.max() + 1
-    size = reviewer.DEFAULT_SIZE
 
     def padded(side: int) -> np.ndarray:
         """The whole image fitted inside the square (review's embeddings are centre crops)."""
@@ -231,13 +236,13 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
         out = [np.asarray(model.predict_on_batch(np.stack([
             images.decode(images.read_file(f.path), images.Checks(), side, "pad")[1]
             for f in files[i:i + 32]]))) for i in range(0, len(files), 32)]
-        return reviewer._normalised(np.concatenate(out))
+        return reviewer.normalised(np.concatenate(out))
 
     def folds(seed: int) -> StratifiedKFold:
         return StratifiedKFold(reviewer.FOLDS, shuffle=True, random_state=seed)
 
     def svm(v: np.ndarray) -> np.ndarray:
-        reduced = PCA(reviewer.PRINCIPAL_COMPONENTS, random_state=0).fit_transform(v)
+        reduced = PCA(min(reviewer.PRINCIPAL_COMPONENTS, *v.shape), random_state=0).fit_transform(v)
         model = CalibratedClassifierCV(SVC(C=3.0), ensemble=False)  # Platt-scaled
         return cross_val_predict(model, reduced, labels, cv=folds(0), method="predict_proba")
 
@@ -245,7 +250,7 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
         """A second pass whose regressions never learn from the first pass's suspects."""
         first = {e["file"]: e["suspect"] for e in review_json["images"]}
         suspect = np.array([first[f.name] for f in files])
-        reduced = PCA(reviewer.PRINCIPAL_COMPONENTS, random_state=0).fit_transform(v)
+        reduced = PCA(min(reviewer.PRINCIPAL_COMPONENTS, *v.shape), random_state=0).fit_transform(v)
         out = np.zeros((len(v), n_classes))
         for train, test in folds(0).split(reduced, labels):
             train = train[~suspect[train]]
@@ -254,12 +259,12 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
         return out
 
     variants = {f"review's: {size} px centre crop, regression + neighbours": (x, None)}
-    for side in (224, 256, 288, 384):
-        variants[f"{side} px centre crop"] = (reviewer._normalised(embed(
+    for side in sides:
+        variants[f"{side} px centre crop"] = (reviewer.normalised(embed(
             files, backbone=reviewer.DEFAULT_BACKBONE, weights=weights, size=side,
             cache_dir=cache)), None)
     variants[f"{size} px centre crop + whole image padded (mean of two views)"] = (
-        reviewer._normalised(x + padded(size)), None)
+        reviewer.normalised(x + padded(size)), None)
     variants.update({
         "regression averaged over 3 draws of the folds": (x, lambda v: np.mean(
             [reviewer.out_of_fold_probabilities(v, labels, seed=s) for s in range(3)], axis=0)),
@@ -283,12 +288,13 @@ def evidence_rows(truth: dict[str, str], review_json: dict, cache: Path, weights
     return rows
 
 
-def intruder_rows(flowers: Path, scratch: Path, weights: str, seed: int) -> list:
+def intruder_rows(flowers: Path, scratch: Path, weights: str, seed: int, size: int,
+                  counts: list[int], reference_size: int) -> list:
     """A crawl of two classes (rose, tulip) with a coherent group of intruders: sunflower
     photos filed as roses, as "hedgehog" brings Sonic. Review compares images with each
     other, so a group of the same intruders can look like part of the class. With
     `--reference`, a folder of 100 other sunflower photos judged alongside: review then
-    knows what the intruders are."""
+    knows what the intruders are (`reference_size` other sunflower photos: 100)."""
     from toolkit.curate import reviewer
 
     rng = np.random.default_rng(seed)
@@ -296,10 +302,10 @@ def intruder_rows(flowers: Path, scratch: Path, weights: str, seed: int) -> list
     order = rng.permutation(len(sunflowers))
     reference = scratch / "reference"
     (reference / "sunflower").mkdir(parents=True)
-    for k in order[-100:]:
+    for k in order[-reference_size:]:
         (reference / "sunflower" / sunflowers[k].name).symlink_to(sunflowers[k].resolve())
     rows = []
-    for intruders in (5, 20, 80):
+    for intruders in counts:
         source = scratch / f"intruders-{intruders}"
         for c in ("rose", "tulip"):
             (source / c).mkdir(parents=True)
@@ -309,11 +315,11 @@ def intruder_rows(flowers: Path, scratch: Path, weights: str, seed: int) -> list
             (source / "rose" / f"intruder_{sunflowers[k].name}").symlink_to(
                 sunflowers[k].resolve())
         for given in (None, reference):
-            result = reviewer.review(source, reference=given, weights=weights,
+            result = reviewer.review(source, reference=given, weights=weights, size=size,
                                      cache_dir=scratch / "cache")
             found = [v for v in result.verdicts if "intruder_" in v.file]
             others = [v for v in result.verdicts if "intruder_" not in v.file]
-            rows.append([intruders, "100 sunflowers" if given else "none", len(found),
+            rows.append([intruders, f"{reference_size} sunflowers" if given else "none", len(found),
                          f"{sum(v.suspect for v in found) / len(found):.2f}",
                          sum(v.suggested == "sunflower" for v in found),
                          f"{sum(v.suspect for v in others) / len(others):.1%}"])
@@ -340,11 +346,22 @@ def main() -> None:
                         help="only the intruders benchmark: sunflowers filed as roses in a "
                              "rose/tulip crawl, with and without a --reference folder")
     parser.add_argument("--keep", type=Path, default=None, help="build the folder here and keep it")
+    parser.add_argument("--size", type=int, default=None, help="review's --size  [default: review's]")
+    parser.add_argument("--evidence-sizes", default="224,256,288,384",
+                        help="--evidence: the other centre-crop sizes compared")
+    parser.add_argument("--intruder-counts", default="5,20,80",
+                        help="--intruders: sunflowers filed as roses, one review each")
+    parser.add_argument("--reference-size", type=int, default=100,
+                        help="--intruders: sunflowers in the reference folder")
     args = parser.parse_args()
-    for path in (args.flowers, args.offtopic, Path(args.weights)):
+    for path in (args.flowers, args.offtopic):
         if not path.exists():
             sys.exit(f"{path} is absent (../shared)")
+    weights_option(args.weights)
 
+    from toolkit.curate import reviewer
+
+    size = args.size or reviewer.DEFAULT_SIZE
     print(machine())
     print(f"noise injected with --seed {args.seed}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -352,7 +369,9 @@ def main() -> None:
         with scratch_folder() as scratch:
             print(table(["sunflowers filed as roses", "--reference", "judged", "recall",
                          "called sunflower", "other roses and tulips flagged"],
-                        intruder_rows(args.flowers, Path(scratch), args.weights, args.seed)))
+                        intruder_rows(args.flowers, Path(scratch), args.weights, args.seed, size,
+                                      [int(n) for n in args.intruder_counts.split(",")],
+                                      args.reference_size)))
         return
     with scratch_folder() as scratch:
         scratch = Path(scratch)
@@ -360,7 +379,7 @@ def main() -> None:
         truth = build(args.flowers, args.offtopic, args.mislabeled, source, args.seed)
         cache = scratch / "cache"
         env = {"TOOLKIT_CACHE_DIR": str(cache)}
-        review = toolkit_command("review", str(source), "--weights", args.weights)
+        review = toolkit_command("review", str(source), "--weights", args.weights, "--size", str(size))
         first = measure(review, env)
         load_after = os.getloadavg()
         phases = json.loads((source / "review.json").read_text())["seconds"]
@@ -402,7 +421,7 @@ def main() -> None:
             print("\nother rules on the same evidence (pack leaves out every flagged image):")
             print(table(["rule", "flagged", "recall", "precision", "precision with audited",
                          "noise after drop", "clean kept"],
-                        variant_rows(truth, result, cache, args.weights)))
+                        variant_rows(truth, result, cache, args.weights, size)))
         if args.evidence:
             print("\nother evidence from the same weights (AUC: mislabeled by its own class's "
                   "evidence, off-topic by the outlier score, each against the clean photos; "
@@ -411,11 +430,12 @@ def main() -> None:
             print(table(["evidence", "AUC mislabeled", "AUC off-topic", "recall", "precision",
                          "clean kept", "best recall at >= 97% clean kept",
                          "best clean kept at recall >= 0.95"],
-                        evidence_rows(truth, result, cache, args.weights)))
+                        evidence_rows(truth, result, cache, args.weights, size,
+                                      [int(s) for s in args.evidence_sizes.split(",")])))
         if args.cleanlab:
             print()
             print(table(["method", "noise", "images", "flagged", "recall", "precision"],
-                        cleanlab_rows(truth, result, cache, args.weights)))
+                        cleanlab_rows(truth, result, cache, args.weights, size)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ on the validation split at training time; the test set and the off-topic photos 
 seen before this measurement.
 
     python scripts/bench_unknown.py [--archive runs/flowers.npz] [--run runs/flowers-unknown]
+                                    [--weights FILE] [--offtopic DIR] [--epochs N]
+
+`--weights`, `--offtopic` (the shared ones by default) and `--epochs` (train's default: 50,
+with early stopping) make a quick run on other data (the suite's smoke test).
 
 (TOOLKIT_SHARED names the shared folder when it is not at ../shared, e.g. from a worktree.)
 """
@@ -21,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _bench import SHARED, WEIGHTS, flowers_archive, machine, table, toolkit_command
+from _bench import SHARED, WEIGHTS, flowers_archive, machine, table, toolkit_command, weights_option
 from toolkit.reports.metrics import read_metrics
 
 
@@ -29,17 +33,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", default="runs/flowers.npz")
     parser.add_argument("--run", default="runs/flowers-unknown")
+    parser.add_argument("--weights", default=str(WEIGHTS), help="MobileNetV2's weights (a file, or none)")
+    parser.add_argument("--offtopic", default=str(SHARED / "data" / "offtopic"),
+                        help="photos of no class")
+    parser.add_argument("--epochs", type=int, default=None, help="train's --epochs")
     args = parser.parse_args()
+    weights = weights_option(args.weights)
     flowers_archive(args.archive)
     if not (Path(args.run) / "model.keras").exists():
+        epochs = ["--epochs", str(args.epochs)] if args.epochs else []
         subprocess.run(toolkit_command("train", "--strategy", "extract", "--data", args.archive,
-                                       "--backbone", "mobilenet_v2", "--weights", str(WEIGHTS),
-                                       "--head", "pool", "--out", args.run), check=True)
+                                       "--backbone", "mobilenet_v2", "--weights", weights,
+                                       "--head", "pool", *epochs, "--out", args.run), check=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from toolkit.data.npz import load_archive
     from toolkit.ship.inference import load_classifier, predict
 
-    off_topic = predict(args.run, [SHARED / "data" / "offtopic"])
+    off_topic = predict(args.run, [Path(args.offtopic)])
     off_share = np.mean([p.label == "unknown" for p in off_topic if not p.error])
     classifier = load_classifier(args.run)
     archive = load_archive(args.archive)
@@ -49,7 +59,7 @@ def main() -> None:
     rejected = calibration.unknown(embeddings)
     metrics = read_metrics(args.run)
     c = metrics["calibration"]
-    print(f"{args.run}: extract / mobilenet_v2 (ImageNet weights), pool head, on {args.archive}; "
+    print(f"{args.run}: extract / mobilenet_v2 (--weights {args.weights}), pool head, on {args.archive}; "
           f"{machine()}; load {os.getloadavg()[0]:.2f}")
     print(table(["measure", "value"], [
         ["test accuracy", f"{metrics['accuracy']:.3f}"],

@@ -31,6 +31,47 @@ FLOWERS = SHARED / "data" / "flowers"
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
 
 
+# ---- under CI a skip is a failure, unless the test needs a GPU
+# On a machine without a GPU every test must run: a test that skips there (a missing tool, a
+# missing ../shared, root privileges) hides a feature nobody checked. `.ci/run` sets CI=true.
+
+_UNEXPECTED_SKIPS: list[str] = []
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def _note_skip(report) -> None:
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    if "gpu" not in reason.lower():
+        _UNEXPECTED_SKIPS.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_runtest_logreport(report):
+    _note_skip(report)
+
+
+def pytest_collectreport(report):
+    _note_skip(report)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _under_ci() and _UNEXPECTED_SKIPS and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _under_ci() and _UNEXPECTED_SKIPS:
+        terminalreporter.section("skips that fail under CI (only a test that needs a GPU may skip)",
+                                 red=True)
+        for line in _UNEXPECTED_SKIPS:
+            terminalreporter.line(line, red=True)
+
+
 @pytest.fixture
 def engine(monkeypatch):
     """A fake Bing/DuckDuckGo/Baidu/Google on 127.0.0.1; the crawler is pointed at it, and may

@@ -63,8 +63,11 @@ class Item:
     body: bytes = b""
     status: int = 200
     content_type: str = "image/jpeg"
-    behaviour: str = ""  # "", "slow", "redirect_loop", "huge", "fail_once", "hang"
+    #: "", "slow" (drips a byte every 50 ms), "stall" (half the body, then 5 s of nothing),
+    #: "redirect_loop", "redirect_file", "huge", "endless", "fail_once"
+    behaviour: str = ""
     headers: dict[str, str] = field(default_factory=dict)  # sent with the answer (Retry-After)
+    redirects: int = 0  # answered after this many redirects (to itself, ?hop=1, 2, ...)
     page: str | None = None   # the page the image is "found on", as engines report it
     title: str | None = None
     calls: int = 0
@@ -203,6 +206,13 @@ class FakeEngine:
             time.sleep(self.slow_seconds)
         if item is None:
             return self._send(request, 404, b"no such image", "text/plain")
+        hop = int(parse_qs(urlsplit(request.path).query).get("hop", ["0"])[0])
+        if hop < item.redirects:
+            request.send_response(302)
+            request.send_header("Location", f"/img/{name}?hop={hop + 1}")
+            request.send_header("Content-Length", "0")
+            request.end_headers()
+            return
         if item.behaviour == "redirect_loop":
             request.send_response(302)
             request.send_header("Location", f"/img/{name}")
@@ -237,6 +247,18 @@ class FakeEngine:
                     request.wfile.write(b"\xff" * 65536)
             except OSError:
                 pass
+            return
+        if item.behaviour == "stall":  # half the body, then nothing: a server gone quiet
+            request.send_response(200)
+            request.send_header("Content-Type", item.content_type)
+            request.send_header("Content-Length", str(len(item.body)))
+            request.end_headers()
+            try:
+                request.wfile.write(item.body[:len(item.body) // 2])
+                request.wfile.flush()
+            except OSError:
+                pass
+            time.sleep(5)
             return
         if item.behaviour == "slow":  # drips one byte at a time
             request.send_response(200)

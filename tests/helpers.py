@@ -4,6 +4,7 @@ make the small inputs (archives, crawl options) that several files share."""
 from __future__ import annotations
 
 import json
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,19 @@ def tree(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def assert_no_traceback(result: Result) -> None:
+    """The command ended as the CLI ends it (normally, or by Click's exit with its code), not
+    by an uncaught exception. CliRunner catches such an exception into `result.exception` and
+    never prints its traceback into `result.output`, so the output alone cannot tell."""
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError("the command raised (a user would see this traceback):\n"
+                             + "".join(traceback.format_exception(*result.exc_info)) + result.output)
+
+
 def assert_one_error_line(result: Result, message: str) -> None:
     """A non-zero exit, no traceback, and exactly one `Error:` line that contains message."""
     assert result.exit_code not in (0, None), result.output
-    assert "Traceback" not in result.output, result.output
+    assert_no_traceback(result)
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and message in errors[0], result.output
 

@@ -3,11 +3,13 @@
 import json
 import re
 import shutil
+import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import shapes_dataset
 from helpers import NAMES, assert_one_error_line, run_cli, tree, write_archive
 from toolkit.core.errors import ToolkitError
 from toolkit.ship.exporter import TOLERANCE
@@ -142,7 +144,7 @@ def test_an_export_killed_half_way_is_recovered_by_the_next(tiny_run, tmp_path, 
     (run / ".export-old-k3" / "export").mkdir(parents=True)
     (run / ".export-old-k3" / "export" / "labels.txt").write_text("square\ndisc\nbar\n")
     monkeypatch.setitem(TOLERANCE, "none", -1.0)
-    assert run_cli("export", run, "--format", "onnx").exit_code == 1
+    assert_one_error_line(run_cli("export", run, "--format", "onnx"), "but the Keras model")
     assert not list(run.glob(".export*"))
     assert (run / "export" / "labels.txt").read_text() == "square\ndisc\nbar\n"
 
@@ -189,6 +191,82 @@ def test_calibration_is_fitted_and_recorded(tiny_run):
     assert 0 <= c["test_ece_before"] <= 1 and 0 <= c["test_ece_after"] <= 1
     assert c["distance_threshold"] > 0 and c["neighbours"] == 4  # 57 training images in 3 classes
     assert json.loads((run / "calibration.json").read_text())["temperature"] == c["temperature"]
+
+
+def validation_outputs(run):
+    """The run's validation images (as training split them off) through its saved model:
+    (calibrated-to-be probabilities, embeddings, labels, the stored calibration)."""
+    from toolkit.ship.inference import load_classifier
+    from toolkit.training.batches import validation_split
+
+    config = json.loads((run / "config.json").read_text())
+    with np.load(config["data"]) as archive:
+        x, y = archive["X_train"], archive["y_train"]
+    rows = validation_split(y, config["validation_split"], config["seed"])[1]
+    classifier = load_classifier(run)
+    probabilities, embeddings = classifier(x[rows])
+    return probabilities, embeddings, y[rows], classifier.calibration
+
+
+def test_the_temperature_and_the_unknown_threshold_are_fitted_on_validation(tiny_run):
+    """README: the temperature is fitted on the validation split; the unknown threshold is
+    the 98th percentile of the validation images' distances."""
+    run, _ = tiny_run
+    probabilities, embeddings, labels, calibration = validation_outputs(run)
+    assert len(labels) == 15
+    assert calibration.temperature == pytest.approx(fit_temperature(probabilities, labels), abs=2e-3)
+    assert abs(calibration.temperature - 1.0) > 0.05, "a fixed 1.0 would pass: nothing checked"
+    distances = calibration.distances(embeddings)
+    assert calibration.distance_threshold == pytest.approx(np.quantile(distances, 0.98), rel=1e-3)
+    assert np.quantile(distances, 0.95) < 0.99 * np.quantile(distances, 0.98), \
+        "the percentile cannot be told from another: nothing checked"
+
+
+def test_the_test_set_changes_neither_the_temperature_nor_the_unknown_threshold(tiny_run, tmp_path):
+    """The same training with another test set: the same calibration (the test set is used
+    once, to measure)."""
+    run, data = tiny_run
+    other_x, other_y = shapes_dataset(6, 32, seed=9)
+    other = write_archive(tmp_path / "other-test.npz", n_per_class=30, X_test=other_x, y_test=other_y)
+    again = train(other, "cnn", out=tmp_path / "run", epochs=3, weights="none", batch_size=16,
+                  learning_rate=1e-3, precision="float32", verbose=0, cache_dir=str(tmp_path / "cache"))
+    first = json.loads((run / "metrics.json").read_text())
+    # the same training (its validation split included): only the test set differs
+    assert (again.folder / "history.csv").read_text() == (run / "history.csv").read_text()
+    assert [again.metrics["calibration"][k] for k in ("temperature", "distance_threshold")] == [
+        first["calibration"][k] for k in ("temperature", "distance_threshold")]
+    assert again.metrics["confusion_matrix"] != first["confusion_matrix"]  # another test set indeed
+
+
+def test_one_export_of_a_run_at_a_time(tiny_run, tmp_path, monkeypatch):
+    """A second export of the same run, while the first converts, is one line; the first
+    finishes as if alone."""
+    from toolkit.ship import exporter
+
+    run, _ = fresh_copy(tiny_run, tmp_path)
+    converting, go_on = threading.Event(), threading.Event()
+    convert = exporter._convert
+
+    def held(*args, **kwargs):  # the first export, held inside its conversion
+        converting.set()
+        go_on.wait(120)
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(exporter, "_convert", held)
+    first: dict = {}
+    thread = threading.Thread(target=lambda: first.update(done=exporter.export(run, "onnx")))
+    thread.start()
+    try:
+        assert converting.wait(120), "the first export never reached its conversion"
+        monkeypatch.setattr(exporter, "_convert", convert)
+        second = run_cli("export", run, "--format", "onnx")
+    finally:
+        go_on.set()
+        thread.join(300)
+    assert_one_error_line(second, f"another export of {run} is running; wait for it")
+    assert first["done"].info["format"] == "onnx"
+    assert json.loads((run / "export" / "export.json").read_text())["format"] == "onnx"
+    assert not list(run.glob(".export*"))
 
 
 def test_temperature_and_ece_on_known_answers():

@@ -1,23 +1,35 @@
 """Bad input gets one clear line and loses nothing; interruptions leave nothing partial."""
 
+import email.utils
 import io
+import json
 import os
 import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import replace
 
 import keras
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from conftest import distinct_image, encode, make_class_folders
 from fake_engine import Item
-from helpers import FAST, assert_consistent, assert_one_error_line, run_cli, write_archive
+from helpers import (
+    FAST,
+    assert_consistent,
+    assert_no_traceback,
+    assert_one_error_line,
+    run_cli,
+    write_archive,
+)
 from toolkit.collect.crawler import crawl
-from toolkit.collect.fetch import FetchOptions
+from toolkit.collect.fetch import DownloadFailed, FetchOptions, download
 from toolkit.core import images
 from toolkit.core.errors import ToolkitError
 from toolkit.core.files import write_text
@@ -44,6 +56,84 @@ def test_crawl_backs_off_on_429_500_and_503_honouring_a_bounded_retry_after(engi
     assert all(g >= 0.95 for g in gaps("busy.jpg"))    # Retry-After: 1 (back-off alone: 0.1, 0.2)
     assert all(1.15 <= g < 3 for g in gaps("down.jpg"))  # Retry-After: 3600, capped at 1.2
     assert not (tmp_path / "cat.rejected.jsonl").exists()  # may work later: not refused for good
+
+
+class RecordedWaits(threading.Event):
+    """A download's cancel event that records each back-off the download waits, and returns
+    at once (never cancelled): the waits are then exact, and take no time."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def wait(self, timeout=None):
+        self.seconds.append(timeout)
+        return False
+
+
+def test_back_off_starts_at_one_second_doubles_up_to_thirty_and_honours_retry_after_up_to_thirty(
+        engine):
+    """The documented back-off (README: 1 s, doubling; Retry-After honoured up to 30 s), with
+    the default options; a change of any number fails here."""
+    session = requests.Session()
+
+    def waits(item: Item, **options) -> list[float]:
+        url = engine.add("x", f"item{len(engine.items)}.jpg", item)
+        recorded = RecordedWaits()
+        with pytest.raises(DownloadFailed, match=f"http_{item.status}"):
+            download(url, session, images.Checks().max_bytes, replace(FetchOptions(), **options),
+                     recorded)
+        assert item.calls == len(recorded.seconds) + 1, "one try after each wait"
+        return recorded.seconds
+
+    assert waits(Item(status=503)) == [1, 2]  # the defaults: two retries, 1 s then 2 s
+    assert waits(Item(status=500), retries=7) == [1, 2, 4, 8, 16, 30, 30]
+    assert waits(Item(status=429, headers={"Retry-After": "7"})) == [7, 7]
+    assert waits(Item(status=429, headers={"Retry-After": "0"})) == [0, 0]
+    assert waits(Item(status=503, headers={"Retry-After": "3600"})) == [30, 30]
+    in_a_minute = email.utils.formatdate(time.time() + 60, usegmt=True)
+    assert waits(Item(status=503, headers={"Retry-After": in_a_minute})) == [30, 30]
+    in_5_seconds = email.utils.formatdate(time.time() + 5, usegmt=True)
+    assert all(3 <= w <= 5 for w in waits(Item(status=503, headers={"Retry-After": in_5_seconds})))
+    assert waits(Item(status=404)) == []  # final: never retried
+
+
+def test_default_download_limits_are_the_documented_ones(engine, tmp_path):
+    """README: 10 s to connect or between bytes, 60 s in all, 64 MiB, 5 redirects. The CLI
+    crawls with these defaults (only --timeout changes one): 5 redirects are followed and a
+    6th is refused, 64 MiB is downloaded and one byte more is refused."""
+    defaults = FetchOptions()
+    assert (defaults.timeout, defaults.total_timeout, defaults.max_redirects) == (10, 60, 5)
+    assert images.Checks().max_bytes == 64 * 2**20
+    assert "[default: 10.0;" in " ".join(run_cli("crawl", "--help").output.split())
+    jpeg = distinct_image(1)
+    engine.add("cat", "five.jpg", Item(distinct_image(2), redirects=5))
+    engine.add("cat", "six.jpg", Item(distinct_image(3), redirects=6))
+    engine.add("cat", "at-limit.jpg", Item(jpeg + b"\0" * (64 * 2**20 - len(jpeg))))
+    engine.add("cat", "over-limit.jpg", Item(jpeg + b"\0" * (64 * 2**20 + 1 - len(jpeg))))
+    result = run_cli("crawl", "cat", "--root", tmp_path, "--per-class", 4, "--engine", "bing")
+    assert_no_traceback(result)
+    kept = {e["url"].rsplit("/", 1)[1] for e in assert_consistent(tmp_path, "cat")}
+    assert kept == {"five.jpg", "at-limit.jpg"}, result.output
+    refused = {json.loads(line)["url"].rsplit("/", 1)[1]: json.loads(line)["reason"]
+               for line in (tmp_path / "cat.rejected.jsonl").read_text().splitlines()}
+    assert refused == {"six.jpg": "redirects", "over-limit.jpg": "too_large"}
+    assert engine.hits["six.jpg"] == 6  # the 6th redirect is not followed
+
+
+def test_a_server_that_goes_quiet_times_out_after_the_idle_limit_not_the_total(engine, tmp_path):
+    """`timeout` bounds the wait between two bytes, `total_timeout` the whole download (a
+    drip that never pauses that long)."""
+    engine.add("cat", "quiet.jpg", Item(distinct_image(1), behaviour="stall"))
+    engine.add("cat", "drip.jpg", Item(b"\xff\xd8" * 150, behaviour="slow"))
+    session = requests.Session()
+    for name, limits, seconds in (("quiet.jpg", dict(timeout=0.5, total_timeout=30), (0.5, 3)),
+                                  ("drip.jpg", dict(timeout=0.5, total_timeout=1.5), (1.5, 4))):
+        start = time.monotonic()
+        with pytest.raises(DownloadFailed, match="timeout"):
+            download(f"{engine.url}/img/{name}", session, images.Checks().max_bytes,
+                     FetchOptions(retries=0, **limits))
+        assert seconds[0] <= time.monotonic() - start < seconds[1], name
 
 
 def test_crawl_warns_when_it_cannot_remember_refused_urls(engine, tmp_path):

@@ -209,6 +209,23 @@ def test_an_image_torn_between_two_classes_is_not_called_mislabeled():
     assert reviewer.reasons(own, other, np.full(4, 3.0)).tolist() == ["off-topic"] * 4
 
 
+def test_an_image_its_class_hardly_claims_and_no_other_clearly_does_is_ambiguous():
+    """README: `ambiguous`: its own class has less than 0.25 (and no other class leads it
+    enough to call it mislabeled); a suspect, with the likelier class suggested."""
+    own, other = np.array([0.24, 0.25, 0.1, 0.1]), np.array([0.5, 0.5, 0.55, 0.65])
+    assert reviewer.reasons(own, other, np.zeros(4)).tolist() == [
+        "ambiguous", "fine", "ambiguous", "mislabeled"]
+    # from embeddings: dog and fox photos look alike; one of them was filed as a cat
+    rng = np.random.default_rng(1)
+    cat, dog = rng.normal(size=32) * 3, rng.normal(size=32) * 3
+    x = np.array([centre + rng.normal(size=32) for centre in [cat] * 12 + [dog] * 24 + [dog]])
+    labels = np.repeat([0, 1, 2, 0], [12, 12, 12, 1])
+    files = [f"{'cdf'[label]}/{i}.jpg" for i, label in enumerate(labels)]
+    verdict = reviewer.judge(x, labels, ["cat", "dog", "fox"], files)[-1]
+    assert (verdict.file, verdict.reason, verdict.suspect) == ("c/36.jpg", "ambiguous", True)
+    assert verdict.suggested in ("dog", "fox") and verdict.score > 1 - reviewer.AMBIGUOUS_EVIDENCE
+
+
 def test_review_of_one_class_is_one_line(tmp_path):
     source = make_class_folders(tmp_path / "src", {"cat": range(6)})
     before = tree(source)

@@ -13,13 +13,15 @@ import struct
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import distinct_image
 from gallery_client import JSON, browser_key, fetch, key, open_gallery, start, stop, write_review
-from toolkit.core import decisions
+from helpers import run_cli
+from toolkit.core import decisions, images
 from toolkit.curate import gallery as gallery_module
 
 
@@ -78,7 +80,7 @@ def test_arrow_keys_after_a_bulk_move_do_not_move_more_images(browser, tmp_path)
         Select(bulk).select_by_value("dog")  # by mouse
         wait.until(lambda d: "move" in d.find_element(
             By.CSS_SELECTOR, '#grid .card[data-file="cat/a.jpg"]').get_attribute("class"))
-        # then on with the keyboard, as the page's key help says: next image, next one
+        # then on with the keyboard, as the page's key help says: next image, next one, keep
         ActionChains(browser).send_keys(Keys.ARROW_RIGHT).send_keys(Keys.ARROW_DOWN).perform()
         then_decide_the_focused_one("k", "keep")
         # a card's own select, by mouse, then the arrow keys again
@@ -202,12 +204,15 @@ def test_the_gallery_shows_a_file_whose_name_is_not_utf8(tmp_path):
     """Names from a Windows zip (Latin-1 bytes): pack and review name them `caf\\xe9.jpg`."""
     from toolkit.core.sources import find_usable
 
-    source = write_review(tmp_path / "src", {"cat": ["a.jpg"], "dog": ["c.jpg", "d.jpg"]})
-    with open(os.path.join(os.fsencode(source / "cat"), b"caf\xe9.jpg"), "wb") as f:
-        f.write(distinct_image(7))
+    source = write_review(tmp_path / "src", {"cat": ["a.jpg", "b.jpg"], "dog": ["c.jpg", "d.jpg"]})
+    raw = {b"cat/caf\xe9.jpg": 7, b"cat/na\xefve.jpg": 8, b"dog/\xff\xfe.jpg": 9}
+    for name, seed in raw.items():
+        with open(os.path.join(os.fsencode(source), name), "wb") as f:
+            f.write(distinct_image(seed))
     class_names, found = find_usable(source)
     names = sorted(f.name for f in found if not f.status)
-    assert "cat/caf\\xe9.jpg" in names
+    moved, dropped, kept = "cat/caf\\xe9.jpg", "cat/na\\xefve.jpg", "dog/\\xff\\xfe.jpg"
+    assert {moved, dropped, kept} <= set(names)
     write_review(source, {label: [n.split("/", 1)[1] for n in names if n.startswith(label + "/")]
                           for label in class_names}, images=False)
     server = start(source)
@@ -215,9 +220,36 @@ def test_the_gallery_shows_a_file_whose_name_is_not_utf8(tmp_path):
         cookie = key(server)
         statuses = {name: fetch(server.address + "image?f=" + urllib.request.quote(name), headers=cookie)[0]
                     for name in names}
+        asked = [{"file": moved, "action": "move", "label": "dog"}, {"file": dropped, "action": "drop"}]
+        status, _ = fetch(server.address + "api/decisions", json.dumps({"decisions": asked}).encode(),
+                          {**JSON, **cookie})
     finally:
         stop(server)
     assert set(statuses.values()) == {200}, statuses
+    assert status == 200
+    assert {f: (d.action, d.label) for f, d in decisions.read(source).items()} == {
+        moved: ("move", "dog"), dropped: ("drop", None)}
+
+    result = run_cli("pack", source, "--out", tmp_path / "a.npz", "--per-class", 10, "--size", 32,
+                     "--test-size", 0.3, "--allow-fewer")
+    assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "a.npz") as archive:
+        classes = archive["class_names"].tolist()
+        rows = {str(p): (classes[y], x) for part in ("train", "test")
+                for p, y, x in zip(archive[f"paths_{part}"], archive[f"y_{part}"], archive[f"X_{part}"])}
+    assert sorted(rows) == sorted({*names_on_disk(source)} - {dropped})
+    assert rows[moved][0] == "dog" and rows[kept][0] == "dog" and rows["cat/a.jpg"][0] == "cat"
+    for printed, seed in zip((moved, dropped, kept), raw.values()):
+        if printed in rows:  # the pixels of the file behind the name
+            assert np.array_equal(rows[printed][1], images.decode(distinct_image(seed), size=32)[1])
+
+
+def names_on_disk(source: Path) -> list[str]:
+    """Every image below source as pack names it (undecodable bytes as \\xNN)."""
+    from toolkit.core.sources import printable
+
+    return [printable(os.path.relpath(os.path.join(d, f), source)) for d, _, files in os.walk(source)
+            for f in files if f.endswith(".jpg")]
 
 
 # ---- review's embeddings

@@ -153,7 +153,7 @@ def judge(vectors: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
     The last `references` classes are reference classes: their images are evidence only
     (no verdict), and an image that looks like one of them is off-topic.
     """
-    x = _normalised(vectors)
+    x = normalised(vectors)
     probabilities = out_of_fold_probabilities(x, labels, folds, seed)
     outlier, votes = neighbourhood(x, labels, len(class_names))
     evidence = (probabilities + votes) / 2
@@ -222,6 +222,7 @@ def neighbourhood(x: np.ndarray, labels: np.ndarray, n_classes: int,
     return (spread - median) / mad, votes
 
 
-def _normalised(vectors: np.ndarray) -> np.ndarray:
+def normalised(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero): what `judge` compares."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(norms == 0, 1.0, norms)

@@ -394,3 +394,7 @@ def _seed(config: TrainConfig, gpu: bool) -> None:
     deterministic = (not gpu) if config.deterministic is None else config.deterministic
     if deterministic:
         tf.config.experimental.enable_op_determinism()
+    else:  # an earlier run in this process (a notebook) may have turned it on
+        from tensorflow.python.framework.config import disable_op_determinism
+
+        disable_op_determinism()
