@@ -29,7 +29,7 @@ from toolkit.collect.crawler import crawl
 from toolkit.collect.fetch import FetchOptions
 from toolkit.core import decisions
 from toolkit.core.sources import find_usable
-from toolkit.curate import gallery as gallery_module, reviewer, verdicts
+from toolkit.curate import gallery as gallery_module, reviewer, rules, verdicts
 from toolkit.curate.gallery import Gallery
 from toolkit.data.npz import load_archive
 from toolkit.data.packer import pack
@@ -204,7 +204,7 @@ def test_a_reference_class_named_as_a_class_is_one_line(folder, tmp_path):
 
 def test_an_image_torn_between_two_classes_is_not_called_mislabeled():
     own, other = np.array([0.05, 0.38, 0.38, 0.7]), np.array([0.9, 0.62, 0.2, 0.1])
-    assert reviewer.reasons(own, other, np.zeros(4)).tolist() == [
+    assert rules.reasons(own, other, np.zeros(4)).tolist() == [
         "mislabeled", "fine", "fine", "fine"]
     assert reviewer.reasons(own, other, np.full(4, 3.0)).tolist() == ["off-topic"] * 4
 
@@ -213,7 +213,7 @@ def test_an_image_its_class_hardly_claims_and_no_other_clearly_does_is_ambiguous
     """README: `ambiguous`: its own class has less than 0.25 (and no other class leads it
     enough to call it mislabeled); a suspect, with the likelier class suggested."""
     own, other = np.array([0.24, 0.25, 0.1, 0.1]), np.array([0.5, 0.5, 0.55, 0.65])
-    assert reviewer.reasons(own, other, np.zeros(4)).tolist() == [
+    assert rules.reasons(own, other, np.zeros(4)).tolist() == [
         "ambiguous", "fine", "ambiguous", "mislabeled"]
     # from embeddings: dog and fox photos look alike; one of them was filed as a cat
     rng = np.random.default_rng(1)
@@ -223,7 +223,7 @@ def test_an_image_its_class_hardly_claims_and_no_other_clearly_does_is_ambiguous
     files = [f"{'cdf'[label]}/{i}.jpg" for i, label in enumerate(labels)]
     verdict = reviewer.judge(x, labels, ["cat", "dog", "fox"], files)[-1]
     assert (verdict.file, verdict.reason, verdict.suspect) == ("c/36.jpg", "ambiguous", True)
-    assert verdict.suggested in ("dog", "fox") and verdict.score > 1 - reviewer.AMBIGUOUS_EVIDENCE
+    assert verdict.suggested in ("dog", "fox") and verdict.score > 1 - rules.AMBIGUOUS_EVIDENCE
 
 
 def test_review_of_one_class_is_one_line(tmp_path):
