@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -65,16 +66,16 @@ def build(flowers: Path, offtopic: Path, per_pair: int, into: Path, seed: int = 
             for _ in range(per_pair):
                 path = photos[c][next(moved)]
                 name = f"{other}/from_{c}_{path.name}"
-                (into / name).symlink_to(path.resolve())
+                shutil.copyfile(path, into / name)
                 truth[name] = MISLABELED
         for k in order[per_pair * (len(classes) - 1):]:
             path = photos[c][k]
-            (into / c / path.name).symlink_to(path.resolve())
+            shutil.copyfile(path, into / c / path.name)
             truth[f"{c}/{path.name}"] = FOUND if f"{c}/{path.name}" in audited else CLEAN
     others = sorted(p for p in offtopic.iterdir() if p.is_file())
     for k, path in zip(rng.permutation(len(others)), others):
         name = f"{classes[k % len(classes)]}/offtopic_{path.name}"
-        (into / name).symlink_to(path.resolve())
+        shutil.copyfile(path, into / name)
         truth[name] = OFF_TOPIC
     return truth
 
@@ -303,17 +304,16 @@ def intruder_rows(flowers: Path, scratch: Path, weights: str, seed: int, size: i
     reference = scratch / "reference"
     (reference / "sunflower").mkdir(parents=True)
     for k in order[-reference_size:]:
-        (reference / "sunflower" / sunflowers[k].name).symlink_to(sunflowers[k].resolve())
+        shutil.copyfile(sunflowers[k], reference / "sunflower" / sunflowers[k].name)
     rows = []
     for intruders in counts:
         source = scratch / f"intruders-{intruders}"
         for c in ("rose", "tulip"):
             (source / c).mkdir(parents=True)
             for path in sorted(p for p in (flowers / c).iterdir() if p.is_file()):
-                (source / c / path.name).symlink_to(path.resolve())
+                shutil.copyfile(path, source / c / path.name)
         for k in order[:intruders]:
-            (source / "rose" / f"intruder_{sunflowers[k].name}").symlink_to(
-                sunflowers[k].resolve())
+            shutil.copyfile(sunflowers[k], source / "rose" / f"intruder_{sunflowers[k].name}")
         for given in (None, reference):
             result = reviewer.review(source, reference=given, weights=weights, size=size,
                                      cache_dir=scratch / "cache")

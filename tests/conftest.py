@@ -31,6 +31,24 @@ FLOWERS = SHARED / "data" / "flowers"
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
 
 
+def fake_cpu(monkeypatch, cpuinfo: str) -> None:
+    """Make `--precision auto` see the CPU that `cpuinfo` (/proc/cpuinfo's text) describes."""
+    from toolkit.training import precision
+
+    read = precision.cpu_bf16_flags
+    monkeypatch.setattr(precision, "cpu_bf16_flags",
+                        lambda text=None: read(cpuinfo if text is None else text))
+
+
+@pytest.fixture(autouse=True)
+def cpu_without_bfloat16_units(monkeypatch):
+    """`auto` decides by the CPU's bfloat16 units: every test sees a CPU without them, on any
+    machine (Intel with AMX, AMD with AVX512_BF16, neither); a test of another kind fakes it
+    with fake_cpu. (A child process started with `python -m toolkit.cli` reads the real CPU:
+    such tests pin their precision.)"""
+    fake_cpu(monkeypatch, "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+
+
 # ---- under CI a skip is a failure, unless the test needs a GPU
 # On a machine without a GPU every test must run: a test that skips there (a missing tool, a
 # missing ../shared, root privileges) hides a feature nobody checked. `.ci/run` sets CI=true.

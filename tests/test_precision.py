@@ -2,21 +2,19 @@
 precision on tiny data (bfloat16 runs on any CPU; without bf16 units it is emulated)."""
 
 import json
-import os
 import signal
-import threading
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import shapes_dataset
+from conftest import fake_cpu, shapes_dataset
 from helpers import run_cli
 from toolkit import models
 from toolkit.ship.inference import evaluate, predict
 from toolkit.training import precision
-from toolkit.training.config import STRATEGIES
+from toolkit.training.checkpoints import Checkpointer
+from toolkit.training.config import BACKBONES, STRATEGIES
 from toolkit.training.trainer import Interrupted, resume, train
 
 GPU = bool(tf.config.list_physical_devices("GPU"))
@@ -45,20 +43,33 @@ def test_bf16_flags_are_read_from_cpuinfo():
 
 @pytest.mark.parametrize("requested, gpu, cpuinfo, model, policy, reason", [
     ("auto", True, SKYLAKE, "vgg16", "mixed_float16", "GPU"),
-    ("auto", False, SAPPHIRE_RAPIDS, "mobilenet_v2", "mixed_bfloat16", "amx_bf16"),
-    ("auto", False, ZEN4, "vgg16", "mixed_bfloat16", "avx512_bf16, on which vgg16 runs faster"),
-    ("auto", False, ZEN4, "cnn", "mixed_bfloat16", "avx512_bf16"),
-    ("auto", False, ZEN4, "mobilenet_v2", "float32", "slower in bfloat16"),
+    # the cnn trains whole: bfloat16 wherever the CPU computes it natively
+    ("auto", False, SAPPHIRE_RAPIDS, "cnn", "mixed_bfloat16", "has amx_bf16, avx512_bf16, on which "
+                                                             "the cnn trains faster"),
+    ("auto", False, ZEN4, "cnn", "mixed_bfloat16", "has avx512_bf16, on which the cnn trains faster"),
+    ("auto", False, SKYLAKE, "cnn", "float32", "no bfloat16 units"),
+    ("auto", False, ARM, "cnn", "float32", "no bfloat16 units"),
+    # a frozen backbone keeps float32 on every CPU, AMX included: bfloat16 features cost accuracy
+    *[("auto", False, cpu, backbone, "float32", f"the frozen part of {backbone} keeps float32")
+      for cpu in (SAPPHIRE_RAPIDS, ZEN4) for backbone in BACKBONES],
     ("auto", False, SKYLAKE, "vgg16", "float32", "no bfloat16 units"),
     ("float32", True, SAPPHIRE_RAPIDS, "vgg16", "float32", "float32 asked for"),
+    ("float32", False, SAPPHIRE_RAPIDS, "cnn", "float32", "float32 asked for"),
     ("mixed", True, SKYLAKE, "vgg16", "mixed_float16", "GPU"),
+    ("mixed", False, SAPPHIRE_RAPIDS, "mobilenet_v2", "mixed_bfloat16", "amx_bf16"),
     ("mixed", False, ZEN4, "mobilenet_v2", "mixed_bfloat16", "avx512_bf16"),
     ("mixed", False, SKYLAKE, "vgg16", "mixed_bfloat16", "emulated and slower"),
 ])
 def test_auto_resolves_by_machine_and_model(requested, gpu, cpuinfo, model, policy, reason):
     chosen = precision.resolve(requested, gpu=gpu, model=model,
                                cpu_flags=precision.cpu_bf16_flags(cpuinfo))
-    assert chosen.policy == policy and reason in chosen.reason
+    assert chosen.policy == policy and reason in chosen.reason, chosen
+
+
+def test_the_tests_see_a_cpu_without_bfloat16_units_whatever_they_run_on():
+    """conftest fakes the CPU's flags: `auto` means the same in every test on every machine."""
+    assert precision.cpu_bf16_flags() == frozenset()
+    assert precision.resolve("auto", gpu=False, model="cnn").policy == "float32"
 
 
 @pytest.fixture(scope="module")
@@ -121,45 +132,49 @@ def test_every_strategy_trains_in_mixed_precision(tiny, tmp_path, strategy):
         assert ("augment" in [layer.name for layer in model.layers]) == (strategy == "augment")
 
 
-def test_auto_says_what_it_chose_and_float32_features_never_mix_with_bf16(tiny, tmp_path):
+def test_auto_says_what_it_chose_and_float32_features_never_mix_with_bf16(tiny, tmp_path, monkeypatch):
+    """Even with AMX (faked), auto computes extract's frozen features in float32; a forced
+    bfloat16 run beside it caches its own."""
+    fake_cpu(monkeypatch, SAPPHIRE_RAPIDS)
     cache = tmp_path / "cache"
     auto = train(tiny, "extract", out=tmp_path / "auto", weights="none", epochs=1, verbose=0,
                  cache_dir=str(cache))
     expected = precision.resolve("auto", gpu=GPU, model="vgg16")
+    assert expected.policy == ("mixed_float16" if GPU else "float32")
     config = json.loads((tmp_path / "auto" / "config.json").read_text())
     assert (config["precision"], config["precision_policy"], config["precision_reason"]) == (
         "auto", expected.policy, expected.reason)
     assert auto.metrics["precision"] == {"policy": expected.policy, "reason": expected.reason}
-    other = "float32" if expected.policy != "float32" else "mixed"
     run = train(tiny, "extract", out=tmp_path / "other", weights="none", epochs=1, verbose=0,
-                cache_dir=str(cache), precision=other)
+                cache_dir=str(cache), precision="mixed")
     assert sorted(cached_features(cache).values()) == sorted(
         [STORED[expected.policy]] * 2 + [STORED[run.metrics["precision"]["policy"]]] * 2)
 
 
 @on_cpu_only
 @pytest.mark.slow
+@pytest.mark.interrupt
 def test_resume_keeps_the_precision_the_run_resolved_to(tiny, tmp_path, monkeypatch):
-    """Started where auto means bfloat16 (AMX), resumed where it would mean float32."""
-    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: frozenset({"amx_bf16"}))
-    state = tmp_path / "run" / "checkpoint" / "state.json"
+    """Started where auto means bfloat16 for the cnn (AMX), resumed where it means float32."""
+    fake_cpu(monkeypatch, SAPPHIRE_RAPIDS)
+    end_of_epoch = Checkpointer.on_epoch_end
 
-    def interrupt_after_the_first_epoch():
-        while not state.exists():
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)
+    def ctrl_c_after_epoch_0(self, epoch, logs=None):
+        end_of_epoch(self, epoch, logs)
+        if epoch == 0:  # a real SIGINT, while the run's own handler is in place
+            signal.raise_signal(signal.SIGINT)
 
-    threading.Thread(target=interrupt_after_the_first_epoch, daemon=True).start()
+    monkeypatch.setattr(Checkpointer, "on_epoch_end", ctrl_c_after_epoch_0)
     with pytest.raises(Interrupted):
-        train(tiny, "finetune", out=tmp_path / "run", weights="none", epochs=3, patience=3,
-              batch_size=8, verbose=0, cache_dir=str(tmp_path / "cache"))
-    features = cached_features(tmp_path / "cache")
-    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: frozenset())
-    assert precision.resolve("auto", gpu=False, model="vgg16").policy == "float32"
+        train(tiny, "cnn", out=tmp_path / "run", weights="none", epochs=3, patience=3,
+              batch_size=8, verbose=0)
+    monkeypatch.setattr(Checkpointer, "on_epoch_end", end_of_epoch)
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["epoch"] == 0
+    fake_cpu(monkeypatch, SKYLAKE)
+    assert precision.resolve("auto", gpu=False, model="cnn").policy == "float32"
     run = resume(tmp_path / "run", verbose=0)
     assert run.metrics["precision"]["policy"] == "mixed_bfloat16"
     assert run.metrics["epochs_run"] == 3
-    assert cached_features(tmp_path / "cache") == features  # the bf16 cache, reused
 
 
 @pytest.mark.slow

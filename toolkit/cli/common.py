@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 
 import click
@@ -13,7 +14,8 @@ from ..core.errors import OptionError, ToolkitError
 
 
 def user_errors(command):
-    """Turn a ToolkitError into one line on stderr and exit 1; Ctrl-C into exit 130."""
+    """Turn a ToolkitError into one line on stderr and exit 1; Ctrl-C into exit 130 (143 for
+    a training's SIGTERM)."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
@@ -22,11 +24,16 @@ def user_errors(command):
             raise click.ClickException(e.for_command_line()) from None
         except ToolkitError as e:
             raise click.ClickException(str(e)) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             click.echo("\nInterrupted: nothing partial was left behind; run the same command "
                        "again to continue.", err=True)
-            raise click.exceptions.Exit(130) from None
+            raise click.exceptions.Exit(interrupted_exit_code(e)) from None
     return wrapper
+
+
+def interrupted_exit_code(interrupt: KeyboardInterrupt) -> int:
+    """128 + the signal, as a shell reports it: 130 for Ctrl-C, 143 for a run's SIGTERM."""
+    return 128 + getattr(interrupt, "signum", signal.SIGINT)
 
 
 def load_tensorflow() -> None:

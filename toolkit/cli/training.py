@@ -16,7 +16,7 @@ from ..training.config import (
     STRATEGIES,
     TrainConfig,
 )
-from .common import load_tensorflow, progress_enabled, user_errors
+from .common import interrupted_exit_code, load_tensorflow, progress_enabled, user_errors
 from .options import backbone_option, cache_dir_option, weights_option
 
 DEFAULT = TrainConfig  # the library's defaults are the flags' defaults
@@ -114,7 +114,7 @@ def _report_run(start) -> None:
     except KeyboardInterrupt as e:
         click.echo("\nInterrupted: the last finished epoch is checkpointed; continue with "
                    f"`toolkit train --resume {getattr(e, 'folder', 'RUN')}`.", err=True)
-        raise click.exceptions.Exit(130) from None
+        raise click.exceptions.Exit(interrupted_exit_code(e)) from None
     click.echo(run.report)
     m = run.metrics
     click.echo(f"precision {m['precision']['policy']} ({m['precision']['reason']})")

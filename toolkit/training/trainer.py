@@ -20,12 +20,11 @@ is computed for a fixed number of views of each training image (the original and
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,12 +35,13 @@ from ..core.errors import OptionError, ToolkitError
 from ..core.locks import holding
 from ..data.npz import Archive, load_archive
 from ..reports.metrics import EVALUATION_FIELDS, CalibrationSummary, RunMetrics
-from . import precision
+from . import interrupts, precision
 from .batches import Batches, Rows, validation_split
 from .checkpoints import Checkpointer, read_state
 from .config import LEARNING_RATES, TrainConfig
 from .distribution import distribution_strategy, is_chief, multiworker_workarounds
 from .features import FeatureCache
+from .interrupts import Interrupted, interruptible  # noqa: F401 (Interrupted: the API's name)
 from .runs import (
     Clock,
     Resolved,
@@ -129,7 +129,7 @@ def train(data: str | os.PathLike = _DEFAULT.data, strategy: str = _DEFAULT.stra
     folder = new_run_folder(out, config)
     write_config(folder, config, resolved)
     try:
-        with holding(folder, f"the run {folder}"), _interruptible(folder):
+        with holding(folder, f"the run {folder}"), interruptible(folder):
             run = _execute(config, resolved, folder, {}, verbose, progress)
     except ToolkitError:
         # an error before the first checkpoint (a bad weights file, no network for imagenet)
@@ -164,24 +164,8 @@ def _resume_held(folder: Path, verbose: int | str, progress: bool) -> Run:
     state = read_state(folder)
     if state.get("finished"):
         raise ToolkitError(f"run {folder} already finished; nothing to resume")
-    with _interruptible(folder):
+    with interruptible(folder):
         return _execute(config, resolved, folder, state, verbose, progress)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; `folder` is what `resume` continues."""
-
-    def __init__(self, folder: Path):
-        super().__init__(str(folder))
-        self.folder = folder
-
-
-@contextlib.contextmanager
-def _interruptible(folder: Path) -> Iterator[None]:
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise Interrupted(folder) from None
 
 
 # --------------------------------------------------------------------------- a run
@@ -319,8 +303,9 @@ def _fit_and_predict(config: TrainConfig, archive: Archive, plan: _Plan, fitted,
             # shuffle=False: Batches shuffles by (seed, epoch); Keras' own shuffle of the batch
             # order is not seeded per epoch, and would make a resumed run differ
             fitted.fit(train_data, validation_data=val_data, epochs=config.epochs,
-                       initial_epoch=start_epoch, callbacks=[checkpoints], verbose=verbose,
-                       shuffle=False)
+                       initial_epoch=start_epoch, verbose=verbose, shuffle=False,
+                       # after the checkpoints: a signal at an epoch's end stops once it is saved
+                       callbacks=[checkpoints, interrupts.StopOnSignal()])
         checkpoints.restore_best(fitted)
 
         clock.start("evaluation")
