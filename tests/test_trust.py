@@ -186,19 +186,27 @@ def test_an_honest_compressed_archive_still_loads(tmp_path):
 
 # --------------------------------------------------------------------------- two programs at once
 
-def test_a_second_holder_is_refused_with_the_first_ones_pid_and_takes_over_when_it_is_gone(tmp_path):
+def hold_in_another_process(target, what: str):
+    """A child process that holds the lock of `target` (core/locks.holding) until killed;
+    returned once it holds it. The caller kills it."""
     import subprocess
     import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom toolkit.core.locks import holding\n"
+         f"with holding({str(target)!r}, {what!r}):\n    print('held', flush=True)\n"
+         "    time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_holder_is_refused_with_the_first_ones_pid_and_takes_over_when_it_is_gone(tmp_path):
 
     from toolkit.core.locks import holding
 
     target = tmp_path / "cat"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom toolkit.core.locks import holding\n"
-         f"with holding({str(target)!r}, 'class cat'):\n    print('held', flush=True)\n"
-         "    time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
+    holder = hold_in_another_process(target, "class cat")
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ToolkitError, match=rf"^class cat is in use by another toolkit process "
                                                rf"\(pid {holder.pid}\); wait"):
             with holding(target, "class cat"):
@@ -310,8 +318,6 @@ def test_the_gallery_never_appends_decisions_through_a_link(tmp_path):
 @pytest.mark.parametrize("command", ["pack", "review"])
 def test_a_second_pack_or_review_of_the_same_target_stops_with_one_line_naming_the_holder(
         tmp_path, command):
-    import subprocess
-    import sys
 
     from conftest import make_class_folders
     from helpers import assert_one_error_line, run_cli
@@ -319,12 +325,8 @@ def test_a_second_pack_or_review_of_the_same_target_stops_with_one_line_naming_t
 
     source = make_class_folders(tmp_path / "src", {"a": range(0, 6), "b": range(6, 12)}, size=(128, 128))
     target = tmp_path / "a.npz" if command == "pack" else source / "review.json"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom toolkit.core.locks import holding\n"
-         f"with holding({str(target)!r}, 'x'):\n    print('held', flush=True)\n    time.sleep(60)\n"],
-        stdout=subprocess.PIPE, text=True)
+    holder = hold_in_another_process(target, "x")
     try:
-        assert holder.stdout.readline().strip() == "held"
         args = (["pack", source, "--out", target, "--size", "32", "--allow-fewer"] if command == "pack"
                 else ["review", source, "--weights", "none", "--size", "32"])
         result = run_cli(*args)
@@ -448,8 +450,6 @@ def test_the_command_line_asks_for_trust_before_loading_a_saved_model(tmp_path):
 
 @pytest.mark.slow
 def test_a_run_folder_has_one_writer_at_a_time(tmp_path):
-    import subprocess
-    import sys
 
     from helpers import assert_one_error_line, run_cli, write_archive
     from toolkit.training.trainer import train
@@ -457,12 +457,8 @@ def test_a_run_folder_has_one_writer_at_a_time(tmp_path):
     data = write_archive(tmp_path / "a.npz", n_per_class=10)
     run = train(data, "cnn", out=tmp_path / "run", epochs=1, weights="none", batch_size=16,
                 precision="float32", verbose=0, cache_dir=str(tmp_path / "cache"))
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom toolkit.core.locks import holding\n"
-         f"with holding({str(run.folder)!r}, 'x'):\n    print('held', flush=True)\n    time.sleep(60)\n"],
-        stdout=subprocess.PIPE, text=True)
+    holder = hold_in_another_process(run.folder, "x")
     try:
-        assert holder.stdout.readline().strip() == "held"
         result = run_cli("train", "--resume", run.folder)
         assert_one_error_line(result, f"the run {run.folder} is in use by another toolkit process "
                                       f"(pid {holder.pid})")
