@@ -13,6 +13,7 @@ plan) and the shards written land in files that the driver reads (:mod:`toolkit.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +33,7 @@ def build(p: beam.Pipeline, settings: Settings, listing: str, work: str, data: s
           made: dict, judged: Judged | None) -> None:
     """Add the pack's steps to `p`: read the `listing` (JSON lines), write shards into `data`,
     and the plan and the shards written into `work`."""
-    checked = (p | "Read listing" >> beam.io.ReadFromText(listing) | "Parse" >> beam.Map(json.loads)
+    checked = (p | "Read listing" >> beam.io.ReadFromText(listing) | "Parse" >> beam.Map(_parse)
                | "Decode and check" >> beam.ParDo(Check(settings)))
     usable = checked | "Usable" >> beam.Filter(_usable)
     exact = (usable | "Key by sha256" >> beam.Map(lambda r: (r["sha256"], r["i"]))
@@ -64,6 +65,14 @@ def build(p: beam.Pipeline, settings: Settings, listing: str, work: str, data: s
      | "Write shards" >> beam.ParDo(WriteShard(settings, data), beam.pvalue.AsSingleton(gate))
      | "Shards as JSON" >> beam.Map(json.dumps)
      | "Write shard list" >> beam.io.WriteToText(f"{work}/shards", ".jsonl"))
+
+
+def _parse(line: str) -> dict:
+    """A line of the listing; its path as bytes, which any file name is (Beam's coders write
+    text as UTF-8, which a name that is not UTF-8 is not)."""
+    record = json.loads(line)
+    record["path"] = os.fsencode(record["path"])
+    return record
 
 
 def _usable(record: dict) -> bool:
@@ -182,7 +191,7 @@ class Review(beam.DoFn):
         if record["status"]:
             yield record
             return
-        f = InputFile(record["label"], Path(record["path"]), record["name"],
+        f = InputFile(record["label"], Path(os.fsdecode(record["path"])), record["name"],
                       info=images.ImageInfo(record["sha256"], record["phash"], record["width"],
                                             record["height"], record["format"]))
         flag = review_file(f, self.class_names, self.made, self.judged)
@@ -227,7 +236,7 @@ class Place(beam.DoFn):
 def _plan_line(record: dict) -> str:
     keep = ("i", "label", "name", "path", "status", "detail", "moved_from", "flag", "split",
             "sha256", "phash", "width", "height", "format")
-    return json.dumps({k: record[k] for k in keep if k in record})
+    return json.dumps({**{k: record[k] for k in keep if k in record}, "path": os.fsdecode(record["path"])})
 
 
 # --------------------------------------------------------------------------- shards
