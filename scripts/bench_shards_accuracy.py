@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--strategy", default="extract")
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", default="1,2,3", help="training seeds (the features are cached once)")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -78,21 +78,23 @@ def main() -> None:
                                 *pack_args))
         measure([sys.executable, __file__, "--child", str(work / "ds"), str(work / "x.npz"),
                  str(work / "jpeg.npz")])
-        rows = []
-        for name in ("x", "jpeg"):
-            run = work / f"run-{name}"
-            took = measure(toolkit_command("train", "--data", str(work / f"{name}.npz"), *train_args,
-                                           "--seed", str(args.seed), "--patience", str(args.epochs),
-                                           "--out", str(run), "--cache-dir", str(work / f"cache-{name}")))
-            metrics = json.loads((run / "metrics.json").read_text())
-            correct = round(metrics["accuracy"] * metrics["test_images"])
-            rows.append(["raw pixels (.npz)" if name == "x" else "JPEG q95 (shards)",
-                         f"{metrics['accuracy']:.4f}", f"{correct} of {metrics['test_images']}",
-                         f"{took.seconds:.0f}"])
-        print(f"{train_args[1]} on {source} ({' '.join(train_args)}, seed {args.seed})")
-        print(table(["pixels", "test accuracy", "test images right", "train s"], rows))
-        right = [int(r[2].split()[0]) for r in rows]
-        print(f"difference: {abs(right[0] - right[1])} test image(s)")
+        rows, right = [], {}
+        for seed in args.seeds.split(","):
+            for name in ("x", "jpeg"):
+                run = work / f"run-{name}-{seed}"
+                took = measure(toolkit_command("train", "--data", str(work / f"{name}.npz"), *train_args,
+                                               "--seed", seed, "--patience", str(args.epochs), "--out",
+                                               str(run), "--cache-dir", str(work / f"cache-{name}")))
+                metrics = json.loads((run / "metrics.json").read_text())
+                right[seed, name] = round(metrics["accuracy"] * metrics["test_images"])
+                rows.append([seed, "raw pixels (.npz)" if name == "x" else "JPEG q95 (shards)",
+                             f"{metrics['accuracy']:.4f}", f"{right[seed, name]} of {metrics['test_images']}",
+                             f"{took.seconds:.0f}"])
+                print(" | ".join(map(str, rows[-1])), flush=True)
+        print(f"{train_args[1]} on {source} ({' '.join(train_args)})")
+        print(table(["seed", "pixels", "test accuracy", "test images right", "train s"], rows))
+        gaps = [right[seed, "jpeg"] - right[seed, "x"] for seed in args.seeds.split(",")]
+        print(f"JPEG minus raw, test images right, per seed: {gaps}; mean {sum(gaps) / len(gaps):+.2f}")
 
 
 if __name__ == "__main__":
