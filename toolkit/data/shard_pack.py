@@ -9,6 +9,7 @@ The choices are pack's own (:mod:`toolkit.data.packer`): same files, labels and 
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import json
 import logging
@@ -125,14 +126,20 @@ def pipeline_options(runner: str, workers: int, beam_options: Sequence[tuple[str
     if runner in (DIRECT, "direct"):
         flags += (["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
                   if workers > 1 else ["--direct_running_mode=in_memory"])
-    flags += [f"--{key}={value}" for key, value in beam_options]
-    options = PipelineOptions(flags)
-    known = options.get_all_options()
-    unknown = [key for key, _ in beam_options if key.replace("-", "_") not in known]
-    if unknown:
-        raise OptionError("beam_option", unknown[0], "not one of Apache Beam's pipeline options "
-                          "(see `python -m apache_beam.examples.wordcount --help`)")
-    return options
+    mine = [f"--{key}={value}" for key, value in beam_options]
+    parsers: list = []  # the parser of every option Beam knows, as it builds it
+    PipelineOptions(flags).get_all_options(add_extra_args_fn=parsers.append)
+    for flag in mine:
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # argparse prints its usage there
+                _, unknown = parsers[0].parse_known_args([flag])
+        except SystemExit:  # argparse's way to say that a value is not of the option's type
+            unknown = None
+        if unknown or unknown is None:
+            problem = "not one of Apache Beam's pipeline options" if unknown else "not a value it takes"
+            raise OptionError("beam_option", flag.removeprefix("--"),
+                              f"{problem} (`python -m apache_beam.examples.wordcount --help` lists them)")
+    return PipelineOptions(flags + mine)
 
 
 def _import_beam():
