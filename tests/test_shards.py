@@ -135,6 +135,20 @@ def test_records_hold_the_packed_pixels_hashes_and_provenance(packed):
             assert r["url"] == r["page"] == r["engine"] == ""
 
 
+def test_png_records_hold_the_npz_pixels_exactly(packed, tmp_path):
+    src, npz, _ = packed
+    pack_shards(src, tmp_path / "png", workers=1, encoding="png", **SETTINGS)
+    assert shards.read_dataset(tmp_path / "png").info["image"]["encoding"] == "png"
+    archive = load_archive(npz)
+    with np.load(npz) as a:
+        row = {p: i for i, p in enumerate(a["paths_test"].tolist())}
+    import tensorflow as tf
+
+    decode = shards.decode(shards.read_dataset(tmp_path / "png"))
+    for r in records(tmp_path / "png", "test"):
+        assert np.array_equal(decode(tf.constant(r["image"])).numpy(), archive.X_test[row[r["path"]]])
+
+
 def test_dataset_json_holds_classes_counts_settings_and_version(packed):
     _, _, folder = packed
     info = json.loads((folder / "dataset.json").read_text())

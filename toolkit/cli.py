@@ -215,12 +215,14 @@ PACK = _defaults(packer.pack)
                    "worker processes (tfrecord).  [default: all cores]")
 @click.option("--runner", default="DirectRunner", show_default=True,
               help="tfrecord: the Beam runner (DataflowRunner, FlinkRunner, SparkRunner, ...).")
+@click.option("--encoding", default="jpeg", show_default=True, type=click.Choice(["jpeg", "png"]),
+              help="tfrecord: the records' images as JPEG at quality 95, or as PNG (lossless, larger).")
 @click.option("--beam-option", "beam_options", multiple=True, metavar="KEY=VALUE",
               callback=_key_values,
               help="tfrecord: a Beam pipeline option for the runner (project=..., region=...); repeat.")
 @user_errors
 def pack(source, out, format_, per_class, test_size, size, fit, seed, min_side, threshold, allow_fewer,
-         force, drop_suspects, workers, runner, beam_options):
+         force, drop_suspects, workers, runner, encoding, beam_options):
     """Clean SOURCE's class folders into a train/test archive.
 
     Every file is decoded and checked; broken, tiny, oversized, duplicate and
@@ -234,13 +236,14 @@ def pack(source, out, format_, per_class, test_size, size, fit, seed, min_side, 
     settings = dict(per_class=per_class, test_size=test_size, size=size, fit=fit, seed=seed,
                     checks=Checks(min_side=min_side), threshold=threshold, allow_fewer=allow_fewer,
                     force=force, drop_suspects=drop_suspects, workers=workers)
-    if format_ == "npz" and (beam_options or runner != "DirectRunner"):
-        raise ToolkitError("--runner and --beam-option run the Beam pipeline of --format tfrecord")
+    if format_ == "npz" and (beam_options or runner != "DirectRunner" or encoding != "jpeg"):
+        raise ToolkitError("--runner, --beam-option and --encoding are for --format tfrecord")
     try:
         if format_ == "tfrecord":
             from .data.shard_pack import pack_shards
 
-            report = pack_shards(source, out, runner=runner, beam_options=beam_options, **settings)
+            report = pack_shards(source, out, runner=runner, beam_options=beam_options, encoding=encoding,
+                                 **settings)
         else:
             report = run_pack(source, out, progress=progress_enabled(), **settings)
     except NotEnoughImages as e:

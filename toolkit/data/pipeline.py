@@ -34,6 +34,7 @@ def build(p: beam.Pipeline, settings: Settings, listing: str, work: str, data: s
     """Add the pack's steps to `p`: read the `listing` (JSON lines), write shards into `data`,
     and the plan and the shards written into `work`."""
     checked = (p | "Read listing" >> beam.io.ReadFromText(listing) | "Parse" >> beam.Map(_parse)
+               | "Spread over the workers" >> beam.Reshuffle()  # the listing is one small file
                | "Decode and check" >> beam.ParDo(Check(settings)))
     usable = checked | "Usable" >> beam.Filter(_usable)
     exact = (usable | "Key by sha256" >> beam.Map(lambda r: (r["sha256"], r["i"]))
