@@ -264,6 +264,19 @@ def test_a_class_short_of_images_fails_as_pack_does_unless_allowed(packed, tmp_p
     assert report.train_counts == [10, 10, 11] and report.test_counts == [2, 3, 3]
 
 
+@pytest.mark.parametrize("size", [24, 224, 300])
+@pytest.mark.parametrize("fit", images.FITS)
+def test_the_shard_writers_pixels_are_what_decode_gives(size, fit):
+    rotated = grid_image(3, (640, 480))
+    exif = rotated.getexif()
+    exif[images.ORIENTATION] = 6
+    for data in (distinct_image(1, (900, 700)), encode(grid_image(2).convert("CMYK"), "JPEG"),
+                 encode(rotated, "JPEG", exif=exif), encode(grid_image(4).convert("LA"), "PNG")):
+        info, pixels = images.decode(data, images.Checks(), size, fit)
+        sha256, again = images.decode_pixels(data, images.Checks(), size, fit)
+        assert sha256 == info.sha256 and np.array_equal(again, pixels)
+
+
 def test_band_keys_find_exactly_dedupes_pairs():
     rng = np.random.default_rng(0)
     for threshold in (0, 2, 5, 8, 12):

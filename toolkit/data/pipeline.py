@@ -243,8 +243,9 @@ def _plan_line(record: dict) -> str:
 # --------------------------------------------------------------------------- shards
 
 class WriteShard(beam.DoFn):
-    """Write one shard: its files in rank order, each decoded at the pack's size (and checked
-    to be what was verified) and encoded. Nothing is written when a class is short."""
+    """Write one shard: its files in rank order, each decoded at the pack's size (the pixels
+    :func:`toolkit.core.images.decode` gives, checked to come from the bytes that were verified)
+    and encoded. Nothing is written when a class is short."""
 
     def __init__(self, settings: Settings, data: str):
         self.settings, self.data = settings, data
@@ -263,15 +264,16 @@ class WriteShard(beam.DoFn):
         s = self.settings
         for r in members:
             try:
-                info, pixels = images.decode(images.read_file(r["path"], s.checks), s.checks, s.size, s.fit)
+                sha256, pixels = images.decode_pixels(images.read_file(r["path"], s.checks), s.checks,
+                                                      s.size, s.fit)
             except images.Unusable:
-                info, pixels = None, None
-            if info is None or info.sha256 != r["sha256"]:
+                sha256, pixels = None, None
+            if sha256 != r["sha256"]:  # not the file that was checked
                 changed.append(r["name"])
                 continue
-            provenance = r["provenance"] if r.get("manifest_sha256") == info.sha256 else {}
+            provenance = r["provenance"] if r.get("manifest_sha256") == sha256 else {}
             yield r["label"], shards.example({
                 "image": shards.encode_image(pixels, s.encoding), "label": r["label"],
                 "class": s.class_names[r["label"]], "split": r["split"], "path": r["name"],
-                "sha256": info.sha256, "phash": f"{info.phash:016x}", "width": info.width,
-                "height": info.height, **{k: str(provenance.get(k) or "") for k in shards.PROVENANCE}})
+                "sha256": sha256, "phash": f"{r['phash']:016x}", "width": r["width"],
+                "height": r["height"], **{k: str(provenance.get(k) or "") for k in shards.PROVENANCE}})
