@@ -90,10 +90,12 @@ def flowers_archive(path: str) -> None:
 
 @dataclass
 class Tree:
-    """A command's wall time, the peak resident memory of its largest process and of all its
-    processes together, and the machine's load average (1 minute) before and after."""
+    """A command's wall time and CPU time (all its processes), the peak resident memory of its
+    largest process and of all its processes together, and the machine's load average (1 minute)
+    before and after."""
 
     seconds: float
+    cpu_seconds: float
     peak_mib: float
     tree_peak_mib: float
     load_before: float
@@ -117,8 +119,8 @@ def measure_tree(command: list[str], every: float = 0.2) -> Tree:
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"benchmark step failed: {' '.join(command)}")
-    return Tree(seconds, usage.ru_maxrss / 1024, max(tree_peak, usage.ru_maxrss * 1024) / 2**20,
-                load_before, os.getloadavg()[0])
+    return Tree(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
+                max(tree_peak, usage.ru_maxrss * 1024) / 2**20, load_before, os.getloadavg()[0])
 
 
 def _tree_rss(root: int) -> int:

@@ -5,9 +5,10 @@ Images are generated, distinct and photo-like (400x300 JPEGs: a smooth random co
 soft shapes, grain), `--base` per class in 3 classes at 1x (1,500 images), at each of `--scales`
 (1,4,16,64: up to 96,000 images). They are generated once into `--cache` (kept between runs);
 each scale is a folder of links to the first images of each class. Every pack runs in its own
-process: wall time, the peak resident memory of its largest process and of all its processes
-together (the Beam workers too), the output's bytes, and the load average before and after
-(the machine may be shared).
+process: wall time, CPU time (of all its processes: how much of the machine it got, which on a
+shared machine is less than its cores), the peak resident memory of its largest process and of all
+its processes together (the Beam workers too), the output's bytes, and the load average before and
+after.
 
     python scripts/bench_shards.py [--scales 1,4,16,64] [--base 500] [--size 224]
                                    [--sides npz,beam1,beam2] [--cache runs/bench-photos] [--smoke]
@@ -117,13 +118,16 @@ def main() -> None:
                 took = measure_tree(toolkit_command("pack", str(source), "--out", str(out), *common, *extra))
                 per_image[scale, side] = 1000 * took.seconds / n
                 rows.append([f"{scale}x", n, side, f"{took.seconds:.1f}", f"{per_image[scale, side]:.2f}",
+                             f"{1000 * took.cpu_seconds / n:.2f}",
+                             f"{100 * took.cpu_seconds / took.seconds:.0f}%",
                              f"{took.peak_mib:.0f}", f"{took.tree_peak_mib:.0f}",
                              f"{folder_bytes(out) / 2**20:.1f}",
                              f"{took.load_before:.1f} / {took.load_after:.1f}"])
                 print(" | ".join(map(str, rows[-1])), flush=True)
                 shutil.rmtree(out) if out.is_dir() else out.unlink()
     print(f"\n{args.size}x{args.size}, generated 400x300 JPEGs; {machine()}")
-    print(table(["scale", "images", "pack", "s", "ms/image", "peak MiB (largest process)",
+    print(table(["scale", "images", "pack", "s", "ms/image", "CPU ms/image", "CPU used",
+                 "peak MiB (largest process)",
                  "peak MiB (all processes)", "output MiB", "load before / after"], rows))
     for scale in scales:
         if (scale, "beam1") in per_image and (scale, "beam2") in per_image:

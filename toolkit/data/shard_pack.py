@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from ..core import decisions, dedupe, images
 from ..core.errors import OptionError, ToolkitError, first_line
 from ..core.files import is_abandoned, refuse_link
 from ..core.locks import holding
-from ..core.sources import class_folders, list_inputs
+from ..core.sources import InputFile, class_folders, list_inputs
 from ..core.text import timestamp
 from ..curate.verdicts import read_review
 from . import shards
@@ -107,7 +107,7 @@ def pack_shards(source: str | os.PathLike, out: str | os.PathLike, *, per_class:
             _run(options, settings, work, data, made, judged)
             report = _report(source, out, class_names, per_class, allow_fewer, _read_lines(work, "plan"),
                              count)
-            written = _read_lines(work, "shards")
+            written = list(_read_lines(work, "shards"))
             _check_written(report, written)
             image = {"size": size, "fit": fit, "encoding": encoding,
                      **({"quality": shards.JPEG_QUALITY} if encoding == "jpeg" else {})}
@@ -243,32 +243,39 @@ def _write_listing(path: Path, source: str | os.PathLike) -> tuple[list[str], in
     return class_names, len(files)
 
 
-def _read_lines(work: Path, prefix: str) -> list[dict]:
-    return [json.loads(line) for part in sorted(work.glob(f"{prefix}-*.jsonl"))
-            for line in part.read_text(encoding="ascii").splitlines() if line]
+def _read_lines(work: Path, prefix: str) -> Iterator[dict]:
+    """The records a pipeline step wrote as JSON lines, one at a time."""
+    for part in sorted(work.glob(f"{prefix}-*.jsonl")):
+        with open(part, encoding="ascii") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
 
 
 def _report(source, out: Path, class_names: list[str], per_class: int, allow_fewer: bool,
-            plan: list[dict], count: int) -> PackReport:
+            plan: Iterable[dict], count: int) -> PackReport:
     """Pack's report from the plan, in pack's order of files; NotEnoughImages as pack raises it."""
-    from ..core.sources import InputFile
-
-    plan.sort(key=lambda r: r["i"])
-    if len(plan) != count:
-        raise RuntimeError(f"the pipeline's plan holds {len(plan)} of {count} files")
-    files = [InputFile(r["label"], Path(r["path"]), r["name"], r["status"], r["detail"],
-                       images.ImageInfo(r["sha256"], r["phash"], r["width"], r["height"], r["format"])
-                       if "sha256" in r else None, r["moved_from"]) for r in plan]
+    files: list[InputFile | None] = [None] * count
+    flags: list = []
+    packed = {split: [0] * len(class_names) for split in shards.SPLITS}
+    for r in plan:
+        files[r["i"]] = InputFile(r["label"], Path(r["path"]), r["name"], r["status"], r["detail"],
+                                  images.ImageInfo(r["sha256"], r["phash"], r["width"], r["height"],
+                                                   r["format"]) if "sha256" in r else None, r["moved_from"])
+        if any(r["flag"]):
+            flags.append(tuple(r["flag"]))
+        if r["status"] == PACKED:
+            packed[r["split"]][r["label"]] += 1
+    if None in files:
+        raise RuntimeError(f"the pipeline's plan lacks {files.count(None)} of {count} files")
     report = PackReport(str(source), class_names, files, str(out), per_class)
-    report.warnings += review_warnings([tuple(r["flag"]) for r in plan], str(source))
+    report.warnings += review_warnings(flags, str(source))
     problem = short_of_images(class_names, report.usable_counts(), per_class, allow_fewer)
     if problem:
         for f in files:
             f.status = SURPLUS if f.status == PACKED else f.status
         raise NotEnoughImages(problem, report)
-    for split, counts in (("train", report.train_counts), ("test", report.test_counts)):
-        counts[:] = [sum(r["status"] == PACKED and r["split"] == split and r["label"] == k for r in plan)
-                     for k in range(len(class_names))]
+    report.train_counts, report.test_counts = packed["train"], packed["test"]
     return report
 
 
