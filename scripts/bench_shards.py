@@ -4,7 +4,7 @@ with 2 worker processes against 1, and against today's .npz pack.
 Images are generated, distinct and photo-like (400x300 JPEGs: a smooth random colour field, a few
 soft shapes, grain), `--base` per class in 3 classes at 1x (1,500 images), at each of `--scales`
 (1,4,16,64: up to 96,000 images). They are generated once into `--cache` (kept between runs);
-each scale is a folder of links to the first images of each class. Every pack runs in its own
+each scale is a folder of hard links to the first images of each class. Every pack runs in its own
 process: wall time, CPU time (of all its processes: how much of the machine it got, which on a
 shared machine is less than its cores), the peak resident memory of its largest process and of all
 its processes together (the Beam workers too), the output's bytes, and the load average before and
@@ -72,11 +72,16 @@ def generate(cache: Path, per_class: int) -> None:
 
 
 def scale_folder(cache: Path, per_class: int, into: Path) -> Path:
-    """A folder of class folders of links to the first `per_class` images of each class."""
+    """A folder of class folders of hard links to the first `per_class` images of each class
+    (pack skips a symbolic link out of its class folder; a hard link is the file itself)."""
     for name in CLASSES:
         (into / name).mkdir(parents=True)
         for index in range(per_class):
-            (into / name / f"{index:06d}.jpg").symlink_to(cache / name / f"{index:06d}.jpg")
+            target = into / name / f"{index:06d}.jpg"
+            try:
+                os.link(cache / name / f"{index:06d}.jpg", target)
+            except OSError:  # another file system
+                shutil.copyfile(cache / name / f"{index:06d}.jpg", target)
     return into
 
 

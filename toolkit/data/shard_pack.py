@@ -62,7 +62,6 @@ class Settings:
     encoding: str = shards.ENCODING
 
 
-
 def pack_shards(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 400,
                 test_size: float = 0.2, size: int = 224, fit: str = "crop", seed: int = 42,
                 checks: images.Checks = images.Checks(), threshold: int = dedupe.DEFAULT_THRESHOLD,
@@ -102,8 +101,8 @@ def pack_shards(source: str | os.PathLike, out: str | os.PathLike, *, per_class:
         data.mkdir(parents=True)
         try:
             class_names, count = _write_listing(work / "listing.jsonl", source)
-            settings = Settings(tuple(class_names), size, fit, seed, test_size, per_class,
-                                         allow_fewer, threshold, checks, images_per_shard, encoding)
+            settings = Settings(tuple(class_names), size, fit, seed, test_size, per_class, allow_fewer,
+                                threshold, checks, images_per_shard, encoding)
             _run(options, settings, work, data, made, judged)
             report = _report(source, out, class_names, per_class, allow_fewer, _read_lines(work, "plan"),
                              count)
