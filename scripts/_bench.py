@@ -95,3 +95,58 @@ def weights_option(value: str) -> str:
     if value not in ("imagenet", "none") and not Path(value).exists():
         sys.exit(f"{value} is absent (../shared/weights); or pass --weights none")
     return value
+
+
+@dataclass
+class Tree:
+    """A command's wall time and CPU time (all its processes), the peak resident memory of its
+    largest process and of all its processes together, and the machine's load average (1 minute)
+    before and after."""
+
+    seconds: float
+    cpu_seconds: float
+    peak_mib: float
+    tree_peak_mib: float
+    load_before: float
+    load_after: float
+
+
+def measure_tree(command: list[str], every: float = 0.2) -> Tree:
+    """Run `command`; besides `measure`'s numbers, the sum of the resident memory of it and its
+    descendants (worker processes), sampled from /proc every `every` seconds."""
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tree_peak = 0
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        tree_peak = max(tree_peak, _tree_rss(process.pid))
+        time.sleep(every)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"benchmark step failed: {' '.join(command)}")
+    return Tree(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
+                max(tree_peak, usage.ru_maxrss * 1024) / 2**20, load_before, os.getloadavg()[0])
+
+
+def _tree_rss(root: int) -> int:
+    """Bytes resident in `root` and every process below it."""
+    parent, rss = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            parent[int(entry)], rss[int(entry)] = int(fields[1]), int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += [child for child, up in parent.items() if up == pid]
+    return total

@@ -24,6 +24,7 @@ _API = {
     "crawl": "toolkit.collect.crawler",
     "review": "toolkit.curate.reviewer",
     "pack": "toolkit.data.packer",
+    "pack_shards": "toolkit.data.shard_pack",
     "load_archive": "toolkit.data.npz",
     "train": "toolkit.training.trainer",
     "compare": "toolkit.training.comparison",

@@ -158,19 +158,34 @@ def banded_pairs(hashes: np.ndarray, threshold: int, bands: Bands) -> np.ndarray
     """Every pair (i < j) within `threshold` bits, found through `bands`; rows sorted."""
     if not bands.covers(threshold):
         raise ValueError(f"bands {bands} do not cover threshold {threshold}")
-    size = len(hashes)
-    found = [np.empty(0, dtype=np.int64)]
-    for shift, width, radius in zip(bands.shifts, bands.widths, bands.radii):
-        band = _Band(hashes, shift, width)
-        found.append(band.pairs_within_buckets(threshold))
-        masks = flips(width, radius)[1:]
-        for bit in range(width):
-            # a key and key ^ mask are one pair, met once: from the key whose top bit of
-            # the mask is clear
-            group = masks[(masks >> bit) == 1]
-            if len(group):
-                found.append(band.pairs_across_buckets(group, bit, threshold))
-    pairs = np.unique(np.concatenate(found))
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+    found = [_band_pairs(hashes, threshold, bands, band) for band in range(len(bands.widths))]
+    return _as_rows(np.unique(np.concatenate(found)), len(hashes))
+
+
+def pairs_through_band(hashes: np.ndarray, threshold: int, bands: Bands, band: int) -> np.ndarray:
+    """The pairs (i < j) within `threshold` bits whose values of band number `band` lie within
+    its radius: one band's share of :func:`banded_pairs` (the union over the bands is every
+    close pair), so that a pipeline can search each band on its own worker. Rows sorted."""
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+    return _as_rows(np.unique(_band_pairs(hashes, threshold, bands, band)), len(hashes))
+
+
+def _band_pairs(hashes: np.ndarray, threshold: int, bands: Bands, band: int) -> np.ndarray:
+    """One band's close pairs as i * size + j, unsorted, maybe repeated."""
+    shift, width, radius = bands.shifts[band], bands.widths[band], bands.radii[band]
+    table = _Band(hashes, shift, width)
+    found = [np.empty(0, dtype=np.int64), table.pairs_within_buckets(threshold)]
+    masks = flips(width, radius)[1:]
+    for bit in range(width):
+        # a key and key ^ mask are one pair, met once: from the key whose top bit of the mask is clear
+        group = masks[(masks >> bit) == 1]
+        if len(group):
+            found.append(table.pairs_across_buckets(group, bit, threshold))
+    return np.concatenate(found)
+
+
+def _as_rows(pairs: np.ndarray, size: int) -> np.ndarray:
     return np.stack([pairs // max(size, 1), pairs % max(size, 1)], axis=1)
 
 

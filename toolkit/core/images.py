@@ -142,6 +142,18 @@ def decode(data: bytes, checks: Checks = Checks(), size: int | None = None,
         return info, (None if size is None else resize(image, size, fit))
 
 
+def decode_pixels(data: bytes, checks: Checks, size: int, fit: str = "crop") -> tuple[str, np.ndarray]:
+    """The SHA-256 and the (size, size, 3) pixels of an image :func:`decode` has verified: the
+    same pixels as its, without the perceptual hash (a second pass that only needs pixels).
+
+    Raises :class:`Unusable` as :func:`decode` does."""
+    if not data:
+        raise Unusable("empty")
+    image, _, _ = _open(data, checks, max(size, HASH_DECODE_SIDE))
+    with DECODING.hold(image.size[0] * image.size[1]):
+        return hashlib.sha256(data).hexdigest(), resize(_decoded_rgb(image), size, fit)
+
+
 def perceptual_hash(image: Image.Image) -> int:
     """64-bit DCT perceptual hash (imagehash's phash) as an int; near-identical pictures
     differ in few bits."""

@@ -131,6 +131,15 @@ def find_usable(source: str | os.PathLike, *, checks: images.Checks = images.Che
     Returns the class names and every file found; a file whose `status` is still "" is
     usable and unique. With `pixels`, each usable file's pixels go there as it is verified.
     """
+    class_names, files = list_inputs(source, min_classes)
+    _decode_all(files, checks, pixels, workers, progress)
+    _drop_duplicates(files, threshold)
+    return class_names, files
+
+
+def list_inputs(source: str | os.PathLike, min_classes: int = 2) -> tuple[list[str], list[InputFile]]:
+    """The class names and every file under SOURCE's class folders, in the order pack numbers
+    them (by class, then by path), hidden files marked: what is to be verified, unread."""
     folders = class_folders(source, min_classes)
     files = [InputFile(label, path, printable(str(path.relative_to(source))))
              for label, (_, folder) in enumerate(folders) for path in list_files(folder)]
@@ -140,8 +149,6 @@ def find_usable(source: str | os.PathLike, *, checks: images.Checks = images.Che
             f.status = HIDDEN
         elif not inside(f.path, roots[f.label]):
             f.status = OUTSIDE
-    _decode_all(files, checks, pixels, workers, progress)
-    _drop_duplicates(files, threshold)
     return [name for name, _ in folders], files
 
 

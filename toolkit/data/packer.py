@@ -28,7 +28,7 @@ from ..core.sources import HIDDEN, OUTSIDE, InputFile, PixelSink, class_folders,
 from ..core.text import text_table, timestamp
 from ..curate.verdicts import Judged, read_review
 from .npz import ArchivePart, write_archive
-from .splits import train_test_split
+from .splits import choose_and_split, image_rank
 
 #: Status of an input file in the pack report, besides the reasons in images.REASONS.
 PACKED, SURPLUS = "packed", "surplus"
@@ -159,12 +159,7 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
                                              pixels=PixelSink(size, fit, spilled.put))
             report = PackReport(str(source), class_names, files, str(out), per_class)
             _apply_review(files, class_names, made, judged, report)
-            chosen = _choose(report, per_class, seed, allow_fewer)
-            train, test = train_test_split(chosen, test_size, seed)
-            report.train_counts = [sum(f.label == k for f in train) for k in range(len(class_names))]
-            report.test_counts = [sum(f.label == k for f in test) for k in range(len(class_names))]
-            for f in chosen:
-                f.status = PACKED
+            train, test = _choose(report, per_class, test_size, seed, allow_fewer)
             meta = {"toolkit": __version__, "created": timestamp(), "source": str(Path(source).resolve()),
                     "size": size, "fit": fit, "seed": seed, "test_size": test_size, "per_class": per_class,
                     "min_side": checks.min_side, "threshold": threshold, "drop_suspects": drop_suspects}
@@ -177,10 +172,14 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
             write_archive(out, report.class_names, size, part(train), part(test), meta)
 
         stem = out.with_suffix("")
-        write_text(f"{stem}.report.txt", report.table() + "".join(
-            f"\nwarning: {w}" for w in report.warnings) + "\n")
-        write_json(f"{stem}.report.json", report.to_json())
+        write_report(report, Path(f"{stem}.report.txt"), Path(f"{stem}.report.json"))
         return report
+
+
+def write_report(report: PackReport, text: Path, json: Path) -> None:
+    """The report's two files: the table with its warnings, and every file's fate as JSON."""
+    write_text(text, report.table() + "".join(f"\nwarning: {w}" for w in report.warnings) + "\n")
+    write_json(json, report.to_json())
 
 
 class _Spill:
@@ -203,46 +202,74 @@ def _apply_review(files: list[InputFile], class_names: list[str],
                   report: PackReport) -> None:
     """Leave out what review dropped and, given `judged`, its undecided suspects; relabel
     what it moved. Images the review did not see as they are now are packed, with a warning."""
+    flags = [review_file(f, class_names, made, judged) for f in files]
+    report.warnings += review_warnings(flags, report.source)
+
+
+#: What :func:`review_file` noticed: nothing, an image packed unjudged, or a move to a lost class.
+ReviewFlag = tuple[bool, str | None]
+
+
+def review_file(f: InputFile, class_names: list[str], made: dict[str, decisions.Decision],
+                judged: Judged | None) -> ReviewFlag:
+    """Apply the review to one usable file (its status or label); returns (packed unjudged,
+    the class it was moved to that is no longer a folder)."""
+    if f.status:
+        return False, None
+    decision = made.get(f.name)
+    if decision is None:
+        if judged is None:
+            return False, None
+        if judged.unjudged(f.name, f.info.sha256):
+            return True, None
+        if f.name in judged.suspects:
+            f.status = SUSPECT
+    elif decision.action == decisions.DROP:
+        f.status = DROPPED_IN_REVIEW
+    elif decision.action == decisions.MOVE and decision.label not in class_names:
+        return False, decision.label
+    elif decision.action == decisions.MOVE:
+        label = class_names.index(decision.label)
+        if label != f.label:
+            f.moved_from, f.label = class_names[f.label], label
+    return False, None
+
+
+def review_warnings(flags: Iterable[ReviewFlag], source: str) -> list[str]:
+    """The report's warnings about the review, from every file's :func:`review_file` flag."""
     unjudged, lost_classes = 0, collections.Counter()
-    for f in files:
-        if f.status:
-            continue
-        decision = made.get(f.name)
-        if decision is None:
-            if judged is None:
-                continue
-            if judged.unjudged(f.name, f.info.sha256):
-                unjudged += 1
-            elif f.name in judged.suspects:
-                f.status = SUSPECT
-        elif decision.action == decisions.DROP:
-            f.status = DROPPED_IN_REVIEW
-        elif decision.action == decisions.MOVE and decision.label not in class_names:
-            lost_classes[decision.label] += 1
-        elif decision.action == decisions.MOVE:
-            label = class_names.index(decision.label)
-            if label != f.label:
-                f.moved_from, f.label = class_names[f.label], label
+    for packed_unjudged, lost in flags:
+        unjudged += packed_unjudged
+        if lost is not None:
+            lost_classes[lost] += 1
+    warnings = []
     if lost_classes:
-        report.warnings.append(
+        warnings.append(
             f"{sum(lost_classes.values())} image(s) moved in review to a class that is no "
             f"longer a folder of SOURCE ({', '.join(sorted(lost_classes))}) are packed in "
             "their own class; run `toolkit review --serve` to decide again")
     if unjudged:
-        report.warnings.append(
+        warnings.append(
             f"{unjudged} usable image{'s' if unjudged > 1 else ''} came or changed after the "
             f"review and {'are' if unjudged > 1 else 'is'} packed unjudged: run `toolkit review "
-            f"{report.source}` again, then pack")
+            f"{source}` again, then pack")
+    return warnings
 
 
 def _check_pack_arguments(out: Path, per_class: int, test_size: float, size: int, fit: str,
                           threshold: int, force: bool) -> None:
     if out.suffix != ".npz":
-        raise OptionError("out", str(out), "the archive name must end in .npz")
+        raise OptionError("out", str(out), "the archive name must end in .npz (a folder of shards: "
+                          "--format tfrecord)")
     if not out.parent.is_dir():
         raise OptionError("out", str(out), f"folder {out.parent} does not exist; create it first")
     if out.exists() and not force:
         raise ToolkitError(f"{out} already exists; pass --force to replace it")
+    check_settings(per_class, test_size, size, fit, threshold)
+
+
+def check_settings(per_class: int, test_size: float, size: int, fit: str, threshold: int) -> None:
+    """The settings every pack checks, whatever it writes."""
     if per_class < 2:
         raise OptionError("per_class", per_class, "need at least 2 images per class "
                           "(one to train, one to test)")
@@ -256,21 +283,35 @@ def _check_pack_arguments(out: Path, per_class: int, test_size: float, size: int
         raise OptionError("threshold", threshold, "perceptual-hash distance is 0..64 bits")
 
 
-def _choose(report: PackReport, per_class: int, seed: int, allow_fewer: bool) -> list[InputFile]:
-    """Pick `per_class` usable files per class at random (seeded); the rest are surplus."""
-    rng = np.random.default_rng(seed)
-    usable = [[f for f in report.files if f.label == k and not f.status]
-              for k in range(len(report.class_names))]
-    short = [(name, len(u)) for name, u in zip(report.class_names, usable) if len(u) < per_class]
-    for f in (f for u in usable for f in u):
+def _choose(report: PackReport, per_class: int, test_size: float, seed: int, allow_fewer: bool
+            ) -> tuple[list[InputFile], list[InputFile]]:
+    """Split the usable files by pack's one rule (:mod:`toolkit.data.splits`): (train, test),
+    each in rank order; every file not picked is surplus."""
+    usable = [f for f in report.files if not f.status]
+    for f in usable:
         f.status = SURPLUS
+    problem = short_of_images(report.class_names, report.usable_counts(), per_class, allow_fewer)
+    if problem:
+        raise NotEnoughImages(problem, report)
+    ranks = [image_rank(seed, f.info.sha256, f.name) for f in usable]
+    train, test, _ = choose_and_split(usable, ranks, per_class, test_size)
+    for f in (*train, *test):
+        f.status = PACKED
+    report.train_counts = [sum(f.label == k for f in train) for k in range(len(report.class_names))]
+    report.test_counts = [sum(f.label == k for f in test) for k in range(len(report.class_names))]
+    return train, test
+
+
+def short_of_images(class_names: list[str], usable: list[int], per_class: int,
+                    allow_fewer: bool) -> str | None:
+    """Why these usable counts per class cannot be packed (NotEnoughImages' message), or None."""
+    short = [(name, n) for name, n in zip(class_names, usable) if n < per_class]
     if short and not allow_fewer:
         counts = ", ".join(f"{name} {n}" for name, n in short)
-        raise NotEnoughImages(f"too few usable images for --per-class {per_class}: {counts}; "
-                              "add images (or `toolkit crawl` again to top up), lower "
-                              "--per-class, or pass --allow-fewer", report)
-    empty = [name for name, u in zip(report.class_names, usable) if len(u) < 2]
+        return (f"too few usable images for --per-class {per_class}: {counts}; add images (or "
+                "`toolkit crawl` again to top up), lower --per-class, or pass --allow-fewer")
+    empty = [name for name, n in zip(class_names, usable) if n < 2]
     if empty:
-        raise NotEnoughImages(f"class {', '.join(empty)} has fewer than 2 usable images; "
-                              "a class needs one to train and one to test", report)
-    return [u[i] for u in usable for i in sorted(rng.permutation(len(u))[:per_class])]
+        return (f"class {', '.join(empty)} has fewer than 2 usable images; a class needs one "
+                "to train and one to test")
+    return None

@@ -1,0 +1,327 @@
+"""toolkit pack --format tfrecord: the same pack as the .npz, as TFRecord shards written by an Apache
+Beam pipeline on the local runner, read back with plain tf.data."""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import distinct_image, encode, grid_image, make_class_folders, near_copy
+from helpers import assert_one_error_line, run_cli
+from toolkit.collect import manifest
+from toolkit.core import decisions, dedupe, images
+from toolkit.core.errors import ToolkitError
+from toolkit.data import pipeline, shards
+from toolkit.data.npz import load_archive
+from toolkit.data.packer import NotEnoughImages, pack
+from toolkit.data.shard_pack import pack_shards
+
+pytest.importorskip("apache_beam")
+
+SETTINGS = dict(per_class=10, size=32, seed=5)
+
+
+def source_folder(root):
+    """3 classes with junk, a near copy, label noise, a hidden file, a nested folder, a name that
+    is not UTF-8, review decisions, and a crawl manifest for one class."""
+    src = make_class_folders(root, {"cat": range(0, 13), "dog": range(100, 113), "fox": range(200, 213)})
+    cat, dog, fox = (src / c for c in ("cat", "dog", "fox"))
+    (cat / "empty.jpg").write_bytes(b"")
+    (cat / "page.jpg").write_bytes(b"<!DOCTYPE html><html>Access denied</html>")
+    (cat / "tiny.png").write_bytes(encode(grid_image(7).resize((50, 40)), "PNG"))
+    (dog / "photo.webp").write_bytes(encode(grid_image(154).convert("RGBA"), "WEBP"))
+    (fox / "near_copy.jpg").write_bytes(near_copy(distinct_image(200)))
+    (cat / "shared.jpg").write_bytes(distinct_image(300))
+    (dog / "shared_too.png").write_bytes(encode(grid_image(300), "PNG"))
+    (fox / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (fox / "sub").mkdir()
+    (fox / "sub" / "nested.jpg").write_bytes(distinct_image(250))
+    with open(os.path.join(os.fsencode(fox), b"caf\xe9.jpg"), "wb") as f:
+        f.write(distinct_image(251))
+    decisions.append(src, [decisions.Decision("cat/img0001.jpg", "drop"),
+                           decisions.Decision("dog/img0100.jpg", "move", "fox")])
+    entries = []
+    for seed in range(0, 13):
+        info, _ = images.decode((cat / f"img{seed:04d}.jpg").read_bytes())
+        entries.append({"file": f"img{seed:04d}.jpg", "url": f"https://img.example/{seed}.jpg",
+                        "engine": "bing", "query": "cat", "license": "commercial",
+                        "page": f"https://example.org/{seed}", "title": "a cat", "sha256": info.sha256,
+                        "phash": f"{info.phash:016x}", "width": info.width, "height": info.height,
+                        "bytes": 1, "time": "2026-01-01T00:00:00+00:00"})
+    entries[2]["sha256"] = "0" * 64  # the file is not what the crawl recorded: no provenance
+    manifest.write(manifest.manifest_path(src, "cat"), entries)
+    return src
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    """The source packed both ways with the same seed: (source, the .npz, the dataset folder)."""
+    tmp = tmp_path_factory.mktemp("packed")
+    src = source_folder(tmp / "src")
+    pack(src, tmp / "x.npz", **SETTINGS)
+    pack_shards(src, tmp / "ds", workers=1, **SETTINGS)
+    return src, tmp / "x.npz", tmp / "ds"
+
+
+def records(folder, split):
+    """Every record of a split as a dict of plain values, in the shards' order."""
+    import tensorflow as tf
+
+    dataset = shards.read_dataset(folder)
+    spec = shards.feature_spec()
+    out = []
+    for raw in tf.data.TFRecordDataset([str(p) for p in dataset.files(split)]):
+        features = tf.io.parse_single_example(raw, spec)
+        out.append({k: (v.numpy().decode() if v.dtype == tf.string and k != "image" else v.numpy())
+                    for k, v in features.items()})
+    return out
+
+
+def test_both_formats_hold_the_same_files_labels_and_split(packed):
+    _, npz, folder = packed
+    archive = load_archive(npz)
+    with np.load(npz) as a:
+        paths = {"train": a["paths_train"].tolist(), "test": a["paths_test"].tolist()}
+    for split in shards.SPLITS:
+        labels = getattr(archive, f"y_{split}").tolist()
+        in_npz = sorted(zip(paths[split], labels))
+        in_shards = sorted((r["path"], int(r["label"])) for r in records(folder, split))
+        assert in_shards == in_npz and len(in_npz) == (24 if split == "train" else 6)
+    # the report says the same of every file: same statuses, same twins, same moves
+    npz_report = json.loads((npz.parent / "x.report.json").read_text())
+    shard_report = json.loads((folder / "report.json").read_text())
+    assert {k: v for k, v in shard_report.items() if k != "out"} == {
+        k: v for k, v in npz_report.items() if k != "out"}
+    statuses = {f["path"]: f["status"] for f in shard_report["files"]}
+    assert statuses["fox/caf\\xe9.jpg"] in ("packed", "surplus")  # a name that is not UTF-8
+    assert statuses["cat/img0001.jpg"] == "dropped_in_review"
+    assert statuses["fox/near_copy.jpg"] == "duplicate" and statuses["cat/shared.jpg"] == "label_conflict"
+    moved = next(f for f in shard_report["files"] if f["path"] == "dog/img0100.jpg")
+    assert moved["class"] == "fox" and moved["moved_from"] == "dog"
+
+
+def test_records_hold_the_packed_pixels_hashes_and_provenance(packed):
+    src, npz, folder = packed
+    archive = load_archive(npz)
+    with np.load(npz) as a:
+        row = {p: i for i, p in enumerate(a["paths_train"].tolist())}
+    dataset = shards.read_dataset(folder)
+    import tensorflow as tf
+
+    decode = shards.decode(dataset)
+    for r in records(folder, "train"):
+        pixels = decode(tf.constant(r["image"])).numpy()
+        original = archive.X_train[row[r["path"]]]
+        assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
+        # the record holds the .npz's pixels as a JPEG: what Pillow reads back from their JPEG
+        assert np.array_equal(pixels, np.asarray(Image.open(io.BytesIO(shards.encode_image(original)))))
+        info, _ = images.decode((src / r["path"]).read_bytes())
+        assert r["sha256"] == info.sha256 and r["phash"] == f"{info.phash:016x}"
+        assert (r["width"], r["height"]) == (info.width, info.height)
+        assert r["class"] == dataset.class_names[r["label"]] and r["split"] == "train"
+        seed = int(r["path"][len("cat/img"):-4]) if r["path"].startswith("cat/img") else None
+        if seed is not None and seed != 2:
+            assert (r["url"], r["engine"], r["query"], r["license"]) == (
+                f"https://img.example/{seed}.jpg", "bing", "cat", "commercial")
+            assert r["page"] == f"https://example.org/{seed}"
+        else:  # not crawled, or not the file the crawl recorded
+            assert r["url"] == r["page"] == r["engine"] == ""
+
+
+def test_png_records_hold_the_npz_pixels_exactly(packed, tmp_path):
+    src, npz, _ = packed
+    pack_shards(src, tmp_path / "png", workers=1, encoding="png", **SETTINGS)
+    assert shards.read_dataset(tmp_path / "png").info["image"]["encoding"] == "png"
+    archive = load_archive(npz)
+    with np.load(npz) as a:
+        row = {p: i for i, p in enumerate(a["paths_test"].tolist())}
+    import tensorflow as tf
+
+    decode = shards.decode(shards.read_dataset(tmp_path / "png"))
+    for r in records(tmp_path / "png", "test"):
+        assert np.array_equal(decode(tf.constant(r["image"])).numpy(), archive.X_test[row[r["path"]]])
+
+
+def test_dataset_json_holds_classes_counts_settings_and_version(packed):
+    _, _, folder = packed
+    info = json.loads((folder / "dataset.json").read_text())
+    assert info["format"] == "toolkit-shards" and info["toolkit"] == "0.1.0"
+    assert info["class_names"] == ["cat", "dog", "fox"]
+    assert info["image"] == {"size": 32, "fit": "crop", "encoding": "jpeg", "quality": 95}
+    assert info["splits"] == {"train": {"images": 24, "per_class": [8, 8, 8]},
+                              "test": {"images": 6, "per_class": [2, 2, 2]}}
+    assert {k: info["settings"][k] for k in ("per_class", "seed", "test_size", "threshold")} == {
+        "per_class": 10, "seed": 5, "test_size": 0.2, "threshold": 8}
+    assert sorted(os.listdir(folder)) == ["dataset.json", "report.json", "report.txt",
+                                          "test-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord"]
+    for shard in info["shards"]:
+        assert (folder / shard["file"]).stat().st_size == shard["bytes"]
+        assert sum(shard["per_class"]) == shard["images"] == len(records(folder, shard["split"]))
+    assert set(info["features"]) >= {"image", "label", "split", "sha256", "phash", "url", "page",
+                                     "query", "engine", "license"}
+
+
+def test_the_public_reader_streams_a_split(packed):
+    _, npz, folder = packed
+    archive = load_archive(npz)
+    ordered = list(shards.read_split(folder, "test", shuffle_buffer=0).as_numpy_iterator())
+    assert len(ordered) == 6 and sorted(int(y) for _, y in ordered) == sorted(archive.y_test.tolist())
+    assert all(x.shape == (32, 32, 3) and x.dtype == np.uint8 for x, _ in ordered)
+    again = list(shards.read_split(folder, "test", shuffle_buffer=0).as_numpy_iterator())
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(ordered, again))
+    shuffled = list(shards.read_split(folder, "train", seed=1, shuffle_buffer=8).as_numpy_iterator())
+    assert np.bincount([int(y) for _, y in shuffled]).tolist() == [8, 8, 8]
+
+
+def test_plain_tf_data_reads_it(packed):
+    """The lines of the manual, as they are written there."""
+    _, _, folder = packed
+    import tensorflow as tf
+
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+    files = tf.data.Dataset.list_files(f"{folder}/train-*.tfrecord", shuffle=True)
+    records = files.interleave(tf.data.TFRecordDataset, num_parallel_calls=tf.data.AUTOTUNE).shuffle(2048)
+    decode = lambda f: (tf.io.decode_jpeg(f["image"], channels=3, dct_method="INTEGER_ACCURATE"), f["label"])  # noqa: E501, E731
+    train = records.map(lambda r: decode(tf.io.parse_single_example(r, spec))).batch(32).prefetch(tf.data.AUTOTUNE)  # noqa: E501
+    x, y = next(iter(train))
+    assert x.shape == (24, 32, 32, 3) and x.dtype == tf.uint8
+    assert sorted(x.numpy().sum(axis=(1, 2, 3)).tolist()) == sorted(  # the pixels the reader gives
+        int(image.sum()) for image, _ in shards.read_split(folder, "train").as_numpy_iterator())
+    assert sorted(y.numpy().tolist()) == [0] * 8 + [1] * 8 + [2] * 8
+
+
+def test_a_re_run_and_a_run_after_a_kill_write_the_same_bytes(packed, tmp_path):
+    """Two worker processes (Beam's multi-processing direct runner) write what one did; a run
+    killed half-way (its work folder left behind) changes nothing: the next one starts over."""
+    src, _, first = packed
+    out = tmp_path / "ds"
+    abandoned = tmp_path / ".ds.999999-0badc0de.part"
+    (abandoned / "data").mkdir(parents=True)
+    (abandoned / "data" / "train-00000-of-00001.tfrecord").write_bytes(b"half")
+    pack_shards(src, out, workers=2, **SETTINGS)
+    assert not abandoned.exists()
+    assert sorted(os.listdir(out)) == sorted(os.listdir(first))
+    for name in os.listdir(first):
+        if name.endswith(".tfrecord") or name == "report.txt":
+            assert (out / name).read_bytes() == (first / name).read_bytes(), name
+    reports = [json.loads((d / "report.json").read_text()) for d in (first, out)]
+    assert [{k: v for k, v in r.items() if k != "out"} for r in reports][0] == {
+        k: v for k, v in reports[1].items() if k != "out"}
+    info = [json.loads((d / "dataset.json").read_text()) for d in (first, out)]
+    for i in info:
+        i.pop("created")
+        i["settings"].pop("source")
+    assert info[0] == info[1]
+    with pytest.raises(ToolkitError, match="already exists; pass --force"):
+        pack_shards(src, out, workers=1, **SETTINGS)
+    pack_shards(src, out, workers=1, force=True, **{**SETTINGS, "seed": 6})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no work folder, no old dataset
+    assert json.loads((out / "dataset.json").read_text())["settings"]["seed"] == 6
+
+
+def test_a_damaged_shard_is_one_error_naming_it(packed, tmp_path):
+    _, _, first = packed
+    folder = tmp_path / "ds"
+    shutil.copytree(first, folder)
+    shard = folder / "train-00000-of-00001.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ToolkitError, match=r"shard .*train-00000-of-00001\.tfrecord is damaged"):
+        shards.read_split(folder, "train")
+    shards.read_split(folder, "test")  # the other split is whole
+    shard.write_bytes(bytes(data[:-10]))
+    with pytest.raises(ToolkitError, match=r"train-00000-of-00001\.tfrecord is damaged: .* bytes"):
+        shards.read_split(folder, "train", check=False)
+    shard.unlink()
+    with pytest.raises(ToolkitError, match=r"train-00000-of-00001\.tfrecord is missing"):
+        shards.read_dataset(folder)
+    (folder / "dataset.json").write_text("{not json")
+    with pytest.raises(ToolkitError, match="dataset.json is damaged"):
+        shards.read_dataset(folder)
+
+
+def test_a_class_short_of_images_fails_as_pack_does_unless_allowed(packed, tmp_path):
+    src, _, _ = packed
+    short = {**SETTINGS, "per_class": 14}
+    with pytest.raises(NotEnoughImages, match="for --per-class 14: cat 12, dog 13") as e:
+        pack_shards(src, tmp_path / "ds", workers=1, **short)
+    with pytest.raises(NotEnoughImages) as npz_error:
+        pack(src, tmp_path / "x.npz", **short)
+    assert str(e.value) == str(npz_error.value)
+    assert e.value.report.to_json()["counts"] == npz_error.value.report.to_json()["counts"]
+    assert os.listdir(tmp_path) == []  # nothing written, no work folder left
+    report = pack_shards(src, tmp_path / "ds", workers=1, allow_fewer=True, **short)
+    allowed = pack(src, tmp_path / "x.npz", allow_fewer=True, **short)
+    assert (report.train_counts, report.test_counts) == (allowed.train_counts, allowed.test_counts)
+    assert report.train_counts == [10, 10, 11] and report.test_counts == [2, 3, 3]
+
+
+@pytest.mark.parametrize("size", [24, 224, 300])
+@pytest.mark.parametrize("fit", images.FITS)
+def test_the_shard_writers_pixels_are_what_decode_gives(size, fit):
+    rotated = grid_image(3, (640, 480))
+    exif = rotated.getexif()
+    exif[images.ORIENTATION] = 6
+    for data in (distinct_image(1, (900, 700)), encode(grid_image(2).convert("CMYK"), "JPEG"),
+                 encode(rotated, "JPEG", exif=exif), encode(grid_image(4).convert("LA"), "PNG")):
+        info, pixels = images.decode(data, images.Checks(), size, fit)
+        sha256, again = images.decode_pixels(data, images.Checks(), size, fit)
+        assert sha256 == info.sha256 and np.array_equal(again, pixels)
+
+
+def test_band_keys_find_exactly_dedupes_pairs():
+    """The pipeline's grouping by band (each group on its own worker) finds dedupe's pairs."""
+    rng = np.random.default_rng(0)
+    for threshold in (0, 2, 5, 8, 12, 24):  # 24: no bands pay, one group compares all pairs
+        hashes = rng.integers(0, 2**64, 2000, dtype=np.uint64)
+        near = hashes[:400].copy()
+        for k in range(400):  # planted near copies at 0 .. threshold + 2 bits
+            for bit in rng.choice(64, k % (threshold + 3), replace=False):
+                near[k] ^= np.uint64(1) << np.uint64(int(bit))
+        hashes = np.concatenate([hashes, near])
+        ids = np.arange(len(hashes)) + 1000
+        expected = {(int(ids[i]), int(ids[j])) for i, j in dedupe.near_pairs(hashes, threshold)}
+        groups = collections.defaultdict(list)  # what Beam's GroupByKey hands each worker
+        for i, h in zip(ids.tolist(), hashes.tolist()):
+            for band, member in pipeline._band_keys({"i": i, "phash": h}, threshold):
+                groups[band].append(member)
+        found = {pair for group in groups.items() for pair in pipeline._near_pairs(group, threshold)}
+        assert found == expected and len(expected) >= 400 * (threshold + 1) // (threshold + 3)
+
+
+# ---- the command line
+
+def test_cli_packs_shards_and_errors_are_one_line(packed, tmp_path):
+    src, _, _ = packed
+    result = run_cli("pack", src, "--out", tmp_path / "ds", "--format", "tfrecord", "--per-class", 10,
+                     "--size", 32, "--workers", 1)
+    assert result.exit_code == 0, result.output
+    assert "24 train / 6 test images of 32x32 as TFRecord shards" in result.output
+    assert "label_conflict" in result.output and shards.is_dataset(tmp_path / "ds")
+    assert_one_error_line(run_cli("pack", src, "--out", tmp_path / "y.npz", "--format", "tfrecord"),
+                          "a folder of shards, not an .npz name")
+    assert_one_error_line(run_cli("pack", src, "--out", tmp_path / "ds2", "--format", "tfrecord",
+                                  "--beam-option", "no_such_option=1"), "no_such_option")
+    assert_one_error_line(run_cli("pack", src, "--out", tmp_path / "ds2", "--format", "tfrecord",
+                                  "--runner", "NoSuchRunner"), "--runner NoSuchRunner")
+    assert_one_error_line(run_cli("pack", src, "--out", tmp_path / "x.npz", "--runner", "FlinkRunner"),
+                          "--format tfrecord")
+    assert_one_error_line(run_cli("pack", src, "--out", src, "--format", "tfrecord", "--force"),
+                          "not a toolkit dataset")
+    assert not (tmp_path / "ds2").exists()
+
+
+def test_without_beam_the_error_says_what_to_install(packed, tmp_path, monkeypatch):
+    src, _, _ = packed
+    monkeypatch.setitem(sys.modules, "apache_beam", None)  # as if the scale extra were not installed
+    result = run_cli("pack", src, "--out", tmp_path / "ds", "--format", "tfrecord")
+    assert_one_error_line(result, "pip install 'toolkit-imageclass[scale]'")

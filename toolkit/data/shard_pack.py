@@ -1,0 +1,301 @@
+"""Pack SOURCE into a folder of TFRecord shards with the Beam pipeline: check the arguments, list
+the files, run the pipeline (here, one worker process per core, or on a cluster), then turn what
+it wrote into pack's report and the dataset's `dataset.json`, and put the folder in place whole.
+
+The choices are pack's own (:mod:`toolkit.data.packer`): same files, labels and split as the
+`.npz` for the same folder and seed. Apache Beam is the `scale` extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..collect import manifest
+from ..core import decisions, dedupe, images
+from ..core.errors import OptionError, ToolkitError, first_line
+from ..core.files import is_abandoned, refuse_link
+from ..core.locks import holding
+from ..core.sources import InputFile, class_folders, list_inputs
+from ..core.text import timestamp
+from ..curate.verdicts import read_review
+from . import shards
+from .packer import (
+    PACKED,
+    SURPLUS,
+    NotEnoughImages,
+    PackReport,
+    check_settings,
+    review_warnings,
+    short_of_images,
+    write_report,
+)
+
+DIRECT = "DirectRunner"
+BEAM_MISSING = "the sharded pack runs on Apache Beam: pip install 'toolkit-imageclass[scale]'"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every step needs to know of the pack."""
+
+    class_names: tuple[str, ...]
+    size: int
+    fit: str
+    seed: int
+    test_size: float
+    per_class: int
+    allow_fewer: bool
+    threshold: int
+    checks: images.Checks
+    images_per_shard: int
+    encoding: str = shards.ENCODING
+
+
+def pack_shards(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 400,
+                test_size: float = 0.2, size: int = 224, fit: str = "crop", seed: int = 42,
+                checks: images.Checks = images.Checks(), threshold: int = dedupe.DEFAULT_THRESHOLD,
+                allow_fewer: bool = False, force: bool = False, drop_suspects: bool = False,
+                workers: int | None = None, runner: str = DIRECT,
+                beam_options: Sequence[tuple[str, str]] = (),
+                images_per_shard: int = shards.IMAGES_PER_SHARD,
+                encoding: str = shards.ENCODING) -> PackReport:
+    """Clean, dedupe, resize and split SOURCE's class folders into the folder `out` of TFRecord
+    shards, as :func:`toolkit.data.packer.pack` does into an archive.
+
+    `workers`: processes of Beam's direct runner [default: one per core]; 1 runs in this
+    process. `runner` and `beam_options` ((KEY, VALUE) pairs, Beam's pipeline options) run it
+    elsewhere: SOURCE and `out` must then be paths every worker reads and writes alike.
+    `encoding`: the records' images as JPEG at quality 95 (the default: a quarter of PNG's bytes)
+    or as PNG (lossless: the .npz's pixels exactly, at 12 times JPEG's encoding time).
+    Writes `out/` whole (shards, dataset.json, report.txt, report.json) or nothing; raises
+    :class:`NotEnoughImages` as pack does, before any shard is written.
+    """
+    out = Path(out)
+    check_settings(per_class, test_size, size, fit, threshold)
+    _check_out(out, force)
+    if workers is not None and workers < 1:
+        raise OptionError("workers", workers, "need at least one")
+    if images_per_shard < 1:
+        raise OptionError("images_per_shard", images_per_shard, "need at least one")
+    if encoding not in shards.ENCODINGS:
+        raise OptionError("encoding", encoding, f"choose {' or '.join(shards.ENCODINGS)}")
+    options = pipeline_options(runner, workers or os.cpu_count() or 1, beam_options)
+    class_folders(source)  # a missing or empty SOURCE is the first error
+    made = decisions.read(source)
+    judged = read_review(source, needed_for="--drop-suspects") if drop_suspects else None
+    with holding(out, f"the dataset {out}"):
+        _remove_abandoned(out)
+        work = out.parent / f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.part"
+        data = work / "data"
+        data.mkdir(parents=True)
+        try:
+            class_names, count = _write_listing(work / "listing.jsonl", source)
+            settings = Settings(tuple(class_names), size, fit, seed, test_size, per_class, allow_fewer,
+                                threshold, checks, images_per_shard, encoding)
+            _run(options, settings, work, data, made, judged)
+            report = _report(source, out, class_names, per_class, allow_fewer, _read_lines(work, "plan"),
+                             count)
+            written = list(_read_lines(work, "shards"))
+            _check_written(report, written)
+            image = {"size": size, "fit": fit, "encoding": encoding,
+                     **({"quality": shards.JPEG_QUALITY} if encoding == "jpeg" else {})}
+            chosen = {"source": str(Path(source).resolve()), "per_class": per_class, "test_size": test_size,
+                      "seed": seed, "min_side": checks.min_side, "threshold": threshold,
+                      "drop_suspects": drop_suspects, "allow_fewer": allow_fewer,
+                      "images_per_shard": images_per_shard}
+            shards.write_dataset(data, class_names, image, chosen,
+                                 [shards.Shard(**w["shard"]) for w in written], __version__, timestamp())
+            write_report(report, data / "report.txt", data / "report.json")
+            _put_in_place(data, out, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return report
+
+
+def pipeline_options(runner: str, workers: int, beam_options: Sequence[tuple[str, str]]):
+    """Beam's options for this run: the direct runner with `workers` processes (one: in this
+    process), or `runner` with the user's options, each checked to be one Beam knows."""
+    PipelineOptions = _import_beam().options.pipeline_options.PipelineOptions
+    flags = [f"--runner={runner}", "--default_sdk_harness_log_level=ERROR"]
+    if runner in (DIRECT, "direct"):
+        flags += (["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+                  if workers > 1 else ["--direct_running_mode=in_memory"])
+    mine = [f"--{key}={value}" for key, value in beam_options]
+    parsers: list = []  # the parser of every option Beam knows, as it builds it
+    PipelineOptions(flags).get_all_options(add_extra_args_fn=parsers.append)
+    for flag in mine:
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # argparse prints its usage there
+                _, unknown = parsers[0].parse_known_args([flag])
+        except SystemExit:  # argparse's way to say that a value is not of the option's type
+            unknown = None
+        if unknown or unknown is None:
+            problem = "not one of Apache Beam's pipeline options" if unknown else "not a value it takes"
+            raise OptionError("beam_option", flag.removeprefix("--"),
+                              f"{problem} (`python -m apache_beam.examples.wordcount --help` lists them)")
+    return PipelineOptions(flags + mine)
+
+
+def _import_beam():
+    """Apache Beam, imported without the warnings it logs about cloud clients it does not find."""
+    disabled = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        import apache_beam
+        import apache_beam.options.pipeline_options
+    except ImportError:
+        raise ToolkitError(BEAM_MISSING) from None
+    finally:
+        logging.disable(disabled)
+    return apache_beam
+
+
+def _run(options, settings, work: Path, data: Path, made: dict, judged) -> None:
+    """Run the pipeline. On the direct runner, Beam's log lines and its workers' (which write to
+    the standard error they inherit) go to a log file in the work folder, not to the terminal."""
+    runner = options.get_all_options()["runner"]
+    with _stderr_to(work / "beam.log") if runner in (DIRECT, "direct") else contextlib.nullcontext():
+        import apache_beam as beam
+
+        from . import pipeline
+
+        try:
+            p = beam.Pipeline(options=options)
+        except ValueError as e:  # an unknown runner
+            raise OptionError("runner", runner, first_line(e)) from None
+        with p:
+            pipeline.build(p, settings, str(work / "listing.jsonl"), str(work), str(data), made, judged)
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    saved, log = os.dup(2), os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    quiet = logging.getLogger("apache_beam")
+    level = quiet.level
+    try:
+        os.dup2(log, 2)
+        quiet.setLevel(logging.ERROR)
+        yield
+    finally:
+        quiet.setLevel(level)
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(log)
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.suffix == ".npz":
+        raise OptionError("out", str(out), "a folder of shards, not an .npz name (or pack an "
+                          "archive: --format npz)")
+    if not out.parent.is_dir():
+        raise OptionError("out", str(out), f"folder {out.parent} does not exist; create it first")
+    refuse_link(out)
+    if out.exists() and not out.is_dir():
+        raise OptionError("out", str(out), "is a file; a sharded dataset is a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not shards.is_dataset(out):
+            raise ToolkitError(f"{out} holds files that are not a toolkit dataset; choose a new "
+                               "folder (pack never replaces what it did not write)")
+        if not force:
+            raise ToolkitError(f"{out} already exists; pass --force to replace it")
+
+
+def _remove_abandoned(out: Path) -> None:
+    """What a killed pack of `out` left beside it (its work folder, or the old dataset it was
+    replacing): the lock is ours, so no live pack is writing them."""
+    for leftover in out.parent.glob(f".{_glob_escape(out.name)}.*.part*"):
+        if leftover.is_dir() and not leftover.is_symlink() and is_abandoned(leftover.name):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _write_listing(path: Path, source: str | os.PathLike) -> tuple[list[str], int]:
+    """Every file pack considers, one JSON line each, with the crawl's record of where it came
+    from (one class's manifest in memory at a time); returns the classes and the count."""
+    class_names, files = list_inputs(source)
+    folders = dict(class_folders(source))
+    with open(path, "w", encoding="ascii") as f:
+        for label, mine in itertools.groupby(enumerate(files), key=lambda pair: pair[1].label):
+            folder = folders[class_names[label]]
+            crawled = manifest.read_entries(manifest.manifest_path(source, folder.name))
+            entries = {e["file"]: e for e in crawled}
+            for i, file in mine:
+                entry = entries.get(file.path.relative_to(folder).as_posix(), {})
+                f.write(json.dumps({
+                    "i": i, "label": label, "path": str(file.path), "name": file.name, "status": file.status,
+                    "manifest_sha256": entry.get("sha256"),
+                    "provenance": {k: entry.get(k) for k in shards.PROVENANCE}}) + "\n")
+    return class_names, len(files)
+
+
+def _read_lines(work: Path, prefix: str) -> Iterator[dict]:
+    """The records a pipeline step wrote as JSON lines, one at a time."""
+    for part in sorted(work.glob(f"{prefix}-*.jsonl")):
+        with open(part, encoding="ascii") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def _report(source, out: Path, class_names: list[str], per_class: int, allow_fewer: bool,
+            plan: Iterable[dict], count: int) -> PackReport:
+    """Pack's report from the plan, in pack's order of files; NotEnoughImages as pack raises it."""
+    files: list[InputFile | None] = [None] * count
+    flags: list = []
+    packed = {split: [0] * len(class_names) for split in shards.SPLITS}
+    for r in plan:
+        files[r["i"]] = InputFile(r["label"], Path(r["path"]), r["name"], r["status"], r["detail"],
+                                  images.ImageInfo(r["sha256"], r["phash"], r["width"], r["height"],
+                                                   r["format"]) if "sha256" in r else None, r["moved_from"])
+        if any(r["flag"]):
+            flags.append(tuple(r["flag"]))
+        if r["status"] == PACKED:
+            packed[r["split"]][r["label"]] += 1
+    if None in files:
+        raise RuntimeError(f"the pipeline's plan lacks {files.count(None)} of {count} files")
+    report = PackReport(str(source), class_names, files, str(out), per_class)
+    report.warnings += review_warnings(flags, str(source))
+    problem = short_of_images(class_names, report.usable_counts(), per_class, allow_fewer)
+    if problem:
+        for f in files:
+            f.status = SURPLUS if f.status == PACKED else f.status
+        raise NotEnoughImages(problem, report)
+    report.train_counts, report.test_counts = packed["train"], packed["test"]
+    return report
+
+
+def _check_written(report: PackReport, written: list[dict]) -> None:
+    changed = sorted(name for w in written for name in w["changed"])
+    if changed:
+        raise ToolkitError(f"{len(changed)} file(s) changed while they were packed ({changed[0]}"
+                           f"{', ...' if len(changed) > 1 else ''}); pack again")
+    packed = sum(report.train_counts) + sum(report.test_counts)
+    if sum(w["shard"]["images"] for w in written) != packed:
+        raise RuntimeError("the shards do not hold every packed image")
+
+
+def _put_in_place(data: Path, out: Path, work: Path) -> None:
+    """Move the finished folder to `out`; a dataset there already (--force) goes only once the
+    new one is complete, and is removed after."""
+    old = None
+    if out.exists():
+        old = work.with_name(work.name + ".old")
+        os.replace(out, old)
+    os.replace(data, out)
+    if old is not None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(old)

@@ -1,0 +1,309 @@
+"""The sharded dataset format: TFRecord shards of `tf.train.Example` records and the
+`dataset.json` beside them, written, checked and read back (with plain tf.data) here only.
+
+    DIR/dataset.json                       classes, counts per split and per shard, settings, version
+    DIR/train-00000-of-00002.tfrecord ...  the records of a shard, in the order of pack's rank
+    DIR/test-00000-of-00001.tfrecord
+    DIR/report.txt, DIR/report.json        pack's report (:mod:`toolkit.data.packer`)
+
+A record's features (:data:`FEATURES`): `image` (the `size` x `size` RGB pixels pack made, as a
+JPEG at quality 95 or a PNG, as `dataset.json` says), `label` (int64), `class`, `split`, `path`
+(relative to SOURCE), `sha256`, `phash` (16 hex digits), `width` and `height` of the original,
+and where the crawl found it: `url`, `page`, `query`, `engine`, `license` (empty when unknown).
+Writing needs no TensorFlow (the records are encoded here, the framing checked by CRC32C), so
+that a pipeline's workers stay small; reading is plain tf.data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import struct
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import ToolkitError
+from ..core.files import atomic_path, write_json
+
+DATASET_FILE = "dataset.json"
+FORMAT, FORMAT_VERSION = "toolkit-shards", 1
+SPLITS = ("train", "test")
+ENCODINGS = ("jpeg", "png")
+#: JPEG at quality 95 costs no test image against the .npz's raw pixels (notes/scale.md).
+ENCODING, JPEG_QUALITY = "jpeg", 95
+#: Images per shard: about 25 MB of 224-pixel JPEGs, and enough shards for several readers.
+IMAGES_PER_SHARD = 1000
+
+#: The features of a record and their kinds.
+FEATURES = {"image": "bytes", "label": "int64", "class": "bytes", "split": "bytes", "path": "bytes",
+            "sha256": "bytes", "phash": "bytes", "width": "int64", "height": "int64", "url": "bytes",
+            "page": "bytes", "query": "bytes", "engine": "bytes", "license": "bytes"}
+#: Where the crawl found an image: the manifest's fields that a record carries.
+PROVENANCE = ("url", "page", "query", "engine", "license")
+
+_SHARD_NAME = re.compile(r"(?P<split>train|test)-(?P<index>[0-9]{5})-of-(?P<total>[0-9]{5})\.tfrecord")
+
+
+def shard_name(split: str, index: int, total: int) -> str:
+    return f"{split}-{index:05d}-of-{total:05d}.tfrecord"
+
+
+def shard_count(images: int, per_shard: int) -> int:
+    """Shards of a split of this many images: at least one."""
+    return max(1, -(-images // per_shard))
+
+
+# --------------------------------------------------------------------------- writing
+
+def encode_image(pixels: np.ndarray, encoding: str = ENCODING) -> bytes:
+    """A (size, size, 3) uint8 image as the bytes a record holds."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    if encoding == "jpeg":
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=JPEG_QUALITY)
+    else:
+        Image.fromarray(pixels).save(buffer, "PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def example(features: dict[str, bytes | str | int]) -> bytes:
+    """A serialized `tf.train.Example` of these features (str as UTF-8, int as int64), keys in
+    sorted order so that equal records are equal bytes."""
+    entries = []
+    for key in sorted(features):
+        value = features[key]
+        if isinstance(value, int):
+            feature = _field(3, _field(1, _varint(value & 0xFFFF_FFFF_FFFF_FFFF)))  # Int64List, packed
+        else:
+            data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+            feature = _field(1, _field(1, data))  # BytesList
+        entries.append(_field(1, _field(1, key.encode()) + _field(2, feature)))
+    return _field(1, b"".join(entries))  # Example.features
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard as dataset.json lists it."""
+
+    file: str
+    split: str
+    images: int
+    per_class: list[int]
+    bytes: int
+    sha256: str
+
+
+def write_shard(folder: Path, split: str, index: int, total: int, records: Iterable[tuple[int, bytes]],
+                n_classes: int) -> Shard:
+    """Write (label, serialized example) records as one TFRecord shard, atomically."""
+    crc = _crc32c()
+    name = shard_name(split, index, total)
+    digest, size, per_class = hashlib.sha256(), 0, [0] * n_classes
+    with atomic_path(folder / name) as tmp, open(tmp, "wb") as f:
+        for label, record in records:
+            length = struct.pack("<Q", len(record))
+            framed = b"".join((length, struct.pack("<I", _masked(crc(length))), record,
+                               struct.pack("<I", _masked(crc(record)))))
+            f.write(framed)
+            digest.update(framed)
+            size += len(framed)
+            per_class[label] += 1
+    return Shard(name, split, sum(per_class), per_class, size, digest.hexdigest())
+
+
+def _masked(crc: int) -> int:
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFF_FFFF
+
+
+def _crc32c():
+    try:
+        import google_crc32c
+    except ImportError:
+        raise ToolkitError("writing shards needs google-crc32c: pip install "
+                           "'toolkit-imageclass[scale]'") from None
+    return google_crc32c.value
+
+
+def write_dataset(folder: Path, class_names: list[str], image: dict, settings: dict,
+                  shards: list[Shard], toolkit: str, created: str) -> dict:
+    """Write dataset.json (atomically) for these shards; returns what it holds."""
+    shards = sorted(shards, key=lambda s: s.file)
+    splits = {split: {"images": sum(s.images for s in shards if s.split == split),
+                      "per_class": [sum(s.per_class[k] for s in shards if s.split == split)
+                                    for k in range(len(class_names))]} for split in SPLITS}
+    info = {"format": FORMAT, "format_version": FORMAT_VERSION, "toolkit": toolkit, "created": created,
+            "class_names": class_names, "image": image, "settings": settings, "splits": splits,
+            "shards": [asdict(s) for s in shards], "features": FEATURES}
+    write_json(folder / DATASET_FILE, info)
+    return info
+
+
+# --------------------------------------------------------------------------- reading
+
+@dataclass(frozen=True)
+class Dataset:
+    """A checked dataset.json: its folder, classes, image settings and shards."""
+
+    folder: Path
+    class_names: list[str]
+    size: int
+    encoding: str
+    shards: list[Shard]
+    info: dict
+
+    def files(self, split: str) -> list[Path]:
+        return [self.folder / s.file for s in self.shards if s.split == split]
+
+    def count(self, split: str) -> int:
+        return sum(s.images for s in self.shards if s.split == split)
+
+
+def is_dataset(folder: str | os.PathLike) -> bool:
+    """True for a folder that holds a dataset.json: what pack --format tfrecord writes."""
+    return (Path(folder) / DATASET_FILE).is_file()
+
+
+def read_dataset(folder: str | os.PathLike) -> Dataset:
+    """Read and check DIR/dataset.json, and that every shard it lists is there at its size;
+    a problem is one ToolkitError that names it (and the shard)."""
+    folder = Path(folder)
+    path = folder / DATASET_FILE
+    if not path.is_file():
+        raise ToolkitError(f"{folder} holds no {DATASET_FILE}; make a dataset with `toolkit pack "
+                           f"SOURCE --out {folder} --format tfrecord`")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        dataset = _parse(folder, info)
+    except ToolkitError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ToolkitError(f"{path} is damaged ({type(e).__name__}: {e}); pack again") from None
+    for shard in dataset.shards:
+        try:
+            on_disk = (folder / shard.file).stat().st_size
+        except FileNotFoundError:
+            raise ToolkitError(f"shard {folder / shard.file} is missing; pack again") from None
+        if on_disk != shard.bytes:
+            raise ToolkitError(f"shard {folder / shard.file} is damaged: {on_disk:,} bytes where "
+                               f"{DATASET_FILE} says {shard.bytes:,}; pack again")
+    return dataset
+
+
+def _parse(folder: Path, info: dict) -> Dataset:
+    def bad(problem: str) -> ToolkitError:
+        return ToolkitError(f"{folder / DATASET_FILE} is damaged ({problem}); pack again")
+
+    if info.get("format") != FORMAT:
+        raise ToolkitError(f"{folder / DATASET_FILE} is not a toolkit dataset (format "
+                           f"{info.get('format')!r}); make one with `toolkit pack --format tfrecord`")
+    if info.get("format_version") != FORMAT_VERSION:
+        raise ToolkitError(f"{folder / DATASET_FILE} is format version {info.get('format_version')}; "
+                           f"this toolkit reads version {FORMAT_VERSION}: pack again")
+    names, image = [str(n) for n in info["class_names"]], info["image"]
+    size, encoding = image["size"], image["encoding"]
+    if len(names) < 2:
+        raise bad("fewer than two classes")
+    if not isinstance(size, int) or size < 8 or encoding not in ENCODINGS:
+        raise bad(f"image {image}")
+    shards = [Shard(**s) for s in info["shards"]]
+    for s in shards:
+        match = _SHARD_NAME.fullmatch(s.file)
+        if not match or match["split"] != s.split:
+            raise bad(f"shard name {s.file!r}")
+        if len(s.per_class) != len(names) or sum(s.per_class) != s.images:
+            raise bad(f"the counts of {s.file}")
+    for split in SPLITS:
+        if sum(s.images for s in shards if s.split == split) != info["splits"][split]["images"]:
+            raise bad(f"the {split} shards do not add up to its count")
+    return Dataset(folder, names, size, encoding, shards, info)
+
+
+def verify(dataset: Dataset, split: str | None = None) -> None:
+    """Check each shard (of `split`, or all) against the checksum dataset.json holds: a damaged
+    shard is one ToolkitError that names it, before any reader meets it half-way through."""
+    for shard in dataset.shards:
+        if split is not None and shard.split != split:
+            continue
+        digest = hashlib.sha256()
+        with open(dataset.folder / shard.file, "rb") as f:
+            while block := f.read(2**20):
+                digest.update(block)
+        if digest.hexdigest() != shard.sha256:
+            raise ToolkitError(f"shard {dataset.folder / shard.file} is damaged (its checksum "
+                               f"differs from {DATASET_FILE}'s); pack again")
+
+
+def feature_spec():
+    """What tf.io.parse_example needs to read every feature of a record."""
+    import tensorflow as tf
+
+    kinds = {"bytes": tf.string, "int64": tf.int64}
+    return {name: tf.io.FixedLenFeature([], kinds[kind]) for name, kind in FEATURES.items()}
+
+
+def decode(dataset: Dataset):
+    """A tf function from a record's image bytes to (size, size, 3) uint8 pixels."""
+    import tensorflow as tf
+
+    def pixels(data):
+        if dataset.encoding == "jpeg":  # the accurate IDCT: Pillow's, which wrote them
+            image = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+        else:
+            image = tf.io.decode_png(data, channels=3)
+        return tf.ensure_shape(image, (dataset.size, dataset.size, 3))
+    return pixels
+
+
+def read_split(folder: str | os.PathLike, split: str, *, shuffle_buffer: int = 2048,
+               seed: int | None = None, cycle_length: int = 4, check: bool = True):
+    """(uint8 image, int64 label) pairs of one split as a `tf.data.Dataset` that streams the
+    shards: files shuffled and interleaved, a shuffle buffer, decoding in parallel, prefetch.
+    `shuffle_buffer=0` reads in the shards' order. `check` verifies the shards' checksums
+    first (one pass over the files), so that a damaged shard is a ToolkitError naming it."""
+    import tensorflow as tf
+
+    if split not in SPLITS:
+        raise ToolkitError(f"split {split!r}: choose {' or '.join(SPLITS)}")
+    dataset = read_dataset(folder)
+    if check:
+        verify(dataset, split)
+    files = [str(p) for p in dataset.files(split)]
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+    pixels = decode(dataset)
+
+    def parse(record):
+        features = tf.io.parse_single_example(record, spec)
+        return pixels(features["image"]), features["label"]
+
+    ordered = shuffle_buffer == 0
+    names = tf.data.Dataset.from_tensor_slices(files)
+    if not ordered:
+        names = names.shuffle(len(files), seed=seed)
+    records = names.interleave(tf.data.TFRecordDataset, cycle_length=1 if ordered else cycle_length,
+                               num_parallel_calls=tf.data.AUTOTUNE,
+                               deterministic=ordered or seed is not None)
+    if not ordered:
+        records = records.shuffle(shuffle_buffer, seed=seed)
+    return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=ordered or seed is not None).prefetch(tf.data.AUTOTUNE)
