@@ -31,6 +31,9 @@ class ShardSplit:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def __array__(self, *args, **kwargs):
+        raise TypeError("a dataset's split is streamed, never loaded whole: read it by batches")
+
     def images(self, rows: np.ndarray | None = None, *, labels: bool = False):
         """The images of `rows` (sorted row numbers; None: all), in order, as a tf.data.Dataset
         of uint8 (size, size, 3) pixels (with `labels`, (pixels, label) pairs): records are

@@ -81,16 +81,16 @@ class TrainStream:
         return self._epochs(start, end, 1, 0, self.batch, self.used).prefetch(tf.data.AUTOTUNE)
 
     def first_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        x, y = next(iter(self._epoch(0, 1, 0, self.batch, self.batch)))
+        x, y = next(iter(self.epoch(0, 1, 0, self.batch, self.batch)))
         return x.numpy(), y.numpy()
 
     def _epochs(self, start: int, end: int, workers: int, index: int, batch: int, take: int):
-        stream = self._epoch(start, workers, index, batch, take)
+        stream = self.epoch(start, workers, index, batch, take)
         for epoch in range(start + 1, end):
-            stream = stream.concatenate(self._epoch(epoch, workers, index, batch, take))
+            stream = stream.concatenate(self.epoch(epoch, workers, index, batch, take))
         return stream
 
-    def _epoch(self, epoch: int, workers: int, index: int, batch: int, take: int):
+    def epoch(self, epoch: int, workers: int, index: int, batch: int, take: int):
         """One epoch: `take` records of this worker's training rows, shuffled by (seed, epoch)."""
         import tensorflow as tf
 
