@@ -121,7 +121,7 @@ def train(data: str | os.PathLike = _DEFAULT.data, strategy: str = _DEFAULT.stra
     """
     config = TrainConfig.from_arguments(locals())  # every parameter but out, verbose, progress
     config.check()
-    load_data(config.data)  # fail on a bad archive or dataset before making a run folder
+    data = load_data(config.data)  # fail on a bad archive or dataset before making a run folder
     if config.distribute == "multiworker" and "TF_CONFIG" not in os.environ:
         raise OptionError("distribute", "multiworker", "needs TF_CONFIG (the cluster and this "
                           "worker's task) in the environment of every worker")
@@ -134,7 +134,7 @@ def train(data: str | os.PathLike = _DEFAULT.data, strategy: str = _DEFAULT.stra
     write_config(folder, config, resolved)
     try:
         with holding(folder, f"the run {folder}"), interruptible(folder):
-            run = _execute(config, resolved, folder, {}, verbose, progress)
+            run = _execute(config, resolved, folder, {}, verbose, progress, data)
     except ToolkitError:
         # an error before the first checkpoint (a bad weights file, no network for imagenet)
         # leaves nothing to resume, so it leaves nothing behind either
@@ -192,10 +192,10 @@ class _Plan:
 
 
 def _execute(config: TrainConfig, resolved: Resolved, folder: Path, state: dict, verbose,
-             progress: bool) -> Run:
+             progress: bool, data: Archive | ShardData | None = None) -> Run:
 
     clock = Clock(state.get("seconds", {}))
-    archive = load_data(config.data)
+    archive = load_data(config.data) if data is None else data  # shards are checked once
     plan = _plan(config, archive, resolved)
     split, fitted, cached = _build(config, archive, plan)
 
