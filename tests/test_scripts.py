@@ -74,7 +74,7 @@ RUNS_OF = {"test_bench_pack": ["bench_pack"], "test_bench_crawl": ["bench_crawl"
            "test_bench_review": ["bench_review", "bench_review_intruders"],
            "test_accuracy_table": ["accuracy_table", "accuracy_table_probe"],
            "test_bench_growth": ["bench_growth"], "test_bench_precision": ["bench_precision"],
-           "test_bench_train": ["bench_train"]}
+           "test_bench_train": ["bench_train"], "test_bench_stream": ["bench_stream"]}
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +118,8 @@ def runs(request, scratch, archive, photos):
         "bench_precision": lambda: run_script("bench_precision.py", archive, "--strategy", "cnn",
                                               "--epochs", 1, "--precisions", "float32",
                                               "--per-class", 8, cwd=scratch),
+        "bench_stream": lambda: run_script("bench_stream.py", "--smoke", "--folder", scratch / "stream",
+                                           cwd=scratch),
         "bench_train": lambda: run_script("bench_train.py", archive, "--strategies", "extract",
                                           "--weights", "none", "--epochs", 1, "--recipe-epochs", 1,
                                           cwd=scratch),
@@ -175,6 +177,12 @@ def test_bench_precision(runs):
 @pytest.mark.slow
 def test_bench_train(runs):
     assert_benchmark_output(runs["bench_train"].result(), "| strategy | recipe s/epoch |", "| extract |")
+
+
+@pytest.mark.slow
+def test_bench_stream(runs):
+    assert_benchmark_output(runs["bench_stream"].result(), "| strategy | data | train images/s |",
+                            "| extract | shards |", "| cnn | npz |")
 
 
 def test_scripts_use_only_the_public_api():

@@ -8,6 +8,7 @@ import os
 import click
 
 from ..core.architectures import SMALLEST_INPUT
+from ..core.errors import ToolkitError
 from .common import load_tensorflow, progress_enabled, user_errors
 from .options import (
     LibraryDefault,
@@ -49,7 +50,11 @@ def review(source, backbone, weights, size, min_side, threshold, cache_dir, refe
     from ..core.images import Checks
     from ..core.sources import class_folders
     from ..curate import gallery, reviewer
+    from ..data.shards import is_dataset
 
+    if is_dataset(source):
+        raise ToolkitError(f"{source} is a packed dataset (it holds dataset.json); review reads the "
+                           "class folders pack was made from: give that SOURCE folder")
     class_folders(source)  # a missing or one-class SOURCE fails before TensorFlow starts
     if reference is not None:
         reviewer.check_reference(source, reference)

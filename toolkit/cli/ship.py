@@ -15,8 +15,9 @@ EXPORT = "toolkit.ship.exporter:export"  # whose keyword defaults are the flags'
 
 @click.command()
 @click.argument("run_or_model", type=click.Path())
-@click.option("--data", default=None, type=click.Path(dir_okay=False),
-              help="Archive to evaluate on.  [default: the one the model trained on]")
+@click.option("--data", default=None, type=click.Path(),
+              help="Archive (.npz) or dataset folder to evaluate on.  [default: the one the model "
+                   "trained on]")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Also write the report files into this folder.")
 @trust_saved_model_option()
@@ -84,8 +85,9 @@ def predict(model, images, fmt, unknown, trust_saved_model):
 @click.option("--quantize", default=LibraryDefault(EXPORT, "quantize"), show_default=True,
               type=LibraryChoice("toolkit.ship.exporter:QUANTIZATIONS"),
               help="litert only: float16 weights, or int8 calibrated on the run's training images.")
-@click.option("--data", default=None, type=click.Path(dir_okay=False),
-              help="The run's archive, if it moved.  [default: the one the run trained on]")
+@click.option("--data", default=None, type=click.Path(),
+              help="The run's archive or dataset folder, if it moved.  [default: the one the run "
+                   "trained on]")
 @user_errors
 def export(run, fmt, quantize, data):
     """Export RUN's model into RUN/export/, checked on the test set with its runtime.

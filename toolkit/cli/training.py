@@ -27,7 +27,8 @@ def training_options(command):
     field, named as the field with dashes."""
     options = [
         click.option("--data", default=DEFAULT.data, show_default=True,
-                     type=click.Path(dir_okay=False), help="Archive made by `toolkit pack`."),
+                     type=click.Path(), help="Archive (.npz) or dataset folder (--format "
+                                             "tfrecord) made by `toolkit pack`."),
         backbone_option(DEFAULT.backbone, "Pretrained base of extract/finetune/augment."),
         weights_option(DEFAULT.weights),
         click.option("--epochs", default=DEFAULT.epochs, show_default=True, type=int,

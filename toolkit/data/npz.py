@@ -100,6 +100,11 @@ class Archive:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.X_train.shape[1:])
 
+    @property
+    def identity_file(self) -> str:
+        """The file whose path, size and time identify the data (in the feature cache's key)."""
+        return self.path
+
 
 def load_archive(path: str | os.PathLike) -> Archive:
     """Open and check an archive; raise ToolkitError naming the first problem found.

@@ -22,7 +22,7 @@ import json
 import os
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -275,6 +275,60 @@ def decode(dataset: Dataset):
     return pixels
 
 
+def parse(dataset: Dataset):
+    """A tf function from a serialized record to its (uint8 pixels, int64 label)."""
+    import tensorflow as tf
+
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+    pixels = decode(dataset)
+
+    def pixels_and_label(record):
+        features = tf.io.parse_single_example(record, spec)
+        return pixels(features["image"]), features["label"]
+    return pixels_and_label
+
+
+def first_rows(dataset: Dataset, split: str) -> list[int]:
+    """The row number of each shard's first record: a split's rows are numbered through its
+    shards in dataset.json's order (row i of the split is the i-th record of that order)."""
+    counts = [s.images for s in dataset.shards if s.split == split]
+    return [sum(counts[:i]) for i in range(len(counts))]
+
+
+def numbered_records(dataset: Dataset, split: str, shards: Sequence[int] | None = None,
+                     cycle_length: int = 1):
+    """(row number, serialized record) of a split's shards (`shards`: the indices of some of
+    them, in that order) as a `tf.data.Dataset`: one shard after another, or with
+    `cycle_length` > 1 that many interleaved (deterministically)."""
+    import tensorflow as tf
+
+    files, starts = [str(p) for p in dataset.files(split)], first_rows(dataset, split)
+    chosen = list(range(len(files)) if shards is None else shards)
+    parts = tf.data.Dataset.from_tensor_slices(([files[i] for i in chosen],
+                                                np.array([starts[i] for i in chosen], dtype=np.int64)))
+
+    def numbered(path, start):
+        return tf.data.TFRecordDataset(path).enumerate(start)
+    if cycle_length <= 1:
+        return parts.flat_map(numbered)
+    return parts.interleave(numbered, cycle_length=cycle_length, num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=True)
+
+
+def read_labels(dataset: Dataset, split: str) -> np.ndarray:
+    """The int64 label of every row of a split, in order: one pass that decodes no image."""
+    import tensorflow as tf
+
+    spec = {"label": tf.io.FixedLenFeature([], tf.int64)}
+    records = tf.data.TFRecordDataset([str(p) for p in dataset.files(split)])
+    labels = records.batch(4096).map(lambda r: tf.io.parse_example(r, spec)["label"])
+    out = np.concatenate([np.zeros(0, np.int64), *(b.numpy() for b in labels)])
+    if len(out) != dataset.count(split):
+        raise ToolkitError(f"the {split} shards of {dataset.folder} hold {len(out)} records where "
+                           f"{DATASET_FILE} says {dataset.count(split)}; pack again")
+    return out
+
+
 def read_split(folder: str | os.PathLike, split: str, *, shuffle_buffer: int = 2048,
                seed: int | None = None, cycle_length: int = 4, check: bool = True):
     """(uint8 image, int64 label) pairs of one split as a `tf.data.Dataset` that streams the
@@ -289,13 +343,6 @@ def read_split(folder: str | os.PathLike, split: str, *, shuffle_buffer: int = 2
     if check:
         verify(dataset, split)
     files = [str(p) for p in dataset.files(split)]
-    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
-    pixels = decode(dataset)
-
-    def parse(record):
-        features = tf.io.parse_single_example(record, spec)
-        return pixels(features["image"]), features["label"]
-
     ordered = shuffle_buffer == 0
     names = tf.data.Dataset.from_tensor_slices(files)
     if not ordered:
@@ -305,5 +352,5 @@ def read_split(folder: str | os.PathLike, split: str, *, shuffle_buffer: int = 2
                                deterministic=ordered or seed is not None)
     if not ordered:
         records = records.shuffle(shuffle_buffer, seed=seed)
-    return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+    return records.map(parse(dataset), num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=ordered or seed is not None).prefetch(tf.data.AUTOTUNE)

@@ -52,7 +52,21 @@ def gather(folder: str | os.PathLike, archive, test_probabilities: np.ndarray | 
         archive=archive.path, pack=dict(archive.meta),
         crawl=crawl_provenance(archive.meta.get("source"), archive.class_names),
         y_test=np.asarray(archive.y_test), probabilities=test_probabilities,
-        test_images=archive.X_test, test_paths=_test_paths(archive.path, len(archive.y_test)))
+        test_images=_test_images(archive, test_probabilities),
+        test_paths=_test_paths(archive.path, len(archive.y_test)))
+
+
+def _test_images(archive, test_probabilities: np.ndarray | None):
+    """The archive's X_test (read lazily), or of a dataset's streamed test split the images the
+    page shows (row -> pixels), read in one ordered pass."""
+    from ..data.streams import ShardSplit, pixel_batches
+    from .report_html import shown_rows
+
+    if not isinstance(archive.X_test, ShardSplit):
+        return archive.X_test
+    rows = shown_rows(np.asarray(archive.y_test), test_probabilities)
+    images = [image for batch in pixel_batches(archive.X_test, 64, rows) for image in batch]
+    return dict(zip(rows.tolist(), images))
 
 
 def crawl_provenance(source: str | None, class_names: list[str]) -> dict[str, dict]:

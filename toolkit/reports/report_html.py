@@ -126,7 +126,7 @@ def _confusion(facts: RunFacts) -> str:
                          f"{count}</button></td>")
             members = np.flatnonzero((facts.y_test == i) & (predicted == j))
             if len(members):
-                shown = members[:CELL_IMAGES]
+                shown = members[:CELL_IMAGES]  # (shown_rows chooses the same)
                 hidden = len(members) - len(shown)
                 more = f"<p class=muted>and {hidden} more</p>" if hidden else ""
                 panels.append(f"<div class=cell-images id=\"cell-{i}-{j}\" hidden><h3>{_e(true)} "
@@ -140,9 +140,7 @@ def _confusion(facts: RunFacts) -> str:
 def _top_losses(facts: RunFacts) -> str:
     if facts.probabilities is None:
         return "<p class=muted>no predictions recorded</p>"
-    p_true = facts.probabilities[np.arange(len(facts.y_test)), facts.y_test]
-    wrong = np.flatnonzero(facts.probabilities.argmax(1) != facts.y_test)
-    order = wrong[np.argsort(p_true[wrong])][:TOP_LOSSES]
+    order = _top_loss_rows(facts.y_test, facts.probabilities)
     if not len(order):
         return "<p>every test image is classified correctly.</p>"
     return ("<p class=muted>The test images the model gets most wrong (lowest calibrated "
@@ -196,6 +194,25 @@ def _provenance(facts: RunFacts) -> str:
 
 
 # --------------------------------------------------------------------------- pieces
+
+def _top_loss_rows(y_test: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    p_true = probabilities[np.arange(len(y_test)), y_test]
+    wrong = np.flatnonzero(probabilities.argmax(1) != y_test)
+    return wrong[np.argsort(p_true[wrong])][:TOP_LOSSES]
+
+
+def shown_rows(y_test: np.ndarray, probabilities: np.ndarray | None) -> np.ndarray:
+    """The test rows whose images the page shows (each confusion cell's first CELL_IMAGES, the
+    TOP_LOSSES worst), sorted: what a dataset's ordered pass reads for it."""
+    if probabilities is None:
+        return np.zeros(0, dtype=np.int64)
+    predicted, keep = probabilities.argmax(1), np.zeros(len(y_test), dtype=bool)
+    for i in np.unique(y_test):
+        for j in np.unique(predicted):
+            keep[np.flatnonzero((y_test == i) & (predicted == j))[:CELL_IMAGES]] = True
+    keep[_top_loss_rows(y_test, probabilities)] = True
+    return np.flatnonzero(keep)
+
 
 def _figure(facts: RunFacts, k: int) -> str:
     names = facts.class_names

@@ -28,6 +28,7 @@ from .. import __version__
 from ..core.errors import OptionError, ToolkitError, first_line
 from ..core.files import UMASK, write_json, write_text
 from ..core.text import timestamp
+from ..data.streams import pixel_batches
 from .export_folder import FORMATS, INFO_FILE, RUNTIMES, load_runner, require_runtime
 
 QUANTIZATIONS = ("none", "float16", "int8")
@@ -60,7 +61,7 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
     only then.
     """
     from .. import models
-    from ..data.npz import load_archive
+    from ..data.streams import load_data
     from ..models.serving import with_embedding
     from ..training import precision
     from ..training.calibration import Calibration
@@ -80,12 +81,12 @@ def export(run: str | os.PathLike, format: str = "litert", quantize: str = "none
     model, info = models.load_model(folder / "model.keras")
     calibration = Calibration.load(folder)
     archive_path = data or info.get("data")
-    if not archive_path or not Path(archive_path).is_file():
+    if not archive_path or not Path(archive_path).exists():
         need = ("int8 is calibrated on its training images" if quantize == "int8" else
                 "the export is checked on its test set")
         raise ToolkitError(f"the run's archive {archive_path or '(unknown)'} is missing and "
                            f"{need}; pass --data ARCHIVE (the archive the run trained on)")
-    archive = load_archive(archive_path)
+    archive = load_data(archive_path)  # an .npz, or a dataset folder read by ordered passes
     names = info.get("class_names") or archive.class_names
     if list(names) != archive.class_names or tuple(model.input_shape[1:]) != archive.image_shape:
         raise ToolkitError(f"{archive_path} is not the archive {run} trained on (classes or "
@@ -190,8 +191,8 @@ def _convert(served, target: Path, fmt: str, quantize: str, train_images, seed: 
                        [:REPRESENTATIVE_IMAGES])
 
         def representative():
-            for row in rows:
-                yield [np.asarray(train_images[row:row + 1], dtype="uint8")]
+            for image in pixel_batches(train_images, 1, rows):
+                yield [image]
         options = {"optimizations": [tf.lite.Optimize.DEFAULT],
                    "representative_dataset": representative}
     keras_format = {"saved_model": "tf_saved_model"}.get(fmt, fmt)
@@ -216,11 +217,8 @@ def _parity(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray, qua
             "max_probability_difference": round(float(np.abs(reference - exported).max()), 5)}
 
 
-def _uint8_batches(images) -> list[np.ndarray]:
-    from ..data.npz import row_reader
-
-    rows = row_reader(images)
-    return [np.asarray(rows[i:i + BATCH], dtype="uint8") for i in range(0, len(rows), BATCH)]
+def _uint8_batches(images) -> Iterator[np.ndarray]:
+    return pixel_batches(images, BATCH)
 
 
 def _preprocessing(model) -> str:

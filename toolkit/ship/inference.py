@@ -11,7 +11,7 @@ import numpy as np
 from ..core import images
 from ..core.errors import ToolkitError
 from ..core.sources import list_files, printable
-from ..data.npz import load_archive, row_reader
+from ..data.streams import load_data, pixel_batches
 
 UNKNOWN = "unknown"  # the label of an image unlike every class
 
@@ -59,8 +59,8 @@ class Evaluation:
 def evaluate(run_or_model: str | os.PathLike, data: str | os.PathLike | None = None, *,
              batch_size: int = 64, out: str | os.PathLike | None = None,
              trust_saved_model: bool = False) -> Evaluation:
-    """The test-set report of a saved or exported model on `data` (default: the archive it
-    trained on).
+    """The test-set report of a saved or exported model on `data` (an .npz archive or a dataset
+    folder; default: the data it trained on).
 
     With `out`, the report files (classification_report.txt, metrics.json,
     confusion_matrix.png) are written into that folder.
@@ -72,7 +72,7 @@ def evaluate(run_or_model: str | os.PathLike, data: str | os.PathLike | None = N
     if not data:
         raise ToolkitError(f"{classifier.source} does not say which archive it was trained on; "
                            "pass --data ARCHIVE")
-    archive = load_archive(data)
+    archive = load_data(data)  # an .npz, or a dataset folder read by an ordered pass
     _check_input(classifier.image_shape, archive.image_shape, str(data))
     names = classifier.class_names
     if names and list(names) != archive.class_names:
@@ -172,7 +172,5 @@ def _check_input(expected: tuple, image_shape: tuple[int, int, int], data: str) 
                            f"{image_shape[0]}x{image_shape[1]}; pack with --size {expected[0]}")
 
 
-def _predict_batches(classifier, x: np.ndarray, batch_size: int) -> np.ndarray:
-    x = row_reader(x)
-    out = [classifier(np.asarray(x[i:i + batch_size]))[0] for i in range(0, len(x), batch_size)]
-    return np.concatenate(out)
+def _predict_batches(classifier, x, batch_size: int) -> np.ndarray:
+    return np.concatenate([classifier(batch)[0] for batch in pixel_batches(x, batch_size)])

@@ -6,9 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
-
-from .batches import Batches
+from collections.abc import Callable, Iterator
 
 
 def distribution_strategy(name: str):
@@ -41,7 +39,7 @@ def is_chief(distribute: str) -> bool:
 
 
 @contextlib.contextmanager
-def multiworker_workarounds(model, distribution, batches: Batches) -> Iterator[None]:
+def multiworker_workarounds(model, distribution, first_batch: Callable[[], tuple]) -> Iterator[None]:
     """Make Keras 3's fit work under MultiWorkerMirroredStrategy (keras-team/keras#20585).
 
     Keras builds the model from a batch averaged across workers (which fails on a batch of
@@ -58,7 +56,7 @@ def multiworker_workarounds(model, distribution, batches: Batches) -> Iterator[N
     from keras.src.backend.tensorflow import trainer as keras_trainer
 
     with distribution.scope():
-        model._symbolic_build(data_batch=batches[0])
+        model._symbolic_build(data_batch=first_batch())
     original = keras_trainer.reduce_per_replica
 
     def reduce_per_replica(values, strategy, reduction):

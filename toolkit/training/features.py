@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..core.files import atomic_path, write_json
 from ..data.npz import Archive, row_reader, write_npy_header
+from ..data.streams import ShardData, ShardSplit
 from ..models.cache import cache_root, weights_fingerprint
 
 if TYPE_CHECKING:
@@ -37,20 +38,20 @@ class FeatureCache:
     batches it is using, and a second run (or strategy) on the same data computes nothing.
     """
 
-    def __init__(self, config: TrainConfig, archive: Archive, cut: str, policy: str):
+    def __init__(self, config: TrainConfig, archive: Archive | ShardData, cut: str, policy: str):
         self.cut, self.policy = cut, policy  # policy: the dtype policy the frozen part computes in
         self.folder = cache_root(config.cache_dir) / "features"
         self.config, self.archive = config, archive
 
     def key(self, array: str, rows: np.ndarray | None, view: int) -> dict:
         c = self.config
-        return {"archive": file_fingerprint(self.archive.path), "array": array,
+        return {"archive": file_fingerprint(self.archive.identity_file), "array": array,
                 "backbone": c.backbone, "weights": weights_fingerprint(c.weights, c.seed),
                 "cut": self.cut, "shape": list(self.archive.image_shape), "precision": self.policy,
                 "rows": None if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest(),
                 "view": view, "view_seed": c.seed if view else None, "toolkit": __version__}
 
-    def features(self, lower, images: np.ndarray, array: str, *, rows: np.ndarray | None = None,
+    def features(self, lower, images: np.ndarray | ShardSplit, array: str, *, rows: np.ndarray | None = None,
                  view: int = 0, progress: bool = False) -> np.ndarray:
         from keras import backend
 
@@ -94,23 +95,33 @@ def read_features(path: Path) -> np.ndarray:
     return features.view(ml_dtypes.bfloat16) if dtype == "bfloat16" else features
 
 
-def forward(lower, images: np.ndarray, rows: np.ndarray, augment_seed: int | None, desc: str,
-            progress: bool) -> Iterator[np.ndarray]:
-    """Run `lower` over images[rows] in batches, optionally augmented; yield the outputs."""
+def forward(lower, images: np.ndarray | ShardSplit, rows: np.ndarray, augment_seed: int | None,
+            desc: str, progress: bool) -> Iterator[np.ndarray]:
+    """Run `lower` over images[rows] in batches, optionally augmented; yield the outputs. A
+    sharded dataset's split is read in one ordered pass."""
     from .. import models
 
     augment = models.augmentation(augment_seed) if augment_seed is not None else None
-    images = row_reader(images)
     with tqdm(total=len(rows), desc=desc, unit="img", disable=not progress) as bar:
-        for start in range(0, len(rows), FEATURE_BATCH):
-            chunk = rows[start:start + FEATURE_BATCH]
-            n = len(chunk)
-            # a short last batch is padded: one input shape, one trace of the graph
-            x = np.asarray(images[np.pad(chunk, (0, FEATURE_BATCH - n), mode="edge")])
+        for n, x in _padded_batches(images, rows):
             if augment is not None:
                 x = augment(x.astype("float32"), training=True)
             yield np.asarray(lower.predict_on_batch(x))[:n]
             bar.update(n)
+
+
+def _padded_batches(images: np.ndarray | ShardSplit, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(images in it, a batch of FEATURE_BATCH images of `rows`): a short last batch is padded
+    with its last image, so that the frozen part sees one input shape (one trace of the graph)."""
+    if isinstance(images, ShardSplit):
+        for x in images.batches(FEATURE_BATCH, rows):
+            n = len(x)
+            yield n, np.concatenate([x, np.repeat(x[-1:], FEATURE_BATCH - n, axis=0)])
+        return
+    images = row_reader(images)
+    for start in range(0, len(rows), FEATURE_BATCH):
+        chunk = rows[start:start + FEATURE_BATCH]
+        yield len(chunk), np.asarray(images[np.pad(chunk, (0, FEATURE_BATCH - len(chunk)), mode="edge")])
 
 
 def file_fingerprint(path: str) -> str:

@@ -1,6 +1,8 @@
-"""Train a strategy on an archive: the public API (train, resume) and a run's steps.
+"""Train a strategy on an archive or a sharded dataset: the public API (train, resume) and a
+run's steps.
 
-The parts live beside it: batches.py, features.py (the frozen-feature cache),
+The parts live beside it: inputs.py (what the fit reads), batches.py, streams.py (a
+dataset's shards as tf.data), features.py (the frozen-feature cache),
 checkpoints.py, distribution.py, precision.py and runs.py (the run folder);
 comparison.py trains several strategies with it.
 
@@ -33,14 +35,15 @@ import numpy as np
 
 from ..core.errors import OptionError, ToolkitError
 from ..core.locks import holding
-from ..data.npz import Archive, load_archive
+from ..data.npz import Archive
+from ..data.streams import ShardData, load_data
 from ..reports.metrics import EVALUATION_FIELDS, CalibrationSummary, RunMetrics
 from . import interrupts, precision
-from .batches import Batches, Rows, validation_split
+from .batches import validation_split
 from .checkpoints import Checkpointer, read_state
 from .config import LEARNING_RATES, TrainConfig
 from .distribution import distribution_strategy, is_chief, multiworker_workarounds
-from .features import FeatureCache
+from .inputs import Inputs, prepare_inputs
 from .interrupts import Interrupted, interruptible  # noqa: F401 (Interrupted: the API's name)
 from .runs import (
     Clock,
@@ -91,7 +94,8 @@ def train(data: str | os.PathLike = _DEFAULT.data, strategy: str = _DEFAULT.stra
     anything is written.
 
     Args (the command line's flags are the same names with dashes):
-        data: the archive made by `pack` (.npz).
+        data: what `pack` made: an .npz archive, or a dataset folder (`--format tfrecord`),
+            whose shards are streamed (memory stays flat in the number of images).
         strategy: cnn (the small CNN), extract (frozen backbone + head), finetune (+ the
             backbone's last block trained) or augment (finetune with augmentation).
         backbone: the keras.applications base of extract/finetune/augment (config.BACKBONES).
@@ -117,7 +121,7 @@ def train(data: str | os.PathLike = _DEFAULT.data, strategy: str = _DEFAULT.stra
     """
     config = TrainConfig.from_arguments(locals())  # every parameter but out, verbose, progress
     config.check()
-    load_archive(config.data)  # fail on a bad archive before making a run folder
+    data = load_data(config.data)  # fail on a bad archive or dataset before making a run folder
     if config.distribute == "multiworker" and "TF_CONFIG" not in os.environ:
         raise OptionError("distribute", "multiworker", "needs TF_CONFIG (the cluster and this "
                           "worker's task) in the environment of every worker")
@@ -130,7 +134,7 @@ def train(data: str | os.PathLike = _DEFAULT.data, strategy: str = _DEFAULT.stra
     write_config(folder, config, resolved)
     try:
         with holding(folder, f"the run {folder}"), interruptible(folder):
-            run = _execute(config, resolved, folder, {}, verbose, progress)
+            run = _execute(config, resolved, folder, {}, verbose, progress, data)
     except ToolkitError:
         # an error before the first checkpoint (a bad weights file, no network for imagenet)
         # leaves nothing to resume, so it leaves nothing behind either
@@ -188,20 +192,21 @@ class _Plan:
 
 
 def _execute(config: TrainConfig, resolved: Resolved, folder: Path, state: dict, verbose,
-             progress: bool) -> Run:
+             progress: bool, data: Archive | ShardData | None = None) -> Run:
 
     clock = Clock(state.get("seconds", {}))
-    archive = load_archive(config.data)
+    archive = load_data(config.data) if data is None else data  # shards are checked once
     plan = _plan(config, archive, resolved)
     split, fitted, cached = _build(config, archive, plan)
 
     clock.start("features")
-    train_data, val_data, test_source = _inputs(config, archive, split, cached, plan, progress)
+    inputs = prepare_inputs(config, archive, split, cached, plan.precision.policy, plan.train_rows,
+                            plan.val_rows, plan.global_batch, plan.replicas, plan.distribution, progress)
     clock.start("training")
-    checkpoints = Checkpointer(folder / "checkpoint", config.patience, state, [train_data],
+    checkpoints = Checkpointer(folder / "checkpoint", config.patience, state, [inputs.train],
                                clock, write=plan.chief)
     probabilities, calibrated = _fit_and_predict(config, archive, plan, fitted, state, checkpoints,
-                                                 train_data, val_data, test_source, clock, verbose)
+                                                 inputs, clock, verbose)
     evaluation, metrics = _metrics(config, archive, plan, split, checkpoints, probabilities,
                                    calibrated.summary, clock)
     report = ""
@@ -287,36 +292,32 @@ def _resolve(config: TrainConfig) -> Resolved:
         model="cnn" if config.strategy == "cnn" else config.backbone))
 
 
-def _fit_and_predict(config: TrainConfig, archive: Archive, plan: _Plan, fitted, state: dict,
-                     checkpoints: Checkpointer, train_data: Batches, val_data: Batches | None,
-                     test_source: np.ndarray, clock: Clock, verbose):
+def _fit_and_predict(config: TrainConfig, archive: Archive | ShardData, plan: _Plan, fitted,
+                     state: dict, checkpoints: Checkpointer, inputs: Inputs, clock: Clock, verbose):
     """Fit from the last checkpoint (if any) to the end, keep the best weights, then predict
     the test set once while fitting the calibration (temperature, unknown threshold) on
     validation. Returns (test probabilities, calibration.Fitted)."""
-    from .calibration import calibrate, reference_rows
+    from .calibration import calibrate
 
     if state:
         checkpoints.restore_last(fitted)
     start_epoch = state.get("epoch", -1) + 1
-    with multiworker_workarounds(fitted, plan.distribution, train_data):
+    with multiworker_workarounds(fitted, plan.distribution, inputs.first_batch):
         if start_epoch < config.epochs and not state.get("stopped_early"):
             # shuffle=False: Batches shuffles by (seed, epoch); Keras' own shuffle of the batch
             # order is not seeded per epoch, and would make a resumed run differ
-            fitted.fit(train_data, validation_data=val_data, epochs=config.epochs,
-                       initial_epoch=start_epoch, verbose=verbose, shuffle=False,
+            train_data, steps = inputs.fit_data(start_epoch, config.epochs)
+            fitted.fit(train_data, validation_data=inputs.validation, epochs=config.epochs,
+                       initial_epoch=start_epoch, steps_per_epoch=steps, verbose=verbose,
+                       shuffle=False,
                        # after the checkpoints: a signal at an epoch's end stops once it is saved
                        callbacks=[checkpoints, interrupts.StopOnSignal()])
         checkpoints.restore_best(fitted)
 
         clock.start("evaluation")
-        test_batches = Batches([Rows(test_source, None)], None, plan.global_batch)
-        val_images = (None if val_data is None  # every validation image, uneven batch or not
-                      else Batches(val_data.views, None, plan.global_batch))
-        train = train_data.views[0]  # only the rows the unknown detector keeps are embedded
-        reference = Rows(train.array, train.index[reference_rows(len(train), config.seed)])
-        calibrated = calibrate(fitted, Batches([reference], None, plan.global_batch),
-                               val_images, archive.y_train[plan.val_rows], test_batches,
-                               archive.y_test, seed=config.seed)
+        calibrated = calibrate(fitted, inputs.reference, inputs.validation_images,
+                               archive.y_train[plan.val_rows], inputs.test, archive.y_test,
+                               seed=config.seed)
         return calibrated.uncalibrated, calibrated
 
 
@@ -347,29 +348,6 @@ def _metrics(config: TrainConfig, archive: Archive, plan: _Plan, split,
         "calibration": calibration,
     }
     return evaluation, metrics
-
-
-def _inputs(config: TrainConfig, archive: Archive, split, cached: bool, plan: _Plan,
-            progress: bool):
-    """(training batches, validation batches or None, test rows): cached frozen features
-    when the model has a frozen part, raw images otherwise."""
-    y, train_rows, val_rows = archive.y_train, plan.train_rows, plan.val_rows
-    if cached:
-        cache = FeatureCache(config, archive, split.cut, plan.precision.policy)
-        source = cache.features(split.lower, archive.X_train, "X_train", progress=progress)
-        test = cache.features(split.lower, archive.X_test, "X_test", progress=progress)
-        views = [Rows(source, train_rows)]
-        for view in range(1, config.views if config.strategy == "augment" else 1):
-            views.append(Rows(cache.features(split.lower, archive.X_train, "X_train",
-                                             rows=train_rows, view=view, progress=progress), None))
-    else:
-        source, test = archive.X_train, archive.X_test
-        views = [Rows(source, train_rows)]
-    batch, replicas = plan.global_batch, plan.replicas
-    train_data = Batches(views, y[train_rows], batch, seed=config.seed, replicas=replicas)
-    val_data = (Batches([Rows(source, val_rows)], y[val_rows], batch, replicas=replicas)
-                if len(val_rows) >= replicas else None)
-    return train_data, val_data, test
 
 
 def _seed(config: TrainConfig, gpu: bool) -> None:

@@ -1,0 +1,200 @@
+"""train / evaluate / export --data DIR/: a sharded dataset (pack --format tfrecord) read by tf.data,
+against the .npz of the same folder and seed (PNG records: the .npz's pixels exactly)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import shapes_dataset
+from helpers import QUICK, assert_one_error_line, run_cli
+from toolkit.core import images
+from toolkit.data import shards
+from toolkit.data.packer import pack
+from toolkit.data.streams import load_data
+from toolkit.training import streams
+from toolkit.training.trainer import Interrupted, resume, train
+
+pytest.importorskip("apache_beam")
+
+PACK = dict(per_class=24, size=32, seed=3, test_size=0.25, checks=images.Checks(min_side=16))
+#: a small run: float32, no download, tiny batches
+RUN = {**QUICK, "batch_size": 16, "backbone": "mobilenet_v2"}
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    """The toy shapes as class folders of PNGs, packed as an .npz and as PNG shards (one train
+    shard: its records are the .npz's rows in the same order), and as PNG shards of 10
+    images each (6 train shards)."""
+    from toolkit.data.shard_pack import pack_shards
+
+    tmp = tmp_path_factory.mktemp("stream")
+    x, y = shapes_dataset(24, 32, seed=1)
+    for i, (pixels, label) in enumerate(zip(x, y)):
+        folder = tmp / "src" / ["square", "disc", "bar"][label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    pack(tmp / "src", tmp / "shapes.npz", **PACK)
+    pack_shards(tmp / "src", tmp / "ds", workers=1, encoding="png", **PACK)
+    pack_shards(tmp / "src", tmp / "many", workers=1, encoding="png", images_per_shard=10, **PACK)
+    return tmp / "shapes.npz", tmp / "ds", tmp / "many"
+
+
+@pytest.fixture(autouse=True)
+def feature_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_rows_are_numbered_through_the_shards_in_dataset_json_order(packed):
+    npz, _, many = packed
+    data = load_data(many)
+    assert len(data.dataset.files("train")) == 6
+    with pytest.raises(TypeError, match="streamed"):  # nothing can load a split whole
+        np.asarray(data.X_train)
+    archive = load_data(npz)
+    with np.load(npz) as a:
+        row_of = {p: i for i, p in enumerate(a["paths_train"].tolist())}
+    spec = shards.feature_spec()
+    numbered = list(shards.numbered_records(data.dataset, "train"))
+    assert [int(row) for row, _ in numbered] == list(range(len(data.y_train)))
+    rows = np.array([0, 9, 10, 11, 25, len(data.y_train) - 1])  # first, last, across shards
+    picked = list(data.X_train.images(rows, labels=True))
+    import tensorflow as tf
+
+    for row, (pixels, label) in zip(rows, picked):
+        record = tf.io.parse_single_example(numbered[row][1], spec)
+        npz_row = row_of[record["path"].numpy().decode()]
+        assert int(label) == data.y_train[row] == archive.y_train[npz_row]
+        assert np.array_equal(pixels.numpy(), archive.X_train[npz_row])
+
+
+@pytest.fixture(scope="module")
+def cnn_runs(packed, tmp_path_factory):
+    """cnn trained on the .npz and on the PNG shards, same seed: (npz run, dataset run)."""
+    npz, ds, _ = packed
+    tmp = tmp_path_factory.mktemp("cnn")
+    return tuple(train(data, "cnn", out=tmp / name, **CNN) for name, data in (("npz", npz), ("ds", ds)))
+
+
+CNN = dict(RUN, epochs=4, patience=10)
+
+
+def test_extract_from_shards_is_the_npz_run_and_fills_the_cache_in_one_pass(packed, tmp_path,
+                                                                             monkeypatch):
+    npz, ds, _ = packed
+    a = train(npz, "extract", out=tmp_path / "npz", epochs=2, **RUN)
+    passes = []
+    numbered = shards.numbered_records
+    monkeypatch.setattr(shards, "numbered_records", lambda *a, **k: passes.append(a[1]) or numbered(*a, **k))
+    b = train(ds, "extract", out=tmp_path / "ds", epochs=2, **RUN)
+    # one ordered pass over each split's shards for the features, one for the page's images
+    assert passes == ["train", "test", "test"]
+    assert a.metrics["class_names"] == b.metrics["class_names"] == ["bar", "disc", "square"]
+    assert a.metrics["test_images"] == b.metrics["test_images"] == 18
+    # the same pixels, the same cached features, the same batches: the same run
+    np.testing.assert_allclose(a.history["loss"], b.history["loss"], rtol=1e-6)
+    assert a.metrics["confusion_matrix"] == b.metrics["confusion_matrix"]
+    assert json.loads((b.folder / "config.json").read_text())["data"] == str(ds.resolve())
+    cached = [p for p in (tmp_path / "cache" / "features").glob("*.npy")
+              if json.loads(p.with_suffix(".json").read_text())["archive"].startswith(str(ds.resolve()))]
+    assert sorted(np.load(p, mmap_mode="r").shape[0] for p in cached) == [18, 54]
+    stamps = {p: p.stat().st_mtime_ns for p in cached}
+    passes.clear()
+    train(ds, "extract", out=tmp_path / "again", epochs=1, **RUN)
+    assert passes == ["test"] and {p: p.stat().st_mtime_ns for p in cached} == stamps  # nothing computed
+
+
+def test_cnn_from_shards_scores_as_from_the_npz(cnn_runs):
+    a, b = cnn_runs
+    assert a.metrics["class_names"] == b.metrics["class_names"]
+    assert a.metrics["test_images"] == b.metrics["test_images"] == 18
+    # streamed in another order than the .npz's batches: within one test image
+    assert abs(a.metrics["accuracy"] - b.metrics["accuracy"]) <= 1 / 18 + 1e-9
+    assert b.metrics["accuracy"] >= 0.8, b.metrics["accuracy"]
+    assert (b.folder / "report.html").exists()
+
+
+def test_a_resumed_cnn_run_from_shards_ends_as_an_uninterrupted_one(packed, cnn_runs, tmp_path,
+                                                                     monkeypatch):
+    from toolkit.training.checkpoints import Checkpointer
+
+    _, ds, _ = packed
+    whole = cnn_runs[1]
+    end_of_epoch = Checkpointer.on_epoch_end
+
+    def ctrl_c_after_epoch_0(self, epoch, logs=None):
+        end_of_epoch(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpointer, "on_epoch_end", ctrl_c_after_epoch_0)
+    with pytest.raises(Interrupted):
+        train(ds, "cnn", out=tmp_path / "cut", **CNN)
+    monkeypatch.setattr(Checkpointer, "on_epoch_end", end_of_epoch)
+    resumed = resume(tmp_path / "cut", verbose=0)
+    assert len(resumed.history["loss"]) == 4
+    np.testing.assert_allclose(resumed.history["loss"], whole.history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(resumed.history["val_loss"], whole.history["val_loss"], rtol=1e-5)
+    assert resumed.metrics["confusion_matrix"] == whole.metrics["confusion_matrix"]
+
+
+def test_evaluate_and_export_read_the_dataset(packed, cnn_runs, tmp_path):
+    npz, ds, _ = packed
+    run = cnn_runs[1]
+    accuracy = run.metrics["accuracy"]
+    evaluated = []
+    for name, data in (("own", []), ("ds", ["--data", ds]), ("npz", ["--data", npz])):
+        result = run_cli("evaluate", run.folder, *data, "--out", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        evaluated.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    # the run's dataset by default; the same images as an archive score the same
+    assert [m["accuracy"] for m in evaluated] == [accuracy] * 3
+    matrices = [m["confusion_matrix"] for m in evaluated]
+    assert matrices[0] == matrices[2] == run.metrics["confusion_matrix"]
+    result = run_cli("export", run.folder, "--format", "litert", "--quantize", "int8")
+    assert result.exit_code == 0, result.output
+    info = json.loads((run.folder / "export" / "export.json").read_text())
+    assert info["parity"]["test_images"] == 18 and info["data"] == str(ds.resolve())
+    assert info["parity"]["keras_accuracy"] == round(accuracy, 4)
+
+
+def test_a_damaged_shard_or_a_folder_that_is_no_dataset_is_one_error_line(packed, tmp_path):
+    _, ds, _ = packed
+    damaged = tmp_path / "damaged"
+    shutil.copytree(ds, damaged)
+    shard = damaged / shards.read_dataset(damaged).shards[-1].file
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    result = run_cli("train", "--strategy", "cnn", "--data", damaged, "--weights", "none", "--epochs", 1,
+                     "--out", tmp_path / "run")
+    assert_one_error_line(result, f"shard {shard} is damaged")
+    assert result.exit_code == 1 and not (tmp_path / "run").exists()
+    (tmp_path / "plain").mkdir()
+    result = run_cli("train", "--strategy", "cnn", "--data", tmp_path / "plain", "--weights", "none")
+    assert_one_error_line(result, "is a folder without dataset.json")
+    assert_one_error_line(run_cli("review", ds), "review reads the class folders")
+
+
+def test_multiworker_shares_the_shards_or_else_the_records(packed):
+    assert streams.worker_shards(5, 2, 0) == [0, 2, 4] and streams.worker_shards(5, 2, 1) == [1, 3]
+    assert streams.worker_shards(1, 2, 1) is None
+    import tensorflow as tf
+
+    _, ds, many = packed
+    for folder in (many, ds):  # 6 shards for 2 workers; 1 shard for 2 workers
+        data = load_data(folder)
+        rows = np.arange(len(data.y_train))[::2]  # some training rows
+        every = {image.numpy().tobytes() for image in data.X_train.images(rows)}
+        stream = streams.TrainStream(data, rows, 8, 42, 2, tf.distribute.get_strategy())
+        seen = []
+        for index in range(2):  # as many as all the rows: each worker wraps round its own
+            batches = list(stream.epoch(0, 2, index, 4, len(rows)))
+            assert sum(len(x) for x, _ in batches) == len(rows) - len(rows) % 4  # the same steps
+            seen.append({image.tobytes() for x, _ in batches for image in x.numpy()})
+        assert not seen[0] & seen[1] and seen[0] | seen[1] == every
