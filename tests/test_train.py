@@ -378,14 +378,15 @@ def test_real_mobilenet_weights_transfer_to_flowers(tmp_path):
         pytest.skip("../shared/data/flowers is absent")
     from toolkit.data.packer import pack
     pack(FLOWERS, tmp_path / "flowers.npz", per_class=40, size=96, test_size=0.25)
-    # 90 training photos: the pooled head (1,280 x 3 weights) learns from so few; Flatten's
-    # 46,080 x 128 varies from 0.5 to 0.77 with the seed (chance is 0.33). float32 pinned: a
-    # bfloat16 frozen pass (--precision mixed) gets 0.667 here (test_precision.py checks
-    # that auto never chooses it for a backbone)
+    # 90 training photos, 30 test photos: the pooled head (1,280 x 3 weights) learns from so few.
+    # On this split (pack's per-image rank, seed 42) the shared weights get 0.70 (seeds 1 and 2:
+    # 0.80, 0.77) and --weights none gets 0.33, chance: 0.6 tells the two apart with a margin of
+    # three test photos above and eight below. float32 pinned (test_precision.py checks that
+    # auto never computes a frozen backbone in bfloat16)
     run = train(tmp_path / "flowers.npz", "extract", out=tmp_path / "run", backbone="mobilenet_v2",
                 weights=str(MOBILENET_WEIGHTS), epochs=15, batch_size=32, head="pool",
                 learning_rate=1e-2, precision="float32", verbose=0)
-    assert run.metrics["accuracy"] >= 0.75, run.metrics["accuracy"]
+    assert run.metrics["accuracy"] >= 0.6, run.metrics["accuracy"]
 
 
 # ---- resume after a kill
