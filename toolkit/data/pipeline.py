@@ -17,6 +17,7 @@ written land in files that the driver reads (:mod:`toolkit.data.shard_pack`).
 
 from __future__ import annotations
 
+import heapq
 import json
 import struct
 from collections.abc import Iterable, Iterator
@@ -62,6 +63,8 @@ class Usable(NamedTuple):
 
 #: A band's row: file number, perceptual hash.
 BAND_ROW = struct.Struct("<qQ")
+#: A rank's row (its name follows): rank hash, the name's length in bytes.
+RANK_ROW = struct.Struct("<QI")
 #: A shard's row: file number, rank, label, perceptual hash, width, height, SHA-256.
 SHARD_ROW = struct.Struct("<qQqQqq32s")
 
@@ -87,7 +90,7 @@ def build(p: beam.Pipeline, settings: Settings, listing_path: str, count: int, w
                 | "Review decisions" >> beam.ParDo(Review(settings.class_names, made, judged)))
     picked = reviewed | "Usable after review" >> beam.Filter(lambda r: not Usable._make(r).status)
     plans = (picked | "Rank by class" >> beam.Map(_rank_by_class)
-             | "Per-class caps" >> beam.combiners.Top.SmallestPerKey(settings.per_class)
+             | "Per-class caps" >> beam.CombinePerKey(SmallestRanks(settings.per_class))
              | "Split rule" >> beam.FlatMap(_plan, settings))
     counts = (picked | "Class" >> beam.Map(lambda r: (Usable._make(r).label, 1))
               | "Count" >> beam.CombinePerKey(sum)
@@ -122,6 +125,36 @@ class Rows(beam.CombineFn):
 
     def extract_output(self, rows: bytearray) -> bytes:
         return bytes(rows)
+
+
+class SmallestRanks(beam.CombineFn):
+    """A class's `n` smallest ranks (hash, name), gathered as rows of bytes (hash, the name's
+    length, the name: about 30 bytes a file, where Beam's Top holds an object or two per file)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def create_accumulator(self) -> bytearray:
+        return bytearray()
+
+    def add_input(self, rows: bytearray, rank: splits.Rank) -> bytearray:
+        name = rank[1].encode("utf-8")
+        rows += RANK_ROW.pack(rank[0], len(name)) + name
+        return rows
+
+    def merge_accumulators(self, accumulators: Iterable[bytes]) -> bytearray:
+        return bytearray(b"".join(accumulators))
+
+    def compact(self, rows: bytearray) -> bytes:
+        return bytes(rows)
+
+    def extract_output(self, rows: bytearray) -> list[splits.Rank]:
+        ranks, at = [], 0
+        while at < len(rows):
+            rank, length = RANK_ROW.unpack_from(rows, at)
+            at += RANK_ROW.size + length
+            ranks.append((rank, bytes(rows[at - length:at]).decode("utf-8")))
+        return heapq.nsmallest(self.n, ranks)
 
 
 # --------------------------------------------------------------------------- decode and check
