@@ -279,7 +279,8 @@ def test_the_shard_writers_pixels_are_what_decode_gives(size, fit):
 
 
 def test_band_keys_find_exactly_dedupes_pairs():
-    """The pipeline's grouping by band (each group on its own worker) finds dedupe's pairs."""
+    """The pipeline's grouping by band (each group on its own worker) finds dedupe's pairs,
+    exact copies (0 bits apart) among them."""
     rng = np.random.default_rng(0)
     for threshold in (0, 2, 5, 8, 12, 24):  # 24: no bands pay, one group compares all pairs
         hashes = rng.integers(0, 2**64, 2000, dtype=np.uint64)
@@ -290,10 +291,11 @@ def test_band_keys_find_exactly_dedupes_pairs():
         hashes = np.concatenate([hashes, near])
         ids = np.arange(len(hashes)) + 1000
         expected = {(int(ids[i]), int(ids[j])) for i, j in dedupe.near_pairs(hashes, threshold)}
-        groups = collections.defaultdict(list)  # what Beam's GroupByKey hands each worker
+        groups = collections.defaultdict(bytes)  # what Beam's combine of rows hands each worker
         for i, h in zip(ids.tolist(), hashes.tolist()):
-            for band, member in pipeline._band_keys({"i": i, "phash": h}, threshold):
-                groups[band].append(member)
+            record = tuple(pipeline.Usable(i, 0, f"{i}.jpg", "0" * 64, h, 1, 1, 0))
+            for band, row in pipeline._band_rows(record, threshold):
+                groups[band] += row
         found = {pair for group in groups.items() for pair in pipeline._near_pairs(group, threshold)}
         assert found == expected and len(expected) >= 400 * (threshold + 1) // (threshold + 3)
 

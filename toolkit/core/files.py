@@ -9,7 +9,8 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator
+import textwrap
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import ToolkitError
@@ -114,7 +115,25 @@ def write_text(target: str | os.PathLike, text: str) -> None:
 
 def write_json(target: str | os.PathLike, obj: object) -> None:
     """Write `obj` as indented JSON to `target` atomically."""
-    write_text(target, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    write_text(target, _dumps(obj) + "\n")
+
+
+def write_json_streamed(target: str | os.PathLike, head: dict, key: str, items: Iterable) -> None:
+    """Write `head` with the list `items` under its last key `key`, byte for byte as
+    :func:`write_json` writes the whole dict, atomically; `items` are written as they come, so
+    that a list of any length never sits in memory."""
+    opening = _dumps({**{k: v for k, v in head.items() if k != key}, key: []})
+    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(opening.removesuffix("[]\n}"))
+        first = True
+        for item in items:
+            f.write(("[\n" if first else ",\n") + textwrap.indent(_dumps(item), "    "))
+            first = False
+        f.write("[]\n}\n" if first else "\n  ]\n}\n")
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False, default=str)
 
 
 def remove_partials(target: Path) -> None:

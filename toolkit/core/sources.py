@@ -7,7 +7,7 @@ same "usable" and "duplicate" rules (:mod:`toolkit.core.images`, :mod:`toolkit.c
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,16 +140,28 @@ def find_usable(source: str | os.PathLike, *, checks: images.Checks = images.Che
 def list_inputs(source: str | os.PathLike, min_classes: int = 2) -> tuple[list[str], list[InputFile]]:
     """The class names and every file under SOURCE's class folders, in the order pack numbers
     them (by class, then by path), hidden files marked: what is to be verified, unread."""
+    class_names, files = iter_inputs(source, min_classes)
+    return class_names, list(files)
+
+
+def iter_inputs(source: str | os.PathLike, min_classes: int = 2
+                ) -> tuple[list[str], Iterator[InputFile]]:
+    """:func:`list_inputs`' files one at a time (a class's paths in memory at once, not every
+    file's): what a pack of any size lists. A missing or empty SOURCE is an error at once."""
     folders = class_folders(source, min_classes)
-    files = [InputFile(label, path, printable(str(path.relative_to(source))))
-             for label, (_, folder) in enumerate(folders) for path in list_files(folder)]
-    roots = [folder.resolve() for _, folder in folders]  # a class folder may be a link itself
-    for f in files:
-        if f.path.name.startswith("."):
-            f.status = HIDDEN
-        elif not inside(f.path, roots[f.label]):
-            f.status = OUTSIDE
-    return [name for name, _ in folders], files
+
+    def files() -> Iterator[InputFile]:
+        for label, (_, folder) in enumerate(folders):
+            root = folder.resolve()  # a class folder may be a link itself
+            for path in list_files(folder):
+                f = InputFile(label, path, printable(str(path.relative_to(source))))
+                if f.path.name.startswith("."):
+                    f.status = HIDDEN
+                elif not inside(f.path, root):
+                    f.status = OUTSIDE
+                yield f
+
+    return [name for name, _ in folders], files()
 
 
 def _decode_all(files: list[InputFile], checks: images.Checks, pixels: PixelSink | None,

@@ -21,7 +21,7 @@ import numpy as np
 from .. import __version__
 from ..core import decisions, dedupe, images
 from ..core.errors import OptionError, ToolkitError
-from ..core.files import write_json, write_text
+from ..core.files import write_json_streamed, write_text
 from ..core.locks import holding
 from ..core.names import class_name_problem
 from ..core.sources import HIDDEN, OUTSIDE, InputFile, PixelSink, class_folders, find_usable
@@ -61,9 +61,14 @@ class PackReport:
     train_counts: list[int] = field(default_factory=list)
     test_counts: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: counts() when `files` is not held: a sharded pack of any size tallies its plan on disk
+    #: and streams every file's fate from it into report.json (`files` is then empty)
+    tallies: list[collections.Counter] | None = None
 
     def counts(self) -> list[collections.Counter]:
         """Per class (after review's moves): files by status, and `moved_in_review`."""
+        if self.tallies is not None:
+            return self.tallies
         by_class = [collections.Counter() for _ in self.class_names]
         for f in self.files:
             by_class[f.label][f.status] += 1
@@ -107,13 +112,18 @@ class PackReport:
             "test_counts": self.test_counts,
             "warnings": self.warnings,
             "counts": {name: dict(c) for name, c in zip(self.class_names, self.counts())},
-            "files": [{"class": self.class_names[f.label], "path": f.name, "status": f.status,
-                       **({"detail": f.detail} if f.detail else {}),
-                      **({"moved_from": f.moved_from} if f.moved_from else {}),
-                       **({"sha256": f.info.sha256, "width": f.info.width,
-                           "height": f.info.height} if f.info else {})}
-                      for f in self.files],
+            "files": [report_entry(self.class_names[f.label], f.name, f.status, f.detail, f.moved_from,
+                                   f.info.sha256 if f.info else None, f.info.width if f.info else 0,
+                                   f.info.height if f.info else 0) for f in self.files],
         }
+
+
+def report_entry(class_name: str, name: str, status: str, detail: str = "", moved_from: str = "",
+                 sha256: str | None = None, width: int = 0, height: int = 0) -> dict:
+    """A file's entry in report.json (its identity once it was decoded: `sha256` not None)."""
+    return {"class": class_name, "path": name, "status": status, **({"detail": detail} if detail else {}),
+            **({"moved_from": moved_from} if moved_from else {}),
+            **({"sha256": sha256, "width": width, "height": height} if sha256 is not None else {})}
 
 
 class NotEnoughImages(ToolkitError):
@@ -176,10 +186,13 @@ def pack(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 
         return report
 
 
-def write_report(report: PackReport, text: Path, json: Path) -> None:
-    """The report's two files: the table with its warnings, and every file's fate as JSON."""
+def write_report(report: PackReport, text: Path, json: Path, entries: Iterable[dict] | None = None) -> None:
+    """The report's two files: the table with its warnings, and every file's fate as JSON.
+    `entries`: every file's :func:`report_entry` in pack's order, read as it is written, for a
+    report that does not hold its files."""
     write_text(text, report.table() + "".join(f"\nwarning: {w}" for w in report.warnings) + "\n")
-    write_json(json, report.to_json())
+    whole = report.to_json()
+    write_json_streamed(json, whole, "files", whole["files"] if entries is None else entries)
 
 
 class _Spill:

@@ -1,22 +1,29 @@
 """The sharded pack as an Apache Beam pipeline: pack's steps as transforms, so that the same pack
 runs on Beam's direct runner here or on a cluster (Dataflow, Flink, Spark).
 
-    listing -> decode and check -> exact duplicates by sha256 key, near duplicates by band keys
+    chunks of the listing -> decode and check -> near duplicates (exact ones among them) by band
     -> transitive groups -> dedupe's policy per group -> review's decisions -> per-class ranks
     combined into the split rule's cut-offs -> shard keys -> each shard written by one worker
 
-Records are small dicts (a file's name, label, hashes); pixels never go through a shuffle: the
-writer of a shard reads, decodes and encodes its files itself. What became of every file (the
-plan) and the shards written land in files that the driver reads (:mod:`toolkit.data.shard_pack`).
+Records are small: a usable file is a plain tuple (:class:`Usable`: its number, label, name,
+hashes, size, rank); a file that is not usable goes straight to the plan. Where the records of
+every file meet (a band's hashes, a shard's files), a combine packs them into bytes, fixed-size
+rows, so that no step holds an object per image (the direct runner holds a shuffle in memory). A
+step that needs a file's path or provenance reads its line of the listing by number
+(:mod:`toolkit.data.listing`); pixels never go through a shuffle: the writer of a shard reads,
+decodes and encodes its files itself. What became of every file (the plan) and the shards
+written land in files that the driver reads (:mod:`toolkit.data.shard_pack`).
 """
 
 from __future__ import annotations
 
+import heapq
 import json
-import os
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -24,93 +31,162 @@ import numpy as np
 from ..core import dedupe, hamming, images
 from ..core.sources import InputFile
 from ..curate.verdicts import Judged
-from . import shards, splits
+from . import listing, shards, splits
 from .packer import PACKED, SURPLUS, review_file, short_of_images
 from .shard_pack import Settings
 
+#: Files of the listing a worker checks in one go.
+CHUNK = 100
 
-def build(p: beam.Pipeline, settings: Settings, listing: str, work: str, data: str,
+
+class Usable(NamedTuple):
+    """A usable file as the steps carry it: a plain tuple between them (`tuple(usable)`), which
+    Beam encodes in a few dozen bytes. `rank` is the hash of :func:`splits.image_rank`; its
+    name is the rank's tie-break."""
+
+    i: int
+    label: int
+    name: str
+    sha256: str
+    phash: int
+    width: int
+    height: int
+    rank: int
+    status: str = ""
+    detail: str = ""
+    moved_from: str = ""
+    flag: tuple = (False, None)
+    split: str = ""
+    shard: int = 0
+    shards: int = 0
+
+
+#: A band's row: file number, perceptual hash.
+BAND_ROW = struct.Struct("<qQ")
+#: A rank's row (its name follows): rank hash, the name's length in bytes.
+RANK_ROW = struct.Struct("<QI")
+#: A shard's row: file number, rank, label, perceptual hash, width, height, SHA-256.
+SHARD_ROW = struct.Struct("<qQqQqq32s")
+
+
+def build(p: beam.Pipeline, settings: Settings, listing_path: str, count: int, work: str, data: str,
           made: dict, judged: Judged | None) -> None:
-    """Add the pack's steps to `p`: read the `listing` (JSON lines), write shards into `data`,
-    and the plan and the shards written into `work`."""
-    checked = (p | "Read listing" >> beam.io.ReadFromText(listing) | "Parse" >> beam.Map(_parse)
-               | "Spread over the workers" >> beam.Reshuffle()  # the listing is one small file
-               | "Decode and check" >> beam.ParDo(Check(settings)))
-    usable = checked | "Usable" >> beam.Filter(_usable)
-    exact = (usable | "Key by sha256" >> beam.Map(lambda r: (r["sha256"], r["i"]))
-             | "Exact duplicates by key" >> beam.GroupByKey() | "Chain" >> beam.FlatMap(_chain))
-    near = (usable | "Band keys" >> beam.FlatMap(_band_keys, settings.threshold)
-            | "Near duplicates by band keys" >> beam.GroupByKey()
-            | "Pairs by popcount" >> beam.FlatMap(_near_pairs, settings.threshold))
-    groups = ((exact, near) | "Edges" >> beam.Flatten()
+    """Add the pack's steps to `p`: read the `count` files of the listing at `listing_path`,
+    write shards into `data`, and the plan and the shards written into `work`."""
+    chunks = [(start, min(start + CHUNK, count)) for start in range(0, count, CHUNK)]
+    checked = (p | "Chunks of the listing" >> beam.Create(chunks)
+               | "Spread over the workers" >> beam.Reshuffle()
+               | "Decode and check" >> beam.ParDo(Check(settings, listing_path)).with_outputs(
+                   "unusable", main="usable"))
+    groups = (checked.usable | "Band rows" >> beam.FlatMap(_band_rows, settings.threshold)
+              | "Hashes by band" >> beam.CombinePerKey(Rows())
+              | "Near duplicates by band" >> beam.FlatMap(_near_pairs, settings.threshold)
               | "Transitive groups" >> beam.CombineGlobally(Components()))
-    deduped = ((checked | "Group members" >> beam.ParDo(
+    deduped = ((checked.usable | "Group members" >> beam.ParDo(
                     _Grouped(), beam.pvalue.AsSingleton(groups)).with_outputs("grouped", main="single")))
     decided = (deduped.grouped | "By group" >> beam.GroupByKey()
                | "Duplicate policy" >> beam.FlatMap(_policy, settings.threshold))
     reviewed = ((deduped.single, decided) | "Files" >> beam.Flatten()
                 | "Review decisions" >> beam.ParDo(Review(settings.class_names, made, judged)))
-    picked = reviewed | "Usable after review" >> beam.Filter(_usable)
-    plans = (picked | "Rank by class" >> beam.Map(lambda r: (r["label"], r["rank"]))
-             | "Per-class caps" >> beam.combiners.Top.SmallestPerKey(settings.per_class)
+    picked = reviewed | "Usable after review" >> beam.Filter(lambda r: not Usable._make(r).status)
+    plans = (picked | "Rank by class" >> beam.Map(_rank_by_class)
+             | "Per-class caps" >> beam.CombinePerKey(SmallestRanks(settings.per_class))
              | "Split rule" >> beam.FlatMap(_plan, settings))
-    counts = (picked | "Class" >> beam.Map(lambda r: (r["label"], 1)) | "Count" >> beam.CombinePerKey(sum)
+    counts = (picked | "Class" >> beam.Map(lambda r: (Usable._make(r).label, 1))
+              | "Count" >> beam.CombinePerKey(sum)
               | "Counts" >> beam.combiners.ToDict())
     gate = counts | "Enough images" >> beam.Map(_short, settings)
     placed = reviewed | "Place" >> beam.ParDo(Place(settings), beam.pvalue.AsDict(plans))
-    (placed | "Plan as JSON" >> beam.Map(_plan_line)
+    ((placed | "Plan as JSON" >> beam.Map(_plan_line), checked.unusable) | "Plan" >> beam.Flatten()
      | "Write plan" >> beam.io.WriteToText(f"{work}/plan", ".jsonl"))
-    (placed | "Packed" >> beam.Filter(lambda r: r["status"] == PACKED)
-     | "Key by shard" >> beam.Map(lambda r: ((r["split"], r["shard"], r["shards"]), r))
-     | "By shard" >> beam.GroupByKey()
-     | "Write shards" >> beam.ParDo(WriteShard(settings, data), beam.pvalue.AsSingleton(gate))
+    (placed | "Packed" >> beam.FlatMap(_shard_row)
+     | "Rows by shard" >> beam.CombinePerKey(Rows())
+     | "Write shards" >> beam.ParDo(WriteShard(settings, listing_path, data), beam.pvalue.AsSingleton(gate))
      | "Shards as JSON" >> beam.Map(json.dumps)
      | "Write shard list" >> beam.io.WriteToText(f"{work}/shards", ".jsonl"))
 
 
-def _parse(line: str) -> dict:
-    """A line of the listing; its path as bytes, which any file name is (Beam's coders write
-    text as UTF-8, which a name that is not UTF-8 is not)."""
-    record = json.loads(line)
-    record["path"] = os.fsencode(record["path"])
-    return record
+class Rows(beam.CombineFn):
+    """Fixed-size rows (bytes) of a key, joined into one bytes: a few bytes an image where a
+    group of records would hold an object each."""
+
+    def create_accumulator(self) -> bytearray:
+        return bytearray()
+
+    def add_input(self, rows: bytearray, row: bytes) -> bytearray:
+        rows += row
+        return rows
+
+    def merge_accumulators(self, accumulators: Iterable[bytes]) -> bytearray:
+        return bytearray(b"".join(accumulators))
+
+    def compact(self, rows: bytearray) -> bytes:
+        return bytes(rows)
+
+    def extract_output(self, rows: bytearray) -> bytes:
+        return bytes(rows)
 
 
-def _usable(record: dict) -> bool:
-    return not record["status"]
+class SmallestRanks(beam.CombineFn):
+    """A class's `n` smallest ranks (hash, name), gathered as rows of bytes (hash, the name's
+    length, the name: about 30 bytes a file, where Beam's Top holds an object or two per file)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def create_accumulator(self) -> bytearray:
+        return bytearray()
+
+    def add_input(self, rows: bytearray, rank: splits.Rank) -> bytearray:
+        name = rank[1].encode("utf-8")
+        rows += RANK_ROW.pack(rank[0], len(name)) + name
+        return rows
+
+    def merge_accumulators(self, accumulators: Iterable[bytes]) -> bytearray:
+        return bytearray(b"".join(accumulators))
+
+    def compact(self, rows: bytearray) -> bytes:
+        return bytes(rows)
+
+    def extract_output(self, rows: bytearray) -> list[splits.Rank]:
+        ranks, at = [], 0
+        while at < len(rows):
+            rank, length = RANK_ROW.unpack_from(rows, at)
+            at += RANK_ROW.size + length
+            ranks.append((rank, bytes(rows[at - length:at]).decode("utf-8")))
+        return heapq.nsmallest(self.n, ranks)
 
 
 # --------------------------------------------------------------------------- decode and check
 
 class Check(beam.DoFn):
-    """Decode and verify a file as pack does (:func:`toolkit.core.images.decode`); rank it."""
+    """Decode and verify a chunk of the listing's files as pack does
+    (:func:`toolkit.core.images.decode`); rank each usable one. A file that is not usable is
+    its line of the plan at once (tagged `unusable`)."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings, listing_path: str):
+        self.settings, self.listing_path = settings, listing_path
 
-    def process(self, record: dict) -> Iterator[dict]:
-        record = {**record, "detail": "", "moved_from": "", "flag": (False, None)}
-        if not record["status"]:
-            try:
-                info, _ = images.decode(images.read_file(record["path"], self.settings.checks),
-                                        self.settings.checks)
-            except images.Unusable as e:
-                record["status"], record["detail"] = e.reason, e.detail
-            else:
-                record.update(sha256=info.sha256, phash=info.phash, width=info.width,
-                              height=info.height, format=info.format,
-                              rank=splits.image_rank(self.settings.seed, info.sha256, record["name"]))
-        yield record
+    def process(self, chunk: tuple[int, int]) -> Iterator:
+        for record in listing.read_range(self.listing_path, *chunk):
+            status, detail = record["status"], ""
+            if not status:
+                try:
+                    info, _ = images.decode(images.read_file(record["path"], self.settings.checks),
+                                            self.settings.checks)
+                except images.Unusable as e:
+                    status, detail = e.reason, e.detail
+                else:
+                    rank, _ = splits.image_rank(self.settings.seed, info.sha256, record["name"])
+                    yield tuple(Usable(record["i"], record["label"], record["name"], info.sha256,
+                                       info.phash, info.width, info.height, rank))
+                    continue
+            yield beam.pvalue.TaggedOutput("unusable", json.dumps({
+                "i": record["i"], "label": record["label"], "name": record["name"], "status": status,
+                "detail": detail}))
 
 
 # --------------------------------------------------------------------------- duplicates
-
-def _chain(group: tuple[str, Iterable[int]]) -> Iterator[tuple[int, int]]:
-    """Files of equal content, as edges from the first of them."""
-    ids = sorted(group[1])
-    for other in ids[1:]:
-        yield ids[0], other
-
 
 def band_plan(threshold: int) -> hamming.Bands | None:
     """The bands near duplicates are grouped by: core.hamming's plan for a million hashes (3
@@ -118,18 +194,20 @@ def band_plan(threshold: int) -> hamming.Bands | None:
     return hamming.plan_join(threshold, hamming.INDEX_SIZE)
 
 
-def _band_keys(record: dict, threshold: int) -> Iterator[tuple[int, tuple[int, int]]]:
+def _band_rows(record: tuple, threshold: int) -> Iterator[tuple[int, bytes]]:
+    """A file's row for each band (files of equal content, equal hashes, are found as pairs at
+    distance 0)."""
+    f = Usable._make(record)
     bands = band_plan(threshold)
     for band in range(len(bands.widths) if bands else 1):
-        yield band, (record["i"], record["phash"])
+        yield band, BAND_ROW.pack(f.i, f.phash)
 
 
-def _near_pairs(group: tuple[int, Iterable[tuple[int, int]]], threshold: int
-                ) -> Iterator[tuple[int, int]]:
+def _near_pairs(group: tuple[int, bytes], threshold: int) -> Iterator[tuple[int, int]]:
     """The close pairs one band finds (each band on its own worker): exact, checked on all 64 bits."""
-    band, members = group
-    ids, hashes = zip(*members)
-    ids, hashes = np.array(ids, dtype=np.int64), np.array(hashes, dtype=np.uint64)
+    band, rows = group
+    both = np.frombuffer(rows, dtype=np.dtype([("i", "<i8"), ("phash", "<u8")]))
+    ids, hashes = both["i"].astype(np.int64), both["phash"].astype(np.uint64)
     bands = band_plan(threshold)
     if bands is None:
         found = np.concatenate([np.empty((0, 2), dtype=np.int64), *hamming.all_pairs(hashes, threshold)])
@@ -172,25 +250,23 @@ class Components(beam.CombineFn):
 class _Grouped(beam.DoFn):
     """Send the files of a group to their group (tagged `grouped`); all others on."""
 
-    def process(self, record: dict, groups: dict[int, int]) -> Iterator:
-        group = groups.get(record["i"]) if not record["status"] else None
+    def process(self, record: tuple, groups: dict[int, int]) -> Iterator:
+        group = groups.get(Usable._make(record).i)
         if group is None:
             yield record
         else:
             yield beam.pvalue.TaggedOutput("grouped", (group, record))
 
 
-def _policy(group: tuple[int, Iterable[dict]], threshold: int) -> Iterator[dict]:
+def _policy(group: tuple[int, Iterable[tuple]], threshold: int) -> Iterator[tuple]:
     """Dedupe's policy on one group, in the order pack numbers files: the same choices."""
-    members = sorted(group[1], key=lambda r: r["i"])
-    candidates = [dedupe.Candidate(r["label"], r["sha256"], r["phash"], r["width"] * r["height"],
-                                   r["name"]) for r in members]
+    members = sorted(map(Usable._make, group[1]))
+    candidates = [dedupe.Candidate(f.label, f.sha256, f.phash, f.width * f.height, f.name) for f in members]
     dropped = dedupe.find_duplicates(candidates, threshold)
-    for index, record in enumerate(members):
+    for index, f in enumerate(members):
         if index in dropped:
-            record = {**record, "status": dropped[index].reason,
-                      "detail": members[dropped[index].twin]["name"]}
-        yield record
+            f = f._replace(status=dropped[index].reason, detail=members[dropped[index].twin].name)
+        yield tuple(f)
 
 
 # --------------------------------------------------------------------------- review, caps, split
@@ -201,15 +277,20 @@ class Review(beam.DoFn):
     def __init__(self, class_names: tuple[str, ...], made: dict, judged: Judged | None):
         self.class_names, self.made, self.judged = list(class_names), made, judged
 
-    def process(self, record: dict) -> Iterator[dict]:
-        if record["status"]:
+    def process(self, record: tuple) -> Iterator[tuple]:
+        u = Usable._make(record)
+        if u.status:
             yield record
             return
-        f = InputFile(record["label"], Path(os.fsdecode(record["path"])), record["name"],
-                      info=images.ImageInfo(record["sha256"], record["phash"], record["width"],
-                                            record["height"], record["format"]))
+        f = InputFile(u.label, Path(), u.name,
+                      info=images.ImageInfo(u.sha256, u.phash, u.width, u.height, ""))
         flag = review_file(f, self.class_names, self.made, self.judged)
-        yield {**record, "status": f.status, "label": f.label, "moved_from": f.moved_from, "flag": flag}
+        yield tuple(u._replace(status=f.status, label=f.label, moved_from=f.moved_from, flag=flag))
+
+
+def _rank_by_class(record: tuple) -> tuple[int, splits.Rank]:
+    f = Usable._make(record)
+    return f.label, (f.rank, f.name)
 
 
 def _plan(smallest: tuple[int, list], settings: Settings) -> Iterator[tuple[int, splits.ClassPlan]]:
@@ -232,25 +313,33 @@ class Place(beam.DoFn):
     def __init__(self, settings: Settings):
         self.settings = settings
 
-    def process(self, record: dict, plans: dict[int, splits.ClassPlan]) -> Iterator[dict]:
-        if record["status"]:
+    def process(self, record: tuple, plans: dict[int, splits.ClassPlan]) -> Iterator[tuple]:
+        f = Usable._make(record)
+        if f.status:
             yield record
             return
-        plan = plans.get(record["label"])
-        where = splits.place(record["rank"], plan) if plan else splits.SURPLUS
+        plan = plans.get(f.label)
+        where = splits.place((f.rank, f.name), plan) if plan else splits.SURPLUS
         if where == splits.SURPLUS:
-            yield {**record, "status": SURPLUS}
+            yield tuple(f._replace(status=SURPLUS))
             return
         images_in = sum(getattr(p, where) for p in plans.values())
         total = shards.shard_count(images_in, self.settings.images_per_shard)
-        yield {**record, "status": PACKED, "split": where, "shard": record["rank"][0] % total,
-               "shards": total}
+        yield tuple(f._replace(status=PACKED, split=where, shard=f.rank % total, shards=total))
 
 
-def _plan_line(record: dict) -> str:
-    keep = ("i", "label", "name", "path", "status", "detail", "moved_from", "flag", "split",
-            "sha256", "phash", "width", "height", "format")
-    return json.dumps({**{k: record[k] for k in keep if k in record}, "path": os.fsdecode(record["path"])})
+def _plan_line(record: tuple) -> str:
+    f = Usable._make(record)
+    return json.dumps({"i": f.i, "label": f.label, "name": f.name, "status": f.status, "detail": f.detail,
+                       "moved_from": f.moved_from, "flag": f.flag, "split": f.split, "sha256": f.sha256,
+                       "width": f.width, "height": f.height})
+
+
+def _shard_row(record: tuple) -> Iterator[tuple[tuple[str, int, int], bytes]]:
+    f = Usable._make(record)
+    if f.status == PACKED:
+        yield (f.split, f.shard, f.shards), SHARD_ROW.pack(f.i, f.rank, f.label, f.phash, f.width, f.height,
+                                                          bytes.fromhex(f.sha256))
 
 
 # --------------------------------------------------------------------------- shards
@@ -258,35 +347,41 @@ def _plan_line(record: dict) -> str:
 class WriteShard(beam.DoFn):
     """Write one shard: its files in rank order, each decoded at the pack's size (the pixels
     :func:`toolkit.core.images.decode` gives, checked to come from the bytes that were verified)
-    and encoded. Nothing is written when a class is short."""
+    and encoded, with its path and provenance from its line of the listing. Nothing is written
+    when a class is short."""
 
-    def __init__(self, settings: Settings, data: str):
-        self.settings, self.data = settings, data
+    def __init__(self, settings: Settings, listing_path: str, data: str):
+        self.settings, self.listing_path, self.data = settings, listing_path, data
 
-    def process(self, group: tuple[tuple[str, int, int], Iterable[dict]], short: str) -> Iterator[dict]:
+    def process(self, group: tuple[tuple[str, int, int], bytes], short: str) -> Iterator[dict]:
         if short:
             return
-        (split, index, total), members = group
-        members = sorted(members, key=lambda r: r["rank"])
+        (split, index, total), rows = group
+        members = list(SHARD_ROW.iter_unpack(rows))
+        lines = listing.read_some(self.listing_path, (row[0] for row in members))
+        members.sort(key=lambda row: (row[1], lines[row[0]]["name"]))  # rank order
         changed: list[str] = []
         written = shards.write_shard(Path(self.data), split, index, total,
-                                     self._records(members, changed), len(self.settings.class_names))
+                                     self._records(split, members, lines, changed),
+                                     len(self.settings.class_names))
         yield {"shard": asdict(written), "changed": changed}
 
-    def _records(self, members: list[dict], changed: list[str]) -> Iterator[tuple[int, bytes]]:
+    def _records(self, split: str, members: list[tuple], lines: dict[int, dict], changed: list[str]
+                 ) -> Iterator[tuple[int, bytes]]:
         s = self.settings
-        for r in members:
+        for i, _, label, phash, width, height, digest in members:
+            line = lines[i]
             try:
-                sha256, pixels = images.decode_pixels(images.read_file(r["path"], s.checks), s.checks,
+                sha256, pixels = images.decode_pixels(images.read_file(line["path"], s.checks), s.checks,
                                                       s.size, s.fit)
             except images.Unusable:
                 sha256, pixels = None, None
-            if sha256 != r["sha256"]:  # not the file that was checked
-                changed.append(r["name"])
+            if sha256 != digest.hex():  # not the file that was checked
+                changed.append(line["name"])
                 continue
-            provenance = r["provenance"] if r.get("manifest_sha256") == sha256 else {}
-            yield r["label"], shards.example({
-                "image": shards.encode_image(pixels, s.encoding), "label": r["label"],
-                "class": s.class_names[r["label"]], "split": r["split"], "path": r["name"],
-                "sha256": sha256, "phash": f"{r['phash']:016x}", "width": r["width"],
-                "height": r["height"], **{k: str(provenance.get(k) or "") for k in shards.PROVENANCE}})
+            provenance = line["provenance"] if line["manifest_sha256"] == sha256 else {}
+            yield label, shards.example({
+                "image": shards.encode_image(pixels, s.encoding), "label": label,
+                "class": s.class_names[label], "split": split, "path": line["name"],
+                "sha256": sha256, "phash": f"{phash:016x}", "width": width,
+                "height": height, **{k: str(provenance.get(k) or "") for k in shards.PROVENANCE}})

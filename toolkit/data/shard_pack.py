@@ -8,34 +8,37 @@ The choices are pack's own (:mod:`toolkit.data.packer`): same files, labels and 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
-import itertools
 import json
 import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .. import __version__
-from ..collect import manifest
 from ..core import decisions, dedupe, images
 from ..core.errors import OptionError, ToolkitError, first_line
 from ..core.files import is_abandoned, refuse_link
 from ..core.locks import holding
-from ..core.sources import InputFile, class_folders, list_inputs
+from ..core.sources import class_folders
 from ..core.text import timestamp
 from ..curate.verdicts import read_review
-from . import shards
+from . import listing, shards
 from .packer import (
+    MOVED_IN_REVIEW,
     PACKED,
     SURPLUS,
     NotEnoughImages,
     PackReport,
     check_settings,
+    report_entry,
     review_warnings,
     short_of_images,
     write_report,
@@ -100,12 +103,12 @@ def pack_shards(source: str | os.PathLike, out: str | os.PathLike, *, per_class:
         data = work / "data"
         data.mkdir(parents=True)
         try:
-            class_names, count = _write_listing(work / "listing.jsonl", source)
+            class_names, count = listing.write(work / "listing.jsonl", source)
             settings = Settings(tuple(class_names), size, fit, seed, test_size, per_class, allow_fewer,
                                 threshold, checks, images_per_shard, encoding)
-            _run(options, settings, work, data, made, judged)
-            report = _report(source, out, class_names, per_class, allow_fewer, _read_lines(work, "plan"),
-                             count)
+            _run(options, settings, work, data, count, made, judged)
+            plan = _Plan(sorted(work.glob("plan-*.jsonl")), count)
+            report = _report(source, out, class_names, per_class, allow_fewer, plan)
             written = list(_read_lines(work, "shards"))
             _check_written(report, written)
             image = {"size": size, "fit": fit, "encoding": encoding,
@@ -116,7 +119,7 @@ def pack_shards(source: str | os.PathLike, out: str | os.PathLike, *, per_class:
                       "images_per_shard": images_per_shard}
             shards.write_dataset(data, class_names, image, chosen,
                                  [shards.Shard(**w["shard"]) for w in written], __version__, timestamp())
-            write_report(report, data / "report.txt", data / "report.json")
+            write_report(report, data / "report.txt", data / "report.json", plan.entries(class_names))
             _put_in_place(data, out, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -161,7 +164,7 @@ def _import_beam():
     return apache_beam
 
 
-def _run(options, settings, work: Path, data: Path, made: dict, judged) -> None:
+def _run(options, settings, work: Path, data: Path, count: int, made: dict, judged) -> None:
     """Run the pipeline. On the direct runner, Beam's log lines and its workers' (which write to
     the standard error they inherit) go to a log file in the work folder, not to the terminal."""
     runner = options.get_all_options()["runner"]
@@ -175,7 +178,8 @@ def _run(options, settings, work: Path, data: Path, made: dict, judged) -> None:
         except ValueError as e:  # an unknown runner
             raise OptionError("runner", runner, first_line(e)) from None
         with p:
-            pipeline.build(p, settings, str(work / "listing.jsonl"), str(work), str(data), made, judged)
+            pipeline.build(p, settings, str(work / "listing.jsonl"), count, str(work), str(data), made,
+                           judged)
 
 
 @contextlib.contextmanager
@@ -223,25 +227,6 @@ def _glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
-def _write_listing(path: Path, source: str | os.PathLike) -> tuple[list[str], int]:
-    """Every file pack considers, one JSON line each, with the crawl's record of where it came
-    from (one class's manifest in memory at a time); returns the classes and the count."""
-    class_names, files = list_inputs(source)
-    folders = dict(class_folders(source))
-    with open(path, "w", encoding="ascii") as f:
-        for label, mine in itertools.groupby(enumerate(files), key=lambda pair: pair[1].label):
-            folder = folders[class_names[label]]
-            crawled = manifest.read_entries(manifest.manifest_path(source, folder.name))
-            entries = {e["file"]: e for e in crawled}
-            for i, file in mine:
-                entry = entries.get(file.path.relative_to(folder).as_posix(), {})
-                f.write(json.dumps({
-                    "i": i, "label": label, "path": str(file.path), "name": file.name, "status": file.status,
-                    "manifest_sha256": entry.get("sha256"),
-                    "provenance": {k: entry.get(k) for k in shards.PROVENANCE}}) + "\n")
-    return class_names, len(files)
-
-
 def _read_lines(work: Path, prefix: str) -> Iterator[dict]:
     """The records a pipeline step wrote as JSON lines, one at a time."""
     for part in sorted(work.glob(f"{prefix}-*.jsonl")):
@@ -251,31 +236,93 @@ def _read_lines(work: Path, prefix: str) -> Iterator[dict]:
                     yield json.loads(line)
 
 
+class _Plan:
+    """What the pipeline made of every file (lines in its order, in several files), read twice
+    and never held: once for the report's counts, then line by line in pack's order of files
+    into report.json, through an index of where each file's line is (12 bytes a file)."""
+
+    def __init__(self, parts: list[Path], count: int):
+        self.parts, self.count = parts, count
+        self.part = np.full(count, -1, dtype=np.int32)
+        self.offset = np.zeros(count, dtype=np.int64)
+
+    def lines(self) -> Iterator[dict]:
+        """Every line once, in the order of the files, indexing each as it goes."""
+        for number, part in enumerate(self.parts):
+            with open(part, "rb") as f:
+                for offset, line in _with_offsets(f):
+                    r = json.loads(line)
+                    self.part[r["i"]], self.offset[r["i"]] = number, offset
+                    yield r
+
+    def missing(self) -> int:
+        return int(np.count_nonzero(self.part < 0))
+
+    def entries(self, class_names: list[str]) -> Iterator[dict]:
+        """Every file's report entry, in pack's order of files."""
+        files = [open(part, "rb") for part in self.parts]
+        try:
+            for number, offset in zip(self.part.tolist(), self.offset.tolist()):
+                files[number].seek(offset)
+                r = json.loads(files[number].readline())
+                yield report_entry(class_names[r["label"]], r["name"], r["status"], r["detail"],
+                                   r.get("moved_from", ""), r.get("sha256"), r.get("width", 0),
+                                   r.get("height", 0))
+        finally:
+            for f in files:
+                f.close()
+
+
+def _with_offsets(f) -> Iterator[tuple[int, bytes]]:
+    offset = 0
+    for line in f:
+        if line.strip():
+            yield offset, line
+        offset += len(line)
+
+
 def _report(source, out: Path, class_names: list[str], per_class: int, allow_fewer: bool,
-            plan: Iterable[dict], count: int) -> PackReport:
-    """Pack's report from the plan, in pack's order of files; NotEnoughImages as pack raises it."""
-    files: list[InputFile | None] = [None] * count
+            plan: _Plan) -> PackReport:
+    """Pack's report from the plan, counted (every file's entry is streamed from the plan into
+    report.json); NotEnoughImages as pack raises it."""
+    counted: collections.Counter = collections.Counter()  # (label, status or MOVED_IN_REVIEW)
+    first: dict[tuple[int, str], tuple[int, int]] = {}  # where pack's count in file order meets it
     flags: list = []
     packed = {split: [0] * len(class_names) for split in shards.SPLITS}
-    for r in plan:
-        files[r["i"]] = InputFile(r["label"], Path(r["path"]), r["name"], r["status"], r["detail"],
-                                  images.ImageInfo(r["sha256"], r["phash"], r["width"], r["height"],
-                                                   r["format"]) if "sha256" in r else None, r["moved_from"])
-        if any(r["flag"]):
+    for r in plan.lines():
+        seen = [(r["status"], 0)] + ([(MOVED_IN_REVIEW, 1)] if r.get("moved_from") else [])
+        for key, after in seen:
+            counted[r["label"], key] += 1
+            first[r["label"], key] = min(first.get((r["label"], key), (r["i"], after)), (r["i"], after))
+        if any(r.get("flag", ())):
             flags.append(tuple(r["flag"]))
         if r["status"] == PACKED:
             packed[r["split"]][r["label"]] += 1
-    if None in files:
-        raise RuntimeError(f"the pipeline's plan lacks {files.count(None)} of {count} files")
-    report = PackReport(str(source), class_names, files, str(out), per_class)
+    if plan.missing():
+        raise RuntimeError(f"the pipeline's plan lacks {plan.missing()} of {plan.count} files")
+    report = PackReport(str(source), class_names, [], str(out), per_class,
+                        tallies=_tallies(len(class_names), counted, first))
     report.warnings += review_warnings(flags, str(source))
     problem = short_of_images(class_names, report.usable_counts(), per_class, allow_fewer)
-    if problem:
-        for f in files:
-            f.status = SURPLUS if f.status == PACKED else f.status
+    if problem:  # nothing is packed: what was to be is surplus, as pack says
+        report.tallies = _tallies(len(class_names), counted, first, {PACKED: SURPLUS})
         raise NotEnoughImages(problem, report)
     report.train_counts, report.test_counts = packed["train"], packed["test"]
     return report
+
+
+def _tallies(classes: int, counted: collections.Counter, first: dict, renamed: dict[str, str] | None = None
+             ) -> list[collections.Counter]:
+    """Each class's counts as pack counts its files in order (report.json keeps that order)."""
+    merged: dict[tuple[int, str], tuple[int, tuple[int, int]]] = {}  # (label, key): (count, first)
+    for (label, key), n in counted.items():
+        new = (label, (renamed or {}).get(key, key))
+        total, at = merged.get(new, (0, first[label, key]))
+        merged[new] = (total + n, min(at, first[label, key]))
+    tallies = [collections.Counter() for _ in range(classes)]
+    for (label, key), (n, _) in sorted(merged.items(), key=lambda item: item[1][1]):
+        tallies[label][key] = n
+    return tallies
 
 
 def _check_written(report: PackReport, written: list[dict]) -> None:
