@@ -132,6 +132,20 @@ def make_class_folders(root: Path, classes: dict[str, range], size=(160, 120)) -
     return root
 
 
+def add_duplicates_and_odd_names(src: Path) -> None:
+    """In the class folders cat, dog and fox: a near copy within fox, one picture under both cat
+    and dog, a hidden file, a nested folder, and a name that is not UTF-8 (pack's messy cases)."""
+    cat, dog, fox = (src / c for c in ("cat", "dog", "fox"))
+    (fox / "near_copy.jpg").write_bytes(near_copy(distinct_image(200)))
+    (cat / "shared.jpg").write_bytes(distinct_image(300))
+    (dog / "shared_too.png").write_bytes(encode(grid_image(300), "PNG"))
+    (fox / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (fox / "sub").mkdir()
+    (fox / "sub" / "nested.jpg").write_bytes(distinct_image(250))
+    with open(os.path.join(os.fsencode(fox), b"caf\xe9.jpg"), "wb") as f:
+        f.write(distinct_image(251))
+
+
 def shapes_dataset(n_per_class: int = 60, size: int = 32, seed: int = 0):
     """A learnable toy set: class 0 a red square, 1 a green disc, 2 a blue bar; random
     positions, sizes and backgrounds. Returns (x uint8 (n,size,size,3), y int64)."""

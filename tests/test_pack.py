@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import distinct_image, encode, grid_image, make_class_folders, near_copy, png_bomb
+from conftest import (
+    add_duplicates_and_odd_names,
+    distinct_image,
+    encode,
+    grid_image,
+    make_class_folders,
+    png_bomb,
+)
 from helpers import assert_one_error_line, run_cli
 from toolkit.core import images
 from toolkit.data.npz import load_archive
@@ -40,17 +47,8 @@ def messy(tmp_path):
     sixteen = Image.fromarray(np.asarray(grid_image(153).convert("L")).astype(np.uint16) * 257)
     (dog / "sixteen.png").write_bytes(encode(sixteen, "PNG"))
     (dog / "photo.webp").write_bytes(encode(grid_image(154).convert("RGBA"), "WEBP"))
-    # duplicates: a near copy within fox, one picture under both cat and dog
-    (fox / "near_copy.jpg").write_bytes(near_copy(distinct_image(200)))
-    (cat / "shared.jpg").write_bytes(distinct_image(300))
-    (dog / "shared_too.png").write_bytes(encode(grid_image(300), "PNG"))
-    # a hidden file, a nested folder, a name that is not UTF-8, a link loop
-    (fox / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
-    (fox / "sub").mkdir()
-    (fox / "sub" / "nested.jpg").write_bytes(distinct_image(250))
-    with open(os.path.join(os.fsencode(fox), b"caf\xe9.jpg"), "wb") as f:
-        f.write(distinct_image(251))
-    (fox / "loop").symlink_to(fox)
+    add_duplicates_and_odd_names(src)
+    (fox / "loop").symlink_to(fox)  # a link loop
     return src
 
 

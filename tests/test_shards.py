@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import distinct_image, encode, grid_image, make_class_folders, near_copy
+from conftest import (
+    add_duplicates_and_odd_names,
+    distinct_image,
+    encode,
+    grid_image,
+    make_class_folders,
+)
 from helpers import assert_one_error_line, run_cli
 from toolkit.collect import manifest
 from toolkit.core import decisions, dedupe, images
@@ -38,14 +44,7 @@ def source_folder(root):
     (cat / "page.jpg").write_bytes(b"<!DOCTYPE html><html>Access denied</html>")
     (cat / "tiny.png").write_bytes(encode(grid_image(7).resize((50, 40)), "PNG"))
     (dog / "photo.webp").write_bytes(encode(grid_image(154).convert("RGBA"), "WEBP"))
-    (fox / "near_copy.jpg").write_bytes(near_copy(distinct_image(200)))
-    (cat / "shared.jpg").write_bytes(distinct_image(300))
-    (dog / "shared_too.png").write_bytes(encode(grid_image(300), "PNG"))
-    (fox / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
-    (fox / "sub").mkdir()
-    (fox / "sub" / "nested.jpg").write_bytes(distinct_image(250))
-    with open(os.path.join(os.fsencode(fox), b"caf\xe9.jpg"), "wb") as f:
-        f.write(distinct_image(251))
+    add_duplicates_and_odd_names(src)
     decisions.append(src, [decisions.Decision("cat/img0001.jpg", "drop"),
                            decisions.Decision("dog/img0100.jpg", "move", "fox")])
     entries = []

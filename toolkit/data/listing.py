@@ -1,6 +1,7 @@
-"""The sharded pack's listing: every file pack considers as a JSON line, numbered in pack's order,
-and an index of where each line starts, so that a pipeline step reads only the lines it needs
-(a chunk to check, a shard's files to write) and no step carries names or provenance along.
+"""What every step of the sharded pack is given: the pack's settings, and the listing, every file
+pack considers as a JSON line, numbered in pack's order, with an index of where each line starts,
+so that a step reads only the lines it needs (a chunk to check, a shard's files to write) and no
+step carries names or provenance along.
 """
 
 from __future__ import annotations
@@ -10,11 +11,31 @@ import json
 import os
 import struct
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..collect import manifest
+from ..core import images
 from ..core.sources import class_folders, iter_inputs
 from . import shards
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every step needs to know of the pack."""
+
+    class_names: tuple[str, ...]
+    size: int
+    fit: str
+    seed: int
+    test_size: float
+    per_class: int
+    allow_fewer: bool
+    threshold: int
+    checks: images.Checks
+    images_per_shard: int
+    encoding: str = shards.ENCODING
+
 
 #: Each line's byte offset in the listing, as little-endian uint64, one per file in its order.
 OFFSET = struct.Struct("<Q")

@@ -32,8 +32,8 @@ from ..core import dedupe, hamming, images
 from ..core.sources import InputFile
 from ..curate.verdicts import Judged
 from . import listing, shards, splits
+from .listing import Settings
 from .packer import PACKED, SURPLUS, review_file, short_of_images
-from .shard_pack import Settings
 
 #: Files of the listing a worker checks in one go.
 CHUNK = 100

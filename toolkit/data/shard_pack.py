@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,23 +45,6 @@ from .packer import (
 
 DIRECT = "DirectRunner"
 BEAM_MISSING = "the sharded pack runs on Apache Beam: pip install 'toolkit-imageclass[scale]'"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What every step needs to know of the pack."""
-
-    class_names: tuple[str, ...]
-    size: int
-    fit: str
-    seed: int
-    test_size: float
-    per_class: int
-    allow_fewer: bool
-    threshold: int
-    checks: images.Checks
-    images_per_shard: int
-    encoding: str = shards.ENCODING
 
 
 def pack_shards(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 400,
@@ -104,8 +86,8 @@ def pack_shards(source: str | os.PathLike, out: str | os.PathLike, *, per_class:
         data.mkdir(parents=True)
         try:
             class_names, count = listing.write(work / "listing.jsonl", source)
-            settings = Settings(tuple(class_names), size, fit, seed, test_size, per_class, allow_fewer,
-                                threshold, checks, images_per_shard, encoding)
+            settings = listing.Settings(tuple(class_names), size, fit, seed, test_size, per_class,
+                                        allow_fewer, threshold, checks, images_per_shard, encoding)
             _run(options, settings, work, data, count, made, judged)
             plan = _Plan(sorted(work.glob("plan-*.jsonl")), count)
             report = _report(source, out, class_names, per_class, allow_fewer, plan)

@@ -19,6 +19,9 @@ import numpy as np
 from ..collect import manifest
 from .metrics import RunMetrics, read_metrics
 
+CELL_IMAGES = 60    # most images a run's page shows per confusion-matrix cell
+TOP_LOSSES = 12     # the worst test images it shows
+
 TOP_HOSTS = 5
 
 
@@ -60,13 +63,32 @@ def _test_images(archive, test_probabilities: np.ndarray | None):
     """The archive's X_test (read lazily), or of a dataset's streamed test split the images the
     page shows (row -> pixels), read in one ordered pass."""
     from ..data.streams import ShardSplit, pixel_batches
-    from .report_html import shown_rows
 
     if not isinstance(archive.X_test, ShardSplit):
         return archive.X_test
     rows = shown_rows(np.asarray(archive.y_test), test_probabilities)
     images = [image for batch in pixel_batches(archive.X_test, 64, rows) for image in batch]
     return dict(zip(rows.tolist(), images))
+
+
+def top_loss_rows(y_test: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """The TOP_LOSSES wrong test rows, lowest probability of the true class first."""
+    p_true = probabilities[np.arange(len(y_test)), y_test]
+    wrong = np.flatnonzero(probabilities.argmax(1) != y_test)
+    return wrong[np.argsort(p_true[wrong])][:TOP_LOSSES]
+
+
+def shown_rows(y_test: np.ndarray, probabilities: np.ndarray | None) -> np.ndarray:
+    """The test rows whose images the page shows (each confusion cell's first CELL_IMAGES, the
+    TOP_LOSSES worst), sorted: what a dataset's ordered pass reads for it."""
+    if probabilities is None:
+        return np.zeros(0, dtype=np.int64)
+    predicted, keep = probabilities.argmax(1), np.zeros(len(y_test), dtype=bool)
+    for i in np.unique(y_test):
+        for j in np.unique(predicted):
+            keep[np.flatnonzero((y_test == i) & (predicted == j))[:CELL_IMAGES]] = True
+    keep[top_loss_rows(y_test, probabilities)] = True
+    return np.flatnonzero(keep)
 
 
 def crawl_provenance(source: str | None, class_names: list[str]) -> dict[str, dict]:

@@ -19,11 +19,9 @@ from PIL import Image
 
 from ..core.files import read_own_file, write_text
 from .metrics import RunMetrics, read_metrics
-from .pages import RunFacts, known_confusions
+from .pages import CELL_IMAGES, RunFacts, known_confusions, top_loss_rows
 
 THUMBNAIL = 96      # px, the side of an inlined test image
-CELL_IMAGES = 60    # most images shown per confusion-matrix cell
-TOP_LOSSES = 12
 
 STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 20px 60px;color:#222}
@@ -140,7 +138,7 @@ def _confusion(facts: RunFacts) -> str:
 def _top_losses(facts: RunFacts) -> str:
     if facts.probabilities is None:
         return "<p class=muted>no predictions recorded</p>"
-    order = _top_loss_rows(facts.y_test, facts.probabilities)
+    order = top_loss_rows(facts.y_test, facts.probabilities)
     if not len(order):
         return "<p>every test image is classified correctly.</p>"
     return ("<p class=muted>The test images the model gets most wrong (lowest calibrated "
@@ -194,25 +192,6 @@ def _provenance(facts: RunFacts) -> str:
 
 
 # --------------------------------------------------------------------------- pieces
-
-def _top_loss_rows(y_test: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    p_true = probabilities[np.arange(len(y_test)), y_test]
-    wrong = np.flatnonzero(probabilities.argmax(1) != y_test)
-    return wrong[np.argsort(p_true[wrong])][:TOP_LOSSES]
-
-
-def shown_rows(y_test: np.ndarray, probabilities: np.ndarray | None) -> np.ndarray:
-    """The test rows whose images the page shows (each confusion cell's first CELL_IMAGES, the
-    TOP_LOSSES worst), sorted: what a dataset's ordered pass reads for it."""
-    if probabilities is None:
-        return np.zeros(0, dtype=np.int64)
-    predicted, keep = probabilities.argmax(1), np.zeros(len(y_test), dtype=bool)
-    for i in np.unique(y_test):
-        for j in np.unique(predicted):
-            keep[np.flatnonzero((y_test == i) & (predicted == j))[:CELL_IMAGES]] = True
-    keep[_top_loss_rows(y_test, probabilities)] = True
-    return np.flatnonzero(keep)
-
 
 def _figure(facts: RunFacts, k: int) -> str:
     names = facts.class_names

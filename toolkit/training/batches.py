@@ -1,9 +1,11 @@
-"""What a fit reads: rows of an array read on demand, seeded batches, the validation split."""
+"""What a fit reads: rows of an array read on demand, seeded batches, the validation split, and
+the run's inputs (:class:`Inputs`) whichever format they come from."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -75,3 +77,25 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
         return rows, rows[:0]
     train_rows, val_rows = stratified_split(labels, fraction, seed)
     return np.sort(train_rows), np.sort(val_rows)
+
+
+@dataclass
+class Inputs:
+    """The run's inputs. `train` has `set_epoch` (the Checkpointer calls it);
+    `fit_data(start, epochs)` is what `fit` reads from epoch `start` on, with its steps per
+    epoch (None: the input's length); the rest are unlabelled batches that `predict` reads."""
+
+    train: object                    # Batches, or a streams.TrainStream
+    validation: object | None        # labelled validation batches for fit, or None
+    test: object                     # every test image (or its features)
+    validation_images: object | None  # every validation image (or its features)
+    reference: object                # the training rows the unknown detector keeps
+
+    def fit_data(self, start_epoch: int, epochs: int) -> tuple[object, int | None]:
+        if isinstance(self.train, Batches):
+            return self.train, None
+        return self.train.epochs(start_epoch, epochs), self.train.steps
+
+    def first_batch(self):
+        """A batch of training inputs (multiworker builds the model from one)."""
+        return self.train[0] if isinstance(self.train, Batches) else self.train.first_batch()

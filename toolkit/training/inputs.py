@@ -3,41 +3,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..data.npz import Archive
 from ..data.streams import ShardData
-from .batches import Batches, Rows
+from .batches import Batches, Inputs, Rows
 from .calibration import reference_rows
 from .features import FeatureCache
 
 if TYPE_CHECKING:
     from .config import TrainConfig
-
-
-@dataclass
-class Inputs:
-    """The run's inputs. `train` has `set_epoch` (the Checkpointer calls it);
-    `fit_data(start, epochs)` is what `fit` reads from epoch `start` on, with its steps per
-    epoch (None: the input's length); the rest are unlabelled batches that `predict` reads."""
-
-    train: object                    # Batches, or a streams.TrainStream
-    validation: object | None        # labelled validation batches for fit, or None
-    test: object                     # every test image (or its features)
-    validation_images: object | None  # every validation image (or its features)
-    reference: object                # the training rows the unknown detector keeps
-
-    def fit_data(self, start_epoch: int, epochs: int) -> tuple[object, int | None]:
-        if isinstance(self.train, Batches):
-            return self.train, None
-        return self.train.epochs(start_epoch, epochs), self.train.steps
-
-    def first_batch(self):
-        """A batch of training inputs (multiworker builds the model from one)."""
-        return self.train[0] if isinstance(self.train, Batches) else self.train.first_batch()
 
 
 def prepare_inputs(config: TrainConfig, data: Archive | ShardData, split, cached: bool, policy: str,

@@ -22,11 +22,11 @@ import numpy as np
 
 from ..data import shards
 from ..data.streams import ShardData, keep_rows
+from .batches import Inputs
 from .calibration import reference_rows
 
 if TYPE_CHECKING:
     from .config import TrainConfig
-    from .inputs import Inputs
 
 log = logging.getLogger("toolkit")
 
@@ -133,8 +133,6 @@ def shard_inputs(config: TrainConfig, data: ShardData, train_rows: np.ndarray, v
     """The fit's and the predictions' inputs of a pixel strategy on a dataset: the training
     stream, validation (ordered, the rows an archive's run validates on) and ordered passes
     for the test set and the unknown detector's training rows."""
-    from .inputs import Inputs
-
     train = TrainStream(data, train_rows, batch, config.seed, replicas, distribution)
     if train.multiworker and len(data.dataset.files("train")) < distribution.num_replicas_in_sync:
         log.warning("%d training shards for %d replicas: every worker reads every shard and keeps "

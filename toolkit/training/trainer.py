@@ -39,11 +39,11 @@ from ..data.npz import Archive
 from ..data.streams import ShardData, load_data
 from ..reports.metrics import EVALUATION_FIELDS, CalibrationSummary, RunMetrics
 from . import interrupts, precision
-from .batches import validation_split
+from .batches import Inputs, validation_split
 from .checkpoints import Checkpointer, read_state
 from .config import LEARNING_RATES, TrainConfig
 from .distribution import distribution_strategy, is_chief, multiworker_workarounds
-from .inputs import Inputs, prepare_inputs
+from .inputs import prepare_inputs
 from .interrupts import Interrupted, interruptible  # noqa: F401 (Interrupted: the API's name)
 from .runs import (
     Clock,
