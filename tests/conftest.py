@@ -90,6 +90,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.line(line, red=True)
 
 
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(run folder, archive): a cnn trained one epoch on the toy shapes (10 per class at 32 px,
+    float32), for the tests that need any finished run. Trained once per session: a test that
+    changes the folder changes a copy (shutil.copytree)."""
+    from helpers import write_archive
+    from toolkit.training.trainer import train
+
+    root = tmp_path_factory.mktemp("finished-run")
+    data = write_archive(root / "shapes.npz", n_per_class=10)
+    run = train(data, "cnn", out=root / "run", epochs=1, weights="none", batch_size=16,
+                precision="float32", verbose=0, cache_dir=str(root / "cache"))
+    return run.folder, data
+
+
 @pytest.fixture
 def engine(monkeypatch):
     """A fake Bing/DuckDuckGo/Baidu/Google on 127.0.0.1; the crawler is pointed at it, and may

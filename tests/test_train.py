@@ -337,14 +337,15 @@ print(json.dumps(model.predict(np.load(sys.argv[2])["X_test"][:4], verbose=0).to
 """
 
 
-def test_keras_loads_a_saved_model_once_toolkit_models_is_imported(tiny, tmp_path):
-    run = train(tiny, "cnn", out=tmp_path / "run", epochs=1, **QUICK)
-    done = subprocess.run([sys.executable, "-c", KERAS_LOAD, str(run.folder / "model.keras"), str(tiny)],
+def test_keras_loads_a_saved_model_once_toolkit_models_is_imported(finished_run):
+    folder, data = finished_run
+    done = subprocess.run([sys.executable, "-c", KERAS_LOAD, str(folder / "model.keras"), str(data)],
                           capture_output=True, text=True, timeout=240,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, done.stderr[-3000:]
     loaded = np.array(json.loads(done.stdout.splitlines()[-1]))
-    np.testing.assert_allclose(loaded, run.model.predict(np.load(tiny)["X_test"][:4], verbose=0),
+    model, _ = models.load_model(folder / "model.keras")
+    np.testing.assert_allclose(loaded, model.predict(np.load(data)["X_test"][:4], verbose=0),
                                rtol=1e-5, atol=1e-6)
 
 
@@ -384,9 +385,9 @@ def test_online_augment_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
     np.testing.assert_allclose(resumed.history["val_loss"], whole.history["val_loss"], rtol=1e-5)
 
 
-def test_resume_of_a_damaged_state_is_one_line(tiny, tmp_path):
-    run = train(tiny, "cnn", out=tmp_path / "run", epochs=1, **QUICK)
-    (run.folder / "checkpoint" / "state.json").write_text('{"epoch": 0, "fini')
+def test_resume_of_a_damaged_state_is_one_line(finished_run, tmp_path):
+    shutil.copytree(finished_run[0], tmp_path / "run")
+    (tmp_path / "run" / "checkpoint" / "state.json").write_text('{"epoch": 0, "fini')
     before = tree(tmp_path / "run")
     assert_one_error_line(run_cli("train", "--resume", tmp_path / "run"), "state.json is damaged")
     assert tree(tmp_path / "run") == before
@@ -442,10 +443,10 @@ def test_killed_run_resumes_to_the_same_result(shapes, tmp_path):
                                    rtol=1e-4, atol=1e-5)
 
 
-def test_resume_refuses_a_finished_run(tiny, tmp_path):
-    run = train(tiny, "extract", out=tmp_path / "run", epochs=1, **QUICK)
+def test_resume_refuses_a_finished_run(finished_run, tmp_path):
+    shutil.copytree(finished_run[0], tmp_path / "run")
     with pytest.raises(ToolkitError, match="already finished"):
-        resume(run.folder)
+        resume(tmp_path / "run")
 
 
 # ---- the command line
