@@ -90,6 +90,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.line(line, red=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def started_with_the_session(request, tmp_path_factory):
+    """A test module whose tests wait for minutes of subprocesses (tests/test_scripts.py's
+    smoke runs of scripts/) starts them as the session starts, beside the tests before it:
+    it defines start_with_the_session(its selected items, tmp_path_factory), which returns
+    what waits for them at the end."""
+    selected: dict = {}
+    for item in request.session.items:
+        selected.setdefault(getattr(item, "module", None), []).append(item)
+    stops = [module.start_with_the_session(items, tmp_path_factory)
+             for module, items in selected.items() if hasattr(module, "start_with_the_session")]
+    yield
+    for stop in stops:
+        stop()
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory) -> tuple[Path, Path]:
     """(run folder, archive): a cnn trained one epoch on the toy shapes (10 per class at 32 px,
