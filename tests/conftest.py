@@ -9,6 +9,7 @@ import shutil
 import struct
 import tempfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -92,18 +93,26 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 @pytest.fixture(scope="session", autouse=True)
 def started_with_the_session(request, tmp_path_factory):
-    """A test module whose tests wait for minutes of subprocesses (tests/test_scripts.py's
-    smoke runs of scripts/) starts them as the session starts, beside the tests before it:
-    it defines start_with_the_session(its selected items, tmp_path_factory), which returns
-    what waits for them at the end."""
+    """Tests that wait for minutes of subprocesses (the smoke runs of scripts/, training on
+    two devices or two workers) have them started as the session starts, on one background
+    worker beside the tests before them, instead of when they come up. A test module opts in
+    with start_with_the_session(its selected items, tmp_path_factory, pool): it submits its
+    work to `pool` and keeps the futures its tests wait for. When only such modules are
+    selected, the pool has a few workers."""
     selected: dict = {}
     for item in request.session.items:
         selected.setdefault(getattr(item, "module", None), []).append(item)
-    stops = [module.start_with_the_session(items, tmp_path_factory)
-             for module, items in selected.items() if hasattr(module, "start_with_the_session")]
+    starting = [(module, items) for module, items in selected.items()
+                if hasattr(module, "start_with_the_session")]
+    if not starting:
+        yield
+        return
+    alone = len(starting) == len(selected)
+    pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)) if alone else 1)
+    for module, items in starting:
+        module.start_with_the_session(items, tmp_path_factory, pool)
     yield
-    for stop in stops:
-        stop()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture(scope="session")

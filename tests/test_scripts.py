@@ -14,7 +14,6 @@ import ast
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -118,30 +117,22 @@ def jobs(scratch: Path) -> dict:
     }
 
 
-def start_with_the_session(items: list, tmp_path_factory) -> Callable[[], None]:
-    """Start the smoke runs that `items` (this module's selected tests) check; returns what
-    waits for them. conftest.py calls it as the session starts: the runs (minutes of
-    subprocesses, most of it TensorFlow starting) then take one worker beside the tests
-    before this module, and are done or nearly when their own tests come; run alone, this
-    module gives them a few workers. Each test waits for its own."""
-    if STARTED:
-        return lambda: None
+def start_with_the_session(items: list, tmp_path_factory, pool: ThreadPoolExecutor) -> None:
+    """Submit to `pool` the smoke runs that `items` (this module's selected tests) check.
+    conftest.py calls it as the session starts: the runs (minutes of subprocesses, most of
+    it TensorFlow starting) are then done, or nearly, when their tests come. Each test waits
+    for its own."""
     scratch = tmp_path_factory.mktemp("scripts")
     todo = jobs(scratch)
-    others = any(item.module.__name__ != __name__ for item in items[0].session.items)
-    pool = ThreadPoolExecutor(max_workers=1 if others else max(2, min(4, os.cpu_count() or 1)))
     wanted = [run for test in dict.fromkeys(item.originalname for item in items)
               for run in RUNS_OF.get(test, [])]
     STARTED.update(scratch=scratch, futures={name: pool.submit(todo[name]) for name in wanted})
-    return lambda: pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture(scope="module")
-def runs(request, tmp_path_factory) -> dict:
-    """{run: its future}, started with the session (or now, if nothing started them)."""
-    if not STARTED:
-        request.addfinalizer(start_with_the_session(
-            [item for item in request.session.items if item.module.__name__ == __name__], tmp_path_factory))
+def runs() -> dict:
+    """{run: its future}, started with the session by conftest.py."""
+    assert STARTED, "conftest.py's started_with_the_session starts the runs"
     return STARTED["futures"]
 
 
