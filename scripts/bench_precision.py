@@ -226,10 +226,11 @@ def compare_forward(backbones: list[str], repeat: int, seconds: float) -> None:
     rows = []
     for backbone in backbones:
         f32, bf16 = (statistics.median(speeds[backbone, p]) for p in ("float32", "mixed_bfloat16"))
-        rows.append([backbone, f"{f32:.1f}", f"{bf16:.1f}", f"**{bf16 / f32:.2f}x**"])
+        # two decimals: the ratio, of the unrounded medians, can be checked from the columns
+        rows.append([backbone, f"{f32:.2f}", f"{bf16:.2f}", f"**{bf16 / f32:.2f}x**"])
     print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print("\nforward pass, 224 px, batch 32, images/s (median of", repeat, "runs each)\n")
-    print(table(["backbone", "float32", "bfloat16", "bfloat16 / float32"], rows))
+    print(table(["backbone", "float32 images/s", "bfloat16 images/s", "bfloat16 / float32"], rows))
 
 
 def main() -> None:
@@ -307,15 +308,17 @@ def main() -> None:
         t, e, s, m = (statistics.median(column) for column in list(zip(*measured_runs))[1:])
         f = statistics.median(run[0] for run in measured_runs if run[0] is not None)
         a = statistics.mean(accuracies[precision])
-        results.append((f, t, m, a))
+        results.append((f, t, s, m, a))
         rows.append([f"{precision} ({policies[precision]})", f"{f:.1f}",
                      f"{frozen_images / f:.1f}" if f else "", f"{t:.1f}", f"{e:g}", f"{s:.1f}",
                      f"{m:,.0f}", f"{a:.3f}", " ".join(f"{x:.3f}" for x in accuracies[precision])])
-    if len(results) == 2:
-        (f0, t0, m0, a0), (f1, t1, m1, a1) = results
+    if len(results) == 2:  # every ratio a table of these runs quotes, from the unrounded medians
+        (f0, t0, s0, m0, a0), (f1, t1, s1, m1, a1) = results
         images_apart = (a1 - a0) * images["y_test"]
-        rows.append(["second / first", f"**{f0 / f1:.2f}x** faster" if f1 else "", "",
-                     f"**{t0 / t1:.2f}x** faster", "", "", f"{m1 / m0:.2f}x",
+        first, second = runs
+        rows.append([f"{second} / {first}", f"**{f0 / f1:.2f}x** faster" if f1 and f0 else "",
+                     "", f"**{t0 / t1:.2f}x** faster", "",
+                     f"{s0 / s1:.2f}x faster", f"{m1 / m0:.2f}x",
                      f"{a1 - a0:+.3f} ({images_apart:+.1f} test images)", ""])
     print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     model = ("cnn" if args.strategy == "cnn"

@@ -10,6 +10,10 @@ same archive and cache (what a second run or another strategy at the same cut co
 
     python scripts/bench_train.py ARCHIVE [--backbone vgg16] [--weights none] [--epochs 50]
                                   [--strategies extract,finetune,augment] [--second-run]
+                                  [--precision float32]
+
+The toolkit side runs `--precision float32` unless told otherwise: the recipe computes in
+float32 too.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import shutil
 import struct
 import tempfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,45 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                                  red=True)
         for line in _UNEXPECTED_SKIPS:
             terminalreporter.line(line, red=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def started_with_the_session(request, tmp_path_factory):
+    """Tests that wait for minutes of subprocesses (the smoke runs of scripts/, training on
+    two devices or two workers) have them started as the session starts, on one background
+    worker beside the tests before them, instead of when they come up. A test module opts in
+    with start_with_the_session(its selected items, tmp_path_factory, pool): it submits its
+    work to `pool` and keeps the futures its tests wait for. When only such modules are
+    selected, the pool has a few workers."""
+    selected: dict = {}
+    for item in request.session.items:
+        selected.setdefault(getattr(item, "module", None), []).append(item)
+    starting = [(module, items) for module, items in selected.items()
+                if hasattr(module, "start_with_the_session")]
+    if not starting:
+        yield
+        return
+    alone = len(starting) == len(selected)
+    pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)) if alone else 1)
+    for module, items in starting:
+        module.start_with_the_session(items, tmp_path_factory, pool)
+    yield
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(run folder, archive): a cnn trained one epoch on the toy shapes (10 per class at 32 px,
+    float32), for the tests that need any finished run. Trained once per session: a test that
+    changes the folder changes a copy (shutil.copytree)."""
+    from helpers import write_archive
+    from toolkit.training.trainer import train
+
+    root = tmp_path_factory.mktemp("finished-run")
+    data = write_archive(root / "shapes.npz", n_per_class=10)
+    run = train(data, "cnn", out=root / "run", epochs=1, weights="none", batch_size=16,
+                precision="float32", verbose=0, cache_dir=str(root / "cache"))
+    return run.folder, data
 
 
 @pytest.fixture

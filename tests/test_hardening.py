@@ -303,14 +303,13 @@ def test_evaluate_refuses_what_is_not_a_model(tmp_path):
     assert_one_error_line(run_cli("evaluate", tmp_path / "code.keras", "--data", data), "refusing it")
 
 
-def test_evaluate_checks_the_archive_fits_the_model(tmp_path):
-    data = write_archive(tmp_path / "d.npz", n_per_class=8)
-    run_cli("train", "--strategy", "cnn", "--data", data, "--epochs", 1, "--out", tmp_path / "run")
+def test_evaluate_checks_the_archive_fits_the_model(finished_run, tmp_path):
+    run = finished_run[0]  # 32 px, square / disc / bar
     other = write_archive(tmp_path / "other.npz", n_per_class=8, size=40)
-    assert_one_error_line(run_cli("evaluate", tmp_path / "run", "--data", other), "pack with --size 32")
+    assert_one_error_line(run_cli("evaluate", run, "--data", other), "pack with --size 32")
     renamed = write_archive(tmp_path / "renamed.npz", n_per_class=8,
                             class_names=np.array(["x", "y", "z"]))
-    assert_one_error_line(run_cli("evaluate", tmp_path / "run", "--data", renamed), "was trained on")
+    assert_one_error_line(run_cli("evaluate", run, "--data", renamed), "was trained on")
 
 
 def test_a_batch_larger_than_the_data_is_a_warning(tmp_path, caplog):

@@ -182,6 +182,41 @@ def test_every_key_of_the_help_decides_on_the_server_and_a_tab_shows_others_when
         stop(server)
 
 
+def test_images_selected_while_a_decision_is_on_its_way_stay_selected(browser, tmp_path,  # noqa: F811
+                                                                     monkeypatch):
+    """A decision's answer takes out of the selection what it decided, not the images selected
+    while it was on its way (a reviewer who presses d, then space on the next ones at once)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    source = write_review(tmp_path / "src", {"cat": ["a.jpg", "b.jpg", "c.jpg"], "dog": ["d.jpg"]})
+    record, may_answer = gallery_module.Gallery.decide, threading.Event()
+
+    def recorded_then_answered_later(self, requested):
+        recorded = record(self, requested)
+        may_answer.wait(20)
+        return recorded
+
+    monkeypatch.setattr(gallery_module.Gallery, "decide", recorded_then_answered_later)
+    server = start(source)
+    try:
+        wait = open_gallery(browser, server, 3)
+        ActionChains(browser).send_keys("d").perform()  # the focused image, cat/a.jpg
+        wait.until(lambda d: made(source) == {"cat/a.jpg": ("drop", None)})  # recorded, not answered
+        ActionChains(browser).send_keys(Keys.ARROW_RIGHT, " ").perform()
+        wait.until(lambda d: d.find_element(By.ID, "nselected").text == "1")
+        may_answer.set()
+        wait.until(lambda d: d.find_element(
+            By.CSS_SELECTOR, '#grid .card[data-file="cat/a.jpg"] .decision').text == "dropped")
+        assert browser.find_element(By.ID, "nselected").text == "1"
+        assert browser.find_elements(By.CSS_SELECTOR, "#grid .card.selected")[0].get_attribute(
+            "data-file") == "cat/b.jpg"
+    finally:
+        may_answer.set()
+        stop(server)
+
+
 def test_a_closed_tab_or_a_cancelled_thumbnail_prints_no_traceback(small, capfd):
     """The browser cancels image loads whenever the grid changes or the tab closes."""
     source, server = small

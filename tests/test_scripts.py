@@ -4,7 +4,8 @@ must not rot between the times someone measures with them.
 Each runs as a user runs it (`python scripts/NAME.py ...`, in its own process, from a scratch
 folder), must exit 0 and print the machine line (cores, CPU model and its speed flags) that
 every number in the README is quoted with. Sizes are the smallest that still take each code
-path; the numbers themselves mean nothing here.
+path; the numbers themselves mean nothing here. The runs start with the session, beside the
+tests before this module (start_with_the_session, called from conftest.py).
 """
 
 from __future__ import annotations
@@ -44,30 +45,6 @@ def assert_benchmark_output(output: str, *headers: str) -> None:
         assert header in output, f"{header!r} is missing from:\n{output[-3000:]}"
 
 
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("scripts")
-
-
-@pytest.fixture(scope="module")
-def archive(scratch) -> Path:
-    """30 images of the toy shapes at 32 px (24 train, 6 test)."""
-    return write_archive(scratch / "tiny.npz", n_per_class=10)
-
-
-@pytest.fixture(scope="module")
-def photos(scratch) -> tuple[Path, Path]:
-    """Class folders named as ../shared/data/flowers' (8 distinct images each) and 3 photos of
-    no class."""
-    flowers = make_class_folders(scratch / "flowers", {"rose": range(8), "sunflower": range(100, 108),
-                                                      "tulip": range(200, 208)})
-    offtopic = scratch / "offtopic"
-    offtopic.mkdir()
-    for seed in range(900, 903):
-        (offtopic / f"object{seed}.jpg").write_bytes(distinct_image(seed))
-    return flowers, offtopic
-
-
 #: the runs each test checks
 RUNS_OF = {"test_bench_pack": ["bench_pack"], "test_bench_crawl": ["bench_crawl"],
            "test_bench_unknown_then_export_then_the_report_screenshot": ["unknown_export_screenshot"],
@@ -76,12 +53,27 @@ RUNS_OF = {"test_bench_pack": ["bench_pack"], "test_bench_crawl": ["bench_crawl"
            "test_bench_growth": ["bench_growth"], "test_bench_precision": ["bench_precision"],
            "test_bench_train": ["bench_train"], "test_bench_stream": ["bench_stream"]}
 
+#: what start_with_the_session started: the scratch folder and {run: its future}
+STARTED: dict = {}
 
-@pytest.fixture(scope="module")
-def runs(request, scratch, archive, photos):
-    """The smoke runs of the tests selected, started at once on a few workers (most of their
-    time is TensorFlow starting, on one core each); each test waits for its own."""
-    flowers, offtopic = photos
+
+def inputs(scratch: Path) -> tuple[Path, Path, Path]:
+    """(archive, flowers, offtopic): 30 images of the toy shapes at 32 px (24 train, 6 test);
+    class folders named as ../shared/data/flowers' (8 distinct images each); 3 photos of no
+    class."""
+    archive = write_archive(scratch / "tiny.npz", n_per_class=10)
+    flowers = make_class_folders(scratch / "flowers", {"rose": range(8), "sunflower": range(100, 108),
+                                                      "tulip": range(200, 208)})
+    offtopic = scratch / "offtopic"
+    offtopic.mkdir()
+    for seed in range(900, 903):
+        (offtopic / f"object{seed}.jpg").write_bytes(distinct_image(seed))
+    return archive, flowers, offtopic
+
+
+def jobs(scratch: Path) -> dict:
+    """{run: a function that runs it and returns its output}."""
+    archive, flowers, offtopic = inputs(scratch)
     review = ["--flowers", flowers, "--offtopic", offtopic, "--weights", "none", "--size", 32]
     unknown = scratch / "unknown"
 
@@ -97,14 +89,15 @@ def runs(request, scratch, archive, photos):
                                             cwd=scratch)
         return done
 
-    jobs = {
+    return {
         "bench_pack": lambda: run_script("bench_pack.py", flowers, "--size", 32, "--per-class", 4,
                                          "--repeat", 1, cwd=scratch),
         "bench_crawl": lambda: run_script("bench_crawl.py", "--classes", 1, "--per-class", 4,
                                           "--latency", 0.01, "--threads", 2, cwd=scratch),
         "unknown_export_screenshot": unknown_export_screenshot,
+        # --evidence-sizes at review's own --size: the other crop size's embeddings come from the cache
         "bench_review": lambda: run_script("bench_review.py", *review, "--mislabeled", 1, "--variants",
-                                           "--evidence", "--evidence-sizes", 48, cwd=scratch),
+                                           "--evidence", "--evidence-sizes", 32, cwd=scratch),
         "bench_review_intruders": lambda: run_script(
             "bench_review.py", *review, "--intruders", "--intruder-counts", 2, "--reference-size", 3,
             cwd=scratch),
@@ -124,12 +117,30 @@ def runs(request, scratch, archive, photos):
                                           "--weights", "none", "--epochs", 1, "--recipe-epochs", 1,
                                           cwd=scratch),
     }
-    selected = [item.originalname for item in request.session.items if item.module.__name__ == __name__]
-    wanted = [run for test in selected for run in RUNS_OF.get(test, [])]
-    pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)))
-    futures = {name: pool.submit(jobs[name]) for name in wanted}
-    yield futures
-    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start_with_the_session(items: list, tmp_path_factory, pool: ThreadPoolExecutor) -> None:
+    """Submit to `pool` the smoke runs that `items` (this module's selected tests) check.
+    conftest.py calls it as the session starts: the runs (minutes of subprocesses, most of
+    it TensorFlow starting) are then done, or nearly, when their tests come. Each test waits
+    for its own."""
+    scratch = tmp_path_factory.mktemp("scripts")
+    todo = jobs(scratch)
+    wanted = [run for test in dict.fromkeys(item.originalname for item in items)
+              for run in RUNS_OF.get(test, [])]
+    STARTED.update(scratch=scratch, futures={name: pool.submit(todo[name]) for name in wanted})
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict:
+    """{run: its future}, started with the session by conftest.py."""
+    assert STARTED, "conftest.py's started_with_the_session starts the runs"
+    return STARTED["futures"]
+
+
+@pytest.fixture(scope="module")
+def scratch(runs) -> Path:
+    return STARTED["scratch"]
 
 
 def test_bench_pack(runs):
@@ -153,7 +164,7 @@ def test_bench_unknown_then_export_then_the_report_screenshot(runs, scratch):
 @pytest.mark.slow
 def test_bench_review(runs):
     assert_benchmark_output(runs["bench_review"].result(), "| noise | images |", "| current rules |",
-                            "| 48 px centre crop |")
+                            "| 32 px centre crop |")
     assert_benchmark_output(runs["bench_review_intruders"].result(), "| sunflowers filed as roses |",
                             "| 2 | 3 sunflowers |")
 

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -114,16 +116,36 @@ def test_preprocessing_matches_keras_applications():
                                    rtol=1e-5, atol=1e-4)
 
 
+#: a cnn that learns the toy shapes (40 per class at 24 px) in 6 epochs: on one device here, on
+#: two in test_mirrored_training_on_two_cpu_devices_reaches_the_same_quality
+LEARNS = dict(epochs=6, batch_size=16, learning_rate=2e-3, patience=6, weights="none", precision="float32")
+
+
 def test_cnn_learns_a_toy_set(tmp_path):
-    data = write_archive(tmp_path / "shapes.npz", n_per_class=45)
-    run = train(data, "cnn", out=tmp_path / "run", epochs=25, learning_rate=1e-3, patience=6, **QUICK)
+    data = write_archive(tmp_path / "shapes.npz", n_per_class=40, size=24)
+    run = train(data, "cnn", out=tmp_path / "run", verbose=0, **LEARNS)
     assert run.metrics["accuracy"] >= 0.9, run.metrics
     assert run.metrics["parameters"]["trainable"] == run.metrics["parameters"]["total"]
 
 
+@pytest.fixture(scope="module")
+def trained(shapes, tmp_path_factory):
+    """strategy -> its run on shapes (2 epochs, 2 augmented views), trained when a test first
+    asks for it: the end-to-end test checks each, and other tests read the same runs."""
+    runs = {}
+
+    def run(strategy: str):
+        if strategy not in runs:
+            folder = tmp_path_factory.mktemp(strategy)
+            runs[strategy] = train(shapes, strategy, out=folder / "run", epochs=2, views=2,
+                                   cache_dir=str(folder / "cache"), **QUICK)
+        return runs[strategy]
+    return run
+
+
 @pytest.mark.parametrize("strategy", ["extract", "finetune", "augment"])
-def test_every_transfer_strategy_runs_end_to_end(shapes, tmp_path, strategy):
-    run = train(shapes, strategy, out=tmp_path / "run", epochs=2, views=2, **QUICK)
+def test_every_transfer_strategy_runs_end_to_end(trained, strategy):
+    run = trained(strategy)
     files = {p.name for p in run.folder.iterdir()}
     assert {"model.keras", "config.json", "history.csv", "curves.png", "metrics.json",
             "classification_report.txt", "confusion_matrix.png"} <= files
@@ -138,8 +160,8 @@ def test_every_transfer_strategy_runs_end_to_end(shapes, tmp_path, strategy):
     assert again.metrics["confusion_matrix"] == run.metrics["confusion_matrix"]
 
 
-def test_saved_model_reloads_and_predicts_the_same(shapes, tmp_path):
-    run = train(shapes, "finetune", out=tmp_path / "run", epochs=2, **QUICK)
+def test_saved_model_reloads_and_predicts_the_same(trained, shapes):
+    run = trained("finetune")
     loaded, info = models.load_model(run.folder / "model.keras")
     x = np.load(shapes)["X_test"]
     np.testing.assert_allclose(loaded.predict(x, verbose=0), run.model.predict(x, verbose=0),
@@ -317,14 +339,15 @@ print(json.dumps(model.predict(np.load(sys.argv[2])["X_test"][:4], verbose=0).to
 """
 
 
-def test_keras_loads_a_saved_model_once_toolkit_models_is_imported(tiny, tmp_path):
-    run = train(tiny, "cnn", out=tmp_path / "run", epochs=1, **QUICK)
-    done = subprocess.run([sys.executable, "-c", KERAS_LOAD, str(run.folder / "model.keras"), str(tiny)],
+def test_keras_loads_a_saved_model_once_toolkit_models_is_imported(finished_run):
+    folder, data = finished_run
+    done = subprocess.run([sys.executable, "-c", KERAS_LOAD, str(folder / "model.keras"), str(data)],
                           capture_output=True, text=True, timeout=240,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, done.stderr[-3000:]
     loaded = np.array(json.loads(done.stdout.splitlines()[-1]))
-    np.testing.assert_allclose(loaded, run.model.predict(np.load(tiny)["X_test"][:4], verbose=0),
+    model, _ = models.load_model(folder / "model.keras")
+    np.testing.assert_allclose(loaded, model.predict(np.load(data)["X_test"][:4], verbose=0),
                                rtol=1e-5, atol=1e-6)
 
 
@@ -364,9 +387,9 @@ def test_online_augment_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
     np.testing.assert_allclose(resumed.history["val_loss"], whole.history["val_loss"], rtol=1e-5)
 
 
-def test_resume_of_a_damaged_state_is_one_line(tiny, tmp_path):
-    run = train(tiny, "cnn", out=tmp_path / "run", epochs=1, **QUICK)
-    (run.folder / "checkpoint" / "state.json").write_text('{"epoch": 0, "fini')
+def test_resume_of_a_damaged_state_is_one_line(finished_run, tmp_path):
+    shutil.copytree(finished_run[0], tmp_path / "run")
+    (tmp_path / "run" / "checkpoint" / "state.json").write_text('{"epoch": 0, "fini')
     before = tree(tmp_path / "run")
     assert_one_error_line(run_cli("train", "--resume", tmp_path / "run"), "state.json is damaged")
     assert tree(tmp_path / "run") == before
@@ -423,10 +446,10 @@ def test_killed_run_resumes_to_the_same_result(shapes, tmp_path):
                                    rtol=1e-4, atol=1e-5)
 
 
-def test_resume_refuses_a_finished_run(tiny, tmp_path):
-    run = train(tiny, "extract", out=tmp_path / "run", epochs=1, **QUICK)
+def test_resume_refuses_a_finished_run(finished_run, tmp_path):
+    shutil.copytree(finished_run[0], tmp_path / "run")
     with pytest.raises(ToolkitError, match="already finished"):
-        resume(run.folder)
+        resume(tmp_path / "run")
 
 
 # ---- the command line
@@ -501,6 +524,9 @@ def test_cli_train_needs_a_strategy_and_a_good_archive(tmp_path):
 
 
 # ---- more than one device
+# Each of these tests trains in other processes: its processes start with the session, on
+# conftest.py's background worker (start_with_the_session, below), and the test checks what
+# they left.
 
 MIRRORED = """
 import json, sys
@@ -508,26 +534,29 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from toolkit.training.trainer import train
-for mode in ("none", "mirrored"):
-    run = train(sys.argv[1], "cnn", out=sys.argv[2] + "/" + mode, distribute=mode, weights="none",
-                epochs=25, batch_size=16, learning_rate=1e-3, patience=6, precision="float32",
-                verbose=0)
-    print(json.dumps({"mode": mode, "accuracy": run.metrics["accuracy"],
-                      "replicas": run.metrics["replicas"], "batch": run.metrics["global_batch_size"]}))
+run = train(sys.argv[1], "cnn", out=sys.argv[2] + "/mirrored", distribute="mirrored", verbose=0,
+            **json.loads(sys.argv[3]))
+print(json.dumps({"accuracy": run.metrics["accuracy"], "replicas": run.metrics["replicas"],
+                  "batch": run.metrics["global_batch_size"]}))
 """
 
 
-def test_mirrored_training_on_two_cpu_devices_reaches_the_same_quality(tmp_path):
-    """One process (one TensorFlow start-up) trains on one device, then on two."""
-    data = write_archive(tmp_path / "shapes.npz", n_per_class=40, size=24)
-    done = subprocess.run([sys.executable, "-c", MIRRORED, str(data), str(tmp_path)],
+def mirrored_run(folder: Path) -> subprocess.CompletedProcess:
+    """LEARNS on two CPU devices, in a process of its own."""
+    data = write_archive(folder / "shapes.npz", n_per_class=40, size=24)
+    return subprocess.run([sys.executable, "-c", MIRRORED, str(data), str(folder), json.dumps(LEARNS)],
                           capture_output=True, text=True, timeout=270,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def test_mirrored_training_on_two_cpu_devices_reaches_the_same_quality(request):
+    """Two CPU devices learn what one does in test_cnn_learns_a_toy_set (the same data and
+    settings), each replica taking a whole batch."""
+    done, _ = started(request)
     assert done.returncode == 0, done.stderr[-2000:]
-    results = {r["mode"]: r for r in map(json.loads, done.stdout.strip().splitlines()[-2:])}
-    assert results["none"]["replicas"] == 1 and results["mirrored"]["replicas"] == 2
-    assert results["mirrored"]["batch"] == 2 * results["none"]["batch"] == 32
-    assert results["mirrored"]["accuracy"] >= 0.9 and results["none"]["accuracy"] >= 0.9
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2 and result["batch"] == 2 * LEARNS["batch_size"]
+    assert result["accuracy"] >= 0.9, result
 
 
 def _free_ports(n: int) -> list[int]:
@@ -573,29 +602,59 @@ def _run_workers(commands: list[list[str]], envs: list[dict], deadline: float) -
     return [(p.returncode, out) for p, out in zip(processes, outputs)]
 
 
-def test_multiworker_training_on_two_loopback_workers(tmp_path):
-    data = write_archive(tmp_path / "shapes.npz", n_per_class=30, size=24)
+def multiworker_runs(folder: Path) -> list[tuple[int, str]]:
+    """Two `toolkit train --distribute multiworker` processes on loopback ports; (exit code,
+    output) of each, or (None, ...) for one that was still running after 240 s."""
+    data = write_archive(folder / "shapes.npz", n_per_class=30, size=24)
     deadline = time.monotonic() + 240  # under pytest's 300 s, with room to report
     for attempt in range(3):
         workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
         commands, envs = [], []
         for index in range(2):
             tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-            shutil.rmtree(tmp_path / f"run{index}", ignore_errors=True)
+            shutil.rmtree(folder / f"run{index}", ignore_errors=True)
             commands.append([sys.executable, "-m", "toolkit.cli", "train", "--strategy", "cnn",
-                             "--data", str(data), "--weights", "none", "--epochs", "12",
-                             "--batch-size", "8", "--distribute", "multiworker", "--precision", "float32",
-                             "--out", str(tmp_path / f"run{index}")])
+                             "--data", str(data), "--weights", "none", "--epochs", "8",
+                             "--learning-rate", "2e-3", "--batch-size", "8", "--distribute", "multiworker",
+                             "--precision", "float32", "--out", str(folder / f"run{index}")])
             envs.append({**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "3"})
         results = _run_workers(commands, envs, deadline)
         if not any(code != 0 and PORT_TAKEN in out for code, out in results):
             break  # a port taken by another process between probe and bind: new ports, again
+    return [(None if time.monotonic() >= deadline else code, out) for code, out in results]
+
+
+def test_multiworker_training_on_two_loopback_workers(request):
+    results, folder = started(request)
     (code0, out0), (code1, out1) = results
-    assert time.monotonic() < deadline, "the workers did not finish in 240 s:\n" + out0[-3000:] + out1[-3000:]
+    assert None not in (code0, code1), "the workers did not finish in 240 s:\n" + out0[-3000:] + out1[-3000:]
     assert [code0, code1] == [0, 0], out0[-3000:] + out1[-3000:]
-    metrics = json.loads((tmp_path / "run0" / "metrics.json").read_text())
+    metrics = json.loads((folder / "run0" / "metrics.json").read_text())
     assert metrics["replicas"] == 2 and metrics["global_batch_size"] == 16
     assert metrics["accuracy"] >= 0.9
-    assert not (tmp_path / "run1").exists() and "written by the chief" in out1
-    result = run_cli("train", "--resume", tmp_path / "run0")
+    assert not (folder / "run1").exists() and "written by the chief" in out1
+    result = run_cli("train", "--resume", folder / "run0")
     assert_one_error_line(result, "cannot be resumed")
+
+
+#: test -> the work in other processes it checks, given a folder of its own
+IN_OTHER_PROCESSES = {"test_mirrored_training_on_two_cpu_devices_reaches_the_same_quality": mirrored_run,
+                      "test_multiworker_training_on_two_loopback_workers": multiworker_runs}
+
+#: test -> (the future of its work, its folder), from start_with_the_session
+STARTED: dict = {}
+
+
+def start_with_the_session(items: list, tmp_path_factory, pool: ThreadPoolExecutor) -> None:
+    """Submit to `pool` the work in other processes of the selected tests (conftest.py calls
+    it as the session starts)."""
+    for test in dict.fromkeys(item.originalname for item in items):
+        if test in IN_OTHER_PROCESSES:
+            folder = tmp_path_factory.mktemp(test[5:30])
+            STARTED[test] = (pool.submit(IN_OTHER_PROCESSES[test], folder), folder)
+
+
+def started(request):
+    """(what the test's work in other processes returned, its folder)."""
+    future, folder = STARTED[request.node.originalname]
+    return future.result(), folder

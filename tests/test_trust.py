@@ -273,23 +273,19 @@ def test_the_pixel_budget_is_never_exceeded_and_a_huge_image_still_decodes_alone
 # --------------------------------------------------------------------------- pages
 
 @pytest.mark.slow
-def test_a_page_never_inlines_a_file_that_a_link_in_a_run_folder_points_to(tmp_path):
+def test_a_page_never_inlines_a_file_that_a_link_in_a_run_folder_points_to(finished_run, tmp_path):
     import base64
     import io
     import shutil
 
     from PIL import Image
 
-    from helpers import write_archive
     from toolkit.reports.report_html import write_comparison_page
-    from toolkit.training.trainer import train
 
     private = io.BytesIO()
     Image.new("RGB", (7, 5), (1, 2, 3)).save(private, "PNG")
     (tmp_path / "private.png").write_bytes(private.getvalue())
-    data = write_archive(tmp_path / "a.npz", n_per_class=10)
-    own = train(data, "cnn", out=tmp_path / "own-run", epochs=1, weights="none", batch_size=16,
-                precision="float32", verbose=0, cache_dir=str(tmp_path / "cache")).folder
+    own = finished_run[0]
     shared = tmp_path / "shared-run"
     shutil.copytree(own, shared)
     (shared / "curves.png").unlink()
@@ -449,20 +445,19 @@ def test_the_command_line_asks_for_trust_before_loading_a_saved_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_folder_has_one_writer_at_a_time(tmp_path):
+def test_a_run_folder_has_one_writer_at_a_time(finished_run, tmp_path):
+    import shutil
 
-    from helpers import assert_one_error_line, run_cli, write_archive
-    from toolkit.training.trainer import train
+    from helpers import assert_one_error_line, run_cli
 
-    data = write_archive(tmp_path / "a.npz", n_per_class=10)
-    run = train(data, "cnn", out=tmp_path / "run", epochs=1, weights="none", batch_size=16,
-                precision="float32", verbose=0, cache_dir=str(tmp_path / "cache"))
-    holder = hold_in_another_process(run.folder, "x")
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    holder = hold_in_another_process(run, "x")
     try:
-        result = run_cli("train", "--resume", run.folder)
-        assert_one_error_line(result, f"the run {run.folder} is in use by another toolkit process "
+        result = run_cli("train", "--resume", run)
+        assert_one_error_line(result, f"the run {run} is in use by another toolkit process "
                                       f"(pid {holder.pid})")
     finally:
         holder.kill()
         holder.wait()
-    assert_one_error_line(run_cli("train", "--resume", run.folder), "already finished")
+    assert_one_error_line(run_cli("train", "--resume", run), "already finished")
