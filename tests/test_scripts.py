@@ -51,7 +51,9 @@ RUNS_OF = {"test_bench_pack": ["bench_pack"], "test_bench_crawl": ["bench_crawl"
            "test_bench_review": ["bench_review", "bench_review_intruders"],
            "test_accuracy_table": ["accuracy_table", "accuracy_table_probe"],
            "test_bench_growth": ["bench_growth"], "test_bench_precision": ["bench_precision"],
-           "test_bench_train": ["bench_train"], "test_bench_stream": ["bench_stream"]}
+           "test_bench_train": ["bench_train"], "test_bench_stream": ["bench_stream"],
+           "test_bench_shards": ["bench_shards"], "test_bench_shards_accuracy": ["bench_shards_accuracy"],
+           "test_bench_train_growth": ["bench_train_growth"], "test_bench_versions": ["bench_versions"]}
 
 #: what start_with_the_session started: the scratch folder and {run: its future}
 STARTED: dict = {}
@@ -113,6 +115,13 @@ def jobs(scratch: Path) -> dict:
                                               "--per-class", 8, cwd=scratch),
         "bench_stream": lambda: run_script("bench_stream.py", "--smoke", "--folder", scratch / "stream",
                                            cwd=scratch),
+        "bench_shards": lambda: run_script("bench_shards.py", "--smoke", "--cache", scratch / "photos",
+                                           cwd=scratch),
+        "bench_shards_accuracy": lambda: run_script("bench_shards_accuracy.py", "--smoke", cwd=scratch),
+        "bench_train_growth": lambda: run_script("bench_train_growth.py", "--smoke", "--strategies", "cnn",
+                                                 "--cache", scratch / "photos-growth", cwd=scratch),
+        "bench_versions": lambda: run_script("bench_versions.py", "--smoke", "--before", "HEAD",
+                                             "--source", flowers, cwd=scratch),
         "bench_train": lambda: run_script("bench_train.py", archive, "--strategies", "extract",
                                           "--weights", "none", "--epochs", 1, "--recipe-epochs", 1,
                                           cwd=scratch),
@@ -194,6 +203,30 @@ def test_bench_train(runs):
 def test_bench_stream(runs):
     assert_benchmark_output(runs["bench_stream"].result(), "| strategy | data | train images/s |",
                             "| extract | shards |", "| cnn | npz |")
+
+
+@pytest.mark.slow
+def test_bench_shards(runs):
+    assert_benchmark_output(runs["bench_shards"].result(), "| scale | images | pack |", "| 1x | 60 | beam2 |",
+                            "1x: 2 workers")
+
+
+@pytest.mark.slow
+def test_bench_shards_accuracy(runs):
+    assert_benchmark_output(runs["bench_shards_accuracy"].result(), "| seed | pixels | test accuracy |",
+                            "trained and tested on JPEG minus raw")
+
+
+@pytest.mark.slow
+def test_bench_train_growth(runs):
+    assert_benchmark_output(runs["bench_train_growth"].result(), "| scale | images | strategy | data |",
+                            "| 1x | 60 | cnn | shards |")
+
+
+@pytest.mark.slow
+def test_bench_versions(runs):
+    assert_benchmark_output(runs["bench_versions"].result(), "| job | before (HEAD) s | after s |",
+                            "| pack |", "| crawl |")
 
 
 def test_scripts_use_only_the_public_api():
