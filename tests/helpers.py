@@ -3,7 +3,9 @@ make the small inputs (archives, crawl options) that several files share."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import traceback
 from pathlib import Path
 
@@ -86,3 +88,27 @@ def assert_consistent(root: Path, label: str) -> list[dict]:
         info, _ = images.decode((root / label / e["file"]).read_bytes())
         assert info.sha256 == e["sha256"] and (info.width, info.height) == (e["width"], e["height"])
     return manifest
+
+
+@contextlib.contextmanager
+def interrupted_after_first_epoch(monkeypatch, real_signal: bool = False):
+    """Within the block, a run is interrupted as epoch 0 ends, once its checkpoint is written, as
+    by Ctrl-C (a real SIGINT with `real_signal`, while the run's own handler is in place; else a
+    KeyboardInterrupt); after it, epochs end as usual again."""
+    from toolkit.training.checkpoints import Checkpointer
+
+    end_of_epoch = Checkpointer.on_epoch_end
+
+    def ctrl_c_after_epoch_0(self, epoch, logs=None):
+        end_of_epoch(self, epoch, logs)
+        if epoch == 0:
+            if real_signal:
+                signal.raise_signal(signal.SIGINT)
+            else:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpointer, "on_epoch_end", ctrl_c_after_epoch_0)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(Checkpointer, "on_epoch_end", end_of_epoch)

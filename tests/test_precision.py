@@ -2,18 +2,16 @@
 precision on tiny data (bfloat16 runs on any CPU; without bf16 units it is emulated)."""
 
 import json
-import signal
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import fake_cpu, shapes_dataset
-from helpers import run_cli
+from helpers import interrupted_after_first_epoch, run_cli
 from toolkit import models
 from toolkit.ship.inference import evaluate, predict
 from toolkit.training import precision
-from toolkit.training.checkpoints import Checkpointer
 from toolkit.training.config import BACKBONES, STRATEGIES
 from toolkit.training.trainer import Interrupted, resume, train
 
@@ -157,18 +155,9 @@ def test_auto_says_what_it_chose_and_float32_features_never_mix_with_bf16(tiny, 
 def test_resume_keeps_the_precision_the_run_resolved_to(tiny, tmp_path, monkeypatch):
     """Started where auto means bfloat16 for the cnn (AMX), resumed where it means float32."""
     fake_cpu(monkeypatch, SAPPHIRE_RAPIDS)
-    end_of_epoch = Checkpointer.on_epoch_end
-
-    def ctrl_c_after_epoch_0(self, epoch, logs=None):
-        end_of_epoch(self, epoch, logs)
-        if epoch == 0:  # a real SIGINT, while the run's own handler is in place
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(Checkpointer, "on_epoch_end", ctrl_c_after_epoch_0)
-    with pytest.raises(Interrupted):
+    with interrupted_after_first_epoch(monkeypatch, real_signal=True), pytest.raises(Interrupted):
         train(tiny, "cnn", out=tmp_path / "run", weights="none", epochs=3, patience=3,
               batch_size=8, verbose=0)
-    monkeypatch.setattr(Checkpointer, "on_epoch_end", end_of_epoch)
     assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["epoch"] == 0
     fake_cpu(monkeypatch, SKYLAKE)
     assert precision.resolve("auto", gpu=False, model="cnn").policy == "float32"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import shapes_dataset
-from helpers import QUICK, assert_one_error_line, run_cli
+from helpers import QUICK, assert_one_error_line, interrupted_after_first_epoch, run_cli
 from toolkit.core import images
 from toolkit.data import shards
 from toolkit.data.packer import pack
@@ -121,21 +121,10 @@ def test_cnn_from_shards_scores_as_from_the_npz(cnn_runs):
 
 def test_a_resumed_cnn_run_from_shards_ends_as_an_uninterrupted_one(packed, cnn_runs, tmp_path,
                                                                      monkeypatch):
-    from toolkit.training.checkpoints import Checkpointer
-
     _, ds, _ = packed
     whole = cnn_runs[1]
-    end_of_epoch = Checkpointer.on_epoch_end
-
-    def ctrl_c_after_epoch_0(self, epoch, logs=None):
-        end_of_epoch(self, epoch, logs)
-        if epoch == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Checkpointer, "on_epoch_end", ctrl_c_after_epoch_0)
-    with pytest.raises(Interrupted):
+    with interrupted_after_first_epoch(monkeypatch), pytest.raises(Interrupted):
         train(ds, "cnn", out=tmp_path / "cut", **CNN)
-    monkeypatch.setattr(Checkpointer, "on_epoch_end", end_of_epoch)
     resumed = resume(tmp_path / "cut", verbose=0)
     assert len(resumed.history["loss"]) == 4
     np.testing.assert_allclose(resumed.history["loss"], whole.history["loss"], rtol=1e-5)

@@ -22,7 +22,15 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import FLOWERS, MOBILENET_WEIGHTS, shapes_dataset
-from helpers import NAMES, QUICK, assert_one_error_line, run_cli, tree, write_archive
+from helpers import (
+    NAMES,
+    QUICK,
+    assert_one_error_line,
+    interrupted_after_first_epoch,
+    run_cli,
+    tree,
+    write_archive,
+)
 from toolkit import models
 from toolkit.cli import training as training_commands
 from toolkit.core.errors import ToolkitError
@@ -362,7 +370,6 @@ def test_cli_deterministic_flag_is_kept_in_the_run(tiny, tmp_path):
 def test_online_augment_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
     """Online augmentation draws on from where the interrupted run was, so a resumed run
     ends where an uninterrupted one would (the random layers' state is checkpointed)."""
-    from toolkit.training.checkpoints import Checkpointer
     from toolkit.training.trainer import Interrupted
 
     options = dict(augment_mode="online", backbone="vgg16", epochs=2, patience=10,
@@ -370,17 +377,8 @@ def test_online_augment_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
     whole = train(tiny, "augment", out=tmp_path / "whole", **options)
     assert whole.metrics["augment_mode"] == "online"
     assert not list((tmp_path / "cache").rglob("*.npy")), "online: nothing cached"
-    end_of_epoch = Checkpointer.on_epoch_end
-
-    def ctrl_c_after_epoch_0(self, epoch, logs=None):
-        end_of_epoch(self, epoch, logs)
-        if epoch == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Checkpointer, "on_epoch_end", ctrl_c_after_epoch_0)
-    with pytest.raises(Interrupted):
+    with interrupted_after_first_epoch(monkeypatch), pytest.raises(Interrupted):
         train(tiny, "augment", out=tmp_path / "cut", **options)
-    monkeypatch.setattr(Checkpointer, "on_epoch_end", end_of_epoch)
     resumed = resume(tmp_path / "cut", verbose=0)
     assert len(resumed.history["loss"]) == 2
     np.testing.assert_allclose(resumed.history["loss"], whole.history["loss"], rtol=1e-5)
