@@ -91,6 +91,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.line(line, red=True)
 
 
+def pytest_collection_modifyitems(items):
+    """The tests that wait for work started with the session (a module's WAITING_TESTS) run
+    last: until then the tests before them keep the other core busy, instead of standing idle
+    while a background run they wait for finishes."""
+    items.sort(key=lambda item: item.originalname in getattr(getattr(item, "module", None),
+                                                              "WAITING_TESTS", ()))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def started_with_the_session(request, tmp_path_factory):
     """Tests that wait for minutes of subprocesses (the smoke runs of scripts/, training on

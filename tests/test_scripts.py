@@ -54,6 +54,8 @@ RUNS_OF = {"test_bench_pack": ["bench_pack"], "test_bench_crawl": ["bench_crawl"
            "test_bench_train": ["bench_train"], "test_bench_stream": ["bench_stream"],
            "test_bench_shards": ["bench_shards"], "test_bench_shards_accuracy": ["bench_shards_accuracy"],
            "test_bench_train_growth": ["bench_train_growth"], "test_bench_versions": ["bench_versions"]}
+#: run last (conftest.py): they wait for their runs
+WAITING_TESTS = tuple(RUNS_OF)
 
 #: what start_with_the_session started: the scratch folder and {run: its future}
 STARTED: dict = {}

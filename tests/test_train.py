@@ -638,6 +638,8 @@ def test_multiworker_training_on_two_loopback_workers(request):
 #: test -> the work in other processes it checks, given a folder of its own
 IN_OTHER_PROCESSES = {"test_mirrored_training_on_two_cpu_devices_reaches_the_same_quality": mirrored_run,
                       "test_multiworker_training_on_two_loopback_workers": multiworker_runs}
+#: run last (conftest.py): they wait for their runs
+WAITING_TESTS = tuple(IN_OTHER_PROCESSES)
 
 #: test -> (the future of its work, its folder), from start_with_the_session
 STARTED: dict = {}
