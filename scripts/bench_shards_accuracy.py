@@ -71,7 +71,8 @@ def main() -> None:
 
             classes = {"a": range(40), "b": range(100, 140), "c": range(200, 240)}
             source = make_class_folders(work / "src", classes)
-            pack_args = ["--per-class", "40", "--size", "64"]
+            # --workers 1: no worker processes to start
+            pack_args = ["--per-class", "40", "--size", "64", "--workers", "1"]
             train_args = ["--strategy", "cnn", "--weights", "none", "--epochs", "1"]
         measure(toolkit_command("pack", str(source), "--out", str(work / "x.npz"), *pack_args))
         measure(toolkit_command("pack", str(source), "--out", str(work / "ds"), "--format", "tfrecord",

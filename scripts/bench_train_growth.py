@@ -42,6 +42,7 @@ def main() -> None:
         args.scales, args.base, args.size, args.weights = "1", 20, 32, "none"
     weights = weights_option(args.weights)
     scales = [int(s) for s in args.scales.split(",")]
+    workers = ["--workers", "1"] if args.smoke else []  # --smoke: no Beam worker processes to start
     cache = Path(args.cache).resolve()
     print(machine(), flush=True)
     generate(cache, args.base * max(scales))
@@ -57,7 +58,8 @@ def main() -> None:
             subprocess.run(toolkit_command("pack", str(source), "--out", str(data["npz"]), *common),
                            check=True, stdout=subprocess.DEVNULL)
             subprocess.run(toolkit_command("pack", str(source), "--out", str(data["shards"]), *common,
-                                           "--format", "tfrecord"), check=True, stdout=subprocess.DEVNULL)
+                                           "--format", "tfrecord", *workers), check=True,
+                           stdout=subprocess.DEVNULL)
             for strategy in args.strategies.split(","):
                 extra = ([] if strategy == "cnn" else
                          ["--backbone", "mobilenet_v2", "--weights", weights, "--head", "pool"])
