@@ -127,7 +127,8 @@ def started_with_the_session(request, tmp_path_factory):
 def finished_run(tmp_path_factory) -> tuple[Path, Path]:
     """(run folder, archive): a cnn trained one epoch on the toy shapes (10 per class at 32 px,
     float32), for the tests that need any finished run. Trained once per session: a test that
-    changes the folder changes a copy (shutil.copytree)."""
+    changes the folder changes a copy (shutil.copytree). Beside the folder, `predicted.npy`: what
+    the trained model, still in memory, predicted for the first 4 test images."""
     from helpers import write_archive
     from toolkit.training.trainer import train
 
@@ -135,6 +136,7 @@ def finished_run(tmp_path_factory) -> tuple[Path, Path]:
     data = write_archive(root / "shapes.npz", n_per_class=10)
     run = train(data, "cnn", out=root / "run", epochs=1, weights="none", batch_size=16,
                 precision="float32", verbose=0, cache_dir=str(root / "cache"))
+    np.save(root / "predicted.npy", run.model.predict(np.load(data)["X_test"][:4], verbose=0))
     return run.folder, data
 
 
