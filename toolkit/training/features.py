@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..core.files import atomic_path, write_json
-from ..data.npz import Archive, row_reader, write_npy_header
-from ..data.streams import ShardData, ShardSplit
+from ..data.npz import Archive, write_npy_header
+from ..data.streams import ShardData, ShardSplit, pixel_batches
 from ..models.cache import cache_root, weights_fingerprint
 
 if TYPE_CHECKING:
@@ -113,15 +113,9 @@ def forward(lower, images: np.ndarray | ShardSplit, rows: np.ndarray, augment_se
 def _padded_batches(images: np.ndarray | ShardSplit, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """(images in it, a batch of FEATURE_BATCH images of `rows`): a short last batch is padded
     with its last image, so that the frozen part sees one input shape (one trace of the graph)."""
-    if isinstance(images, ShardSplit):
-        for x in images.batches(FEATURE_BATCH, rows):
-            n = len(x)
-            yield n, np.concatenate([x, np.repeat(x[-1:], FEATURE_BATCH - n, axis=0)])
-        return
-    images = row_reader(images)
-    for start in range(0, len(rows), FEATURE_BATCH):
-        chunk = rows[start:start + FEATURE_BATCH]
-        yield len(chunk), np.asarray(images[np.pad(chunk, (0, FEATURE_BATCH - len(chunk)), mode="edge")])
+    for x in pixel_batches(images, FEATURE_BATCH, rows):
+        n = len(x)
+        yield n, np.concatenate([x, np.repeat(x[-1:], FEATURE_BATCH - n, axis=0)]) if n < FEATURE_BATCH else x
 
 
 def file_fingerprint(path: str) -> str:
