@@ -4,11 +4,14 @@ Beam pipeline on the local runner, read back with plain tf.data."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import json
 import os
 import shutil
+import socketserver
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -60,14 +63,48 @@ def source_folder(root):
     return src
 
 
+#: What the shard pack of `packed` asked of the internet, through a proxy on 127.0.0.1.
+ASKED: list[str] = []
+
+
+@contextlib.contextmanager
+def recording_proxy():
+    """HTTP(S)_PROXY pointed at a loopback server that records each request line and refuses it
+    (Beam's DirectRunner fetches its Prism runner from GitHub through these)."""
+
+    class Recorder(socketserver.StreamRequestHandler):
+        def handle(self):
+            ASKED.append(self.rfile.readline().decode("latin-1").strip())
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    saved = {k: os.environ.get(k) for k in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")}
+    os.environ.update({"HTTP_PROXY": f"http://127.0.0.1:{server.server_address[1]}", "NO_PROXY": ""})
+    os.environ["HTTPS_PROXY"] = os.environ["HTTP_PROXY"]
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
     """The source packed both ways with the same seed: (source, the .npz, the dataset folder)."""
     tmp = tmp_path_factory.mktemp("packed")
     src = source_folder(tmp / "src")
     pack(src, tmp / "x.npz", **SETTINGS)
-    pack_shards(src, tmp / "ds", workers=1, **SETTINGS)
+    with recording_proxy():
+        pack_shards(src, tmp / "ds", workers=1, **SETTINGS)
     return src, tmp / "x.npz", tmp / "ds"
+
+
+def test_a_local_pack_asks_nothing_of_the_internet(packed):
+    """The pack runs on Beam's FnApiRunner itself: Beam's DirectRunner would first try to
+    download its Prism runner from GitHub (and, where it can, run the pack there)."""
+    assert ASKED == []
 
 
 def records(folder, split):

@@ -44,6 +44,8 @@ from .packer import (
 )
 
 DIRECT = "DirectRunner"
+#: The names that run the pipeline on this machine, on Beam's FnApiRunner (see :func:`_run`).
+LOCAL_RUNNERS = (DIRECT, "direct", "FnApiRunner")
 BEAM_MISSING = "the sharded pack runs on Apache Beam: pip install 'toolkit-imageclass[scale]'"
 
 
@@ -113,7 +115,7 @@ def pipeline_options(runner: str, workers: int, beam_options: Sequence[tuple[str
     process), or `runner` with the user's options, each checked to be one Beam knows."""
     PipelineOptions = _import_beam().options.pipeline_options.PipelineOptions
     flags = [f"--runner={runner}", "--default_sdk_harness_log_level=ERROR"]
-    if runner in (DIRECT, "direct"):
+    if runner in LOCAL_RUNNERS:
         flags += (["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
                   if workers > 1 else ["--direct_running_mode=in_memory"])
     mine = [f"--{key}={value}" for key, value in beam_options]
@@ -147,16 +149,21 @@ def _import_beam():
 
 
 def _run(options, settings, work: Path, data: Path, count: int, made: dict, judged) -> None:
-    """Run the pipeline. On the direct runner, Beam's log lines and its workers' (which write to
-    the standard error they inherit) go to a log file in the work folder, not to the terminal."""
+    """Run the pipeline. Here, it runs on Beam's FnApiRunner, named: Beam's DirectRunner would
+    hand it to the Prism runner instead, a program it downloads from GitHub on first use (a pack
+    must not reach the internet, and `--workers` would then mean nothing). Beam's log lines and
+    its workers' (which write to the standard error they inherit) go to a log file in the work
+    folder, not to the terminal."""
     runner = options.get_all_options()["runner"]
-    with _stderr_to(work / "beam.log") if runner in (DIRECT, "direct") else contextlib.nullcontext():
+    local = runner in LOCAL_RUNNERS
+    with _stderr_to(work / "beam.log") if local else contextlib.nullcontext():
         import apache_beam as beam
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         from . import pipeline
 
         try:
-            p = beam.Pipeline(options=options)
+            p = beam.Pipeline(runner=FnApiRunner() if local else None, options=options)
         except ValueError as e:  # an unknown runner
             raise OptionError("runner", runner, first_line(e)) from None
         with p:
