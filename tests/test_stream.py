@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import shapes_dataset
 from helpers import QUICK, assert_one_error_line, interrupted_after_first_epoch, run_cli
 from toolkit.core import images
+from toolkit.core.errors import ToolkitError
 from toolkit.data import shards
 from toolkit.data.packer import pack
 from toolkit.data.streams import load_data
@@ -168,6 +169,37 @@ def test_a_damaged_shard_or_a_folder_that_is_no_dataset_is_one_error_line(packed
     result = run_cli("train", "--strategy", "cnn", "--data", tmp_path / "plain", "--weights", "none")
     assert_one_error_line(result, "is a folder without dataset.json")
     assert_one_error_line(run_cli("review", ds), "review reads the class folders")
+
+
+def test_a_dataset_whose_shards_or_dataset_json_are_links_is_refused_before_reading(packed, tmp_path):
+    _, ds, _ = packed
+    linked = tmp_path / "linked"  # the shards linked (ln -s), dataset.json copied
+    linked.mkdir()
+    shutil.copy(ds / "dataset.json", linked)
+    names = [s.file for s in shards.read_dataset(ds).shards]
+    for name in names:
+        (linked / name).symlink_to(ds / name)
+    inside = tmp_path / "inside"  # one shard a link to a file beside it, in the folder
+    shutil.copytree(ds, inside)
+    (inside / names[-1]).rename(inside / "kept.tfrecord")
+    (inside / names[-1]).symlink_to(inside / "kept.tfrecord")
+    json_linked = tmp_path / "json-linked"  # the shards copied, dataset.json a link (or a dangling one)
+    shutil.copytree(ds, json_linked)
+    (json_linked / "dataset.json").unlink()
+    (json_linked / "dataset.json").symlink_to(ds / "dataset.json")
+    dangling = tmp_path / "dangling"
+    shutil.copytree(json_linked, dangling, symlinks=True)
+    (dangling / "dataset.json").unlink()
+    (dangling / "dataset.json").symlink_to(tmp_path / "gone.json")
+    for folder, link in ((linked, names[0]), (inside, names[-1]), (json_linked, "dataset.json"),
+                         (dangling, "dataset.json")):
+        result = run_cli("train", "--strategy", "cnn", "--data", folder, "--weights", "none",
+                         "--epochs", 1, "--out", tmp_path / "run")
+        assert_one_error_line(result, f"{folder / link} is a symbolic link, and a dataset is read only "
+                                      "from files in its own folder: copy the dataset instead of linking")
+        assert result.exit_code == 1 and not (tmp_path / "run").exists()
+    with pytest.raises(ToolkitError, match="is a symbolic link"):
+        shards.read_split(linked, "test", check=False)
 
 
 def test_multiworker_shares_the_shards_or_else_the_records(packed):

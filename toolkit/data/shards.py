@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ToolkitError
-from ..core.files import atomic_path, write_json
+from ..core.files import atomic_path, refuse_link, write_json
 from .records import (
     crc32c,
     example,  # noqa: F401 (pack's pipeline encodes its records as shards.example)
@@ -53,6 +53,10 @@ FEATURES = {"image": "bytes", "label": "int64", "class": "bytes", "split": "byte
             "page": "bytes", "query": "bytes", "engine": "bytes", "license": "bytes"}
 #: Where the crawl found an image: the manifest's fields that a record carries.
 PROVENANCE = ("url", "page", "query", "engine", "license")
+
+#: Why a dataset's file that is a symbolic link is refused, and the fix: a dataset is checked
+#: whole in its folder, and a link could bring any file on the disk into a run.
+LINKED = "a dataset is read only from files in its own folder: copy the dataset instead of linking its files"
 
 _SHARD_NAME = re.compile(r"(?P<split>train|test)-(?P<index>[0-9]{5})-of-(?P<total>[0-9]{5})\.tfrecord")
 
@@ -143,15 +147,18 @@ class Dataset:
 
 
 def is_dataset(folder: str | os.PathLike) -> bool:
-    """True for a folder that holds a dataset.json: what pack --format tfrecord writes."""
-    return (Path(folder) / DATASET_FILE).is_file()
+    """True for a folder that holds a dataset.json (a link too, for read_dataset to refuse):
+    what pack --format tfrecord writes."""
+    path = Path(folder) / DATASET_FILE
+    return path.is_file() or path.is_symlink()
 
 
 def read_dataset(folder: str | os.PathLike) -> Dataset:
-    """Read and check DIR/dataset.json, and that every shard it lists is there at its size;
-    a problem is one ToolkitError that names it (and the shard)."""
+    """Read and check DIR/dataset.json, and that every shard it lists is there at its size and
+    is no symbolic link; a problem is one ToolkitError that names it (and the shard)."""
     folder = Path(folder)
     path = folder / DATASET_FILE
+    refuse_link(path, LINKED)
     if not path.is_file():
         raise ToolkitError(f"{folder} holds no {DATASET_FILE}; make a dataset with `toolkit pack "
                            f"SOURCE --out {folder} --format tfrecord`")
@@ -163,6 +170,7 @@ def read_dataset(folder: str | os.PathLike) -> Dataset:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ToolkitError(f"{path} is damaged ({type(e).__name__}: {e}); pack again") from None
     for shard in dataset.shards:
+        refuse_link(folder / shard.file, LINKED)
         try:
             on_disk = (folder / shard.file).stat().st_size
         except FileNotFoundError:
