@@ -3,7 +3,9 @@ against the .npz of the same folder and seed (PNG records: the .npz's pixels exa
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 
 import numpy as np
@@ -72,6 +74,13 @@ def test_rows_are_numbered_through_the_shards_in_dataset_json_order(packed):
         npz_row = row_of[record["path"].numpy().decode()]
         assert int(label) == data.y_train[row] == archive.y_train[npz_row]
         assert np.array_equal(pixels.numpy(), archive.X_train[npz_row])
+    # each row's path, read without decoding an image: the records' own, in row order (2 test shards)
+    assert len(data.dataset.files("test")) == 2
+    paths = data.X_test.paths()
+    assert paths == [tf.io.parse_single_example(record, spec)["path"].numpy().decode()
+                     for _, record in shards.numbered_records(data.dataset, "test")]
+    assert [p.split("/")[0] for p in paths] == [data.class_names[k] for k in data.y_test]
+    assert sorted(paths) == sorted(np.load(npz)["paths_test"].tolist())
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +127,25 @@ def test_cnn_from_shards_scores_as_from_the_npz(cnn_runs):
     assert abs(a.metrics["accuracy"] - b.metrics["accuracy"]) <= 1 / 18 + 1e-9
     assert b.metrics["accuracy"] >= 0.8, b.metrics["accuracy"]
     assert (b.folder / "report.html").exists()
+
+
+def figures(page: str) -> list[tuple[str, str]]:
+    """(caption "true → predicted p", the image's title: its path) of each test image a run's page shows."""
+    return [(html.unescape(c), html.unescape(t)) for c, t in
+            re.findall(r'<figure><img alt="([^"]*)" title="([^"]*)"', page)]
+
+
+def test_the_page_of_a_run_from_shards_shows_each_test_image_s_path(packed, cnn_runs):
+    npz, _, _ = packed
+    with np.load(npz) as a:
+        paths = set(a["paths_test"].tolist())
+    shown = {}
+    for run in cnn_runs:  # every test image is shown (18, no cell holds more than 60)
+        shown[run.folder.name] = found = figures((run.folder / "report.html").read_text())
+        assert {path for _, path in found} == paths
+        # each path is its own row's: the file lies in the folder of the class the caption says
+        assert all(path.split("/")[0] == caption.split(" → ")[0] for caption, path in found), found
+    assert len(shown["ds"]) == len(shown["npz"]) >= 18
 
 
 def test_a_resumed_cnn_run_from_shards_ends_as_an_uninterrupted_one(packed, cnn_runs, tmp_path,

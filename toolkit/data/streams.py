@@ -55,6 +55,12 @@ class ShardSplit:
         for batch in self.images(rows).batch(size).prefetch(tf.data.AUTOTUNE):
             yield batch.numpy()
 
+    def paths(self) -> list[str]:
+        """Each row's `path` (the file's name in its class folder, as an archive's `paths_test`
+        holds it), in order: one read of the shards, no image decoded."""
+        return [path.decode("utf-8", "surrogateescape")
+                for path in shards.read_column(self.dataset, self.split, "path")]
+
     def __getitem__(self, row: int) -> np.ndarray:
         """One image (a pass up to it): for the few thumbnails a run's page shows."""
         return next(self.batches(1, np.array([int(row)])))[0]
