@@ -274,6 +274,10 @@ def test_a_damaged_shard_is_one_error_naming_it(packed, tmp_path):
     with pytest.raises(ToolkitError, match=r"shard .*train-00000-of-00001\.tfrecord is damaged"):
         shards.read_split(folder, "train")
     shards.read_split(folder, "test")  # the other split is whole
+    shard.write_bytes(b"\xff" * 8 + bytes(data[8:]))  # a first record as long as no file holds
+    for check in (True, False):  # the checksum's read parses the records: it stops there, in memory
+        with pytest.raises(ToolkitError, match=r"00001\.tfrecord is damaged \(a record runs past the end"):
+            shards.read_labels(shards.read_dataset(folder), "train", check=check)
     shard.write_bytes(bytes(data[:-10]))
     with pytest.raises(ToolkitError, match=r"train-00000-of-00001\.tfrecord is damaged: .* bytes"):
         shards.read_split(folder, "train", check=False)

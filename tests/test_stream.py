@@ -3,7 +3,9 @@ against the .npz of the same folder and seed (PNG records: the .npz's pixels exa
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 
 import numpy as np
@@ -13,6 +15,7 @@ from PIL import Image
 from conftest import shapes_dataset
 from helpers import QUICK, assert_one_error_line, interrupted_after_first_epoch, run_cli
 from toolkit.core import images
+from toolkit.core.errors import ToolkitError
 from toolkit.data import shards
 from toolkit.data.packer import pack
 from toolkit.data.streams import load_data
@@ -71,6 +74,13 @@ def test_rows_are_numbered_through_the_shards_in_dataset_json_order(packed):
         npz_row = row_of[record["path"].numpy().decode()]
         assert int(label) == data.y_train[row] == archive.y_train[npz_row]
         assert np.array_equal(pixels.numpy(), archive.X_train[npz_row])
+    # each row's path, read without decoding an image: the records' own, in row order (2 test shards)
+    assert len(data.dataset.files("test")) == 2
+    paths = data.X_test.paths()
+    assert paths == [tf.io.parse_single_example(record, spec)["path"].numpy().decode()
+                     for _, record in shards.numbered_records(data.dataset, "test")]
+    assert [p.split("/")[0] for p in paths] == [data.class_names[k] for k in data.y_test]
+    assert sorted(paths) == sorted(np.load(npz)["paths_test"].tolist())
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +127,25 @@ def test_cnn_from_shards_scores_as_from_the_npz(cnn_runs):
     assert abs(a.metrics["accuracy"] - b.metrics["accuracy"]) <= 1 / 18 + 1e-9
     assert b.metrics["accuracy"] >= 0.8, b.metrics["accuracy"]
     assert (b.folder / "report.html").exists()
+
+
+def figures(page: str) -> list[tuple[str, str]]:
+    """(caption "true → predicted p", the image's title: its path) of each test image a run's page shows."""
+    return [(html.unescape(c), html.unescape(t)) for c, t in
+            re.findall(r'<figure><img alt="([^"]*)" title="([^"]*)"', page)]
+
+
+def test_the_page_of_a_run_from_shards_shows_each_test_image_s_path(packed, cnn_runs):
+    npz, _, _ = packed
+    with np.load(npz) as a:
+        paths = set(a["paths_test"].tolist())
+    shown = {}
+    for run in cnn_runs:  # every test image is shown (18, no cell holds more than 60)
+        shown[run.folder.name] = found = figures((run.folder / "report.html").read_text())
+        assert {path for _, path in found} == paths
+        # each path is its own row's: the file lies in the folder of the class the caption says
+        assert all(path.split("/")[0] == caption.split(" → ")[0] for caption, path in found), found
+    assert len(shown["ds"]) == len(shown["npz"]) >= 18
 
 
 def test_a_resumed_cnn_run_from_shards_ends_as_an_uninterrupted_one(packed, cnn_runs, tmp_path,
@@ -168,6 +197,37 @@ def test_a_damaged_shard_or_a_folder_that_is_no_dataset_is_one_error_line(packed
     result = run_cli("train", "--strategy", "cnn", "--data", tmp_path / "plain", "--weights", "none")
     assert_one_error_line(result, "is a folder without dataset.json")
     assert_one_error_line(run_cli("review", ds), "review reads the class folders")
+
+
+def test_a_dataset_whose_shards_or_dataset_json_are_links_is_refused_before_reading(packed, tmp_path):
+    _, ds, _ = packed
+    linked = tmp_path / "linked"  # the shards linked (ln -s), dataset.json copied
+    linked.mkdir()
+    shutil.copy(ds / "dataset.json", linked)
+    names = [s.file for s in shards.read_dataset(ds).shards]
+    for name in names:
+        (linked / name).symlink_to(ds / name)
+    inside = tmp_path / "inside"  # one shard a link to a file beside it, in the folder
+    shutil.copytree(ds, inside)
+    (inside / names[-1]).rename(inside / "kept.tfrecord")
+    (inside / names[-1]).symlink_to(inside / "kept.tfrecord")
+    json_linked = tmp_path / "json-linked"  # the shards copied, dataset.json a link (or a dangling one)
+    shutil.copytree(ds, json_linked)
+    (json_linked / "dataset.json").unlink()
+    (json_linked / "dataset.json").symlink_to(ds / "dataset.json")
+    dangling = tmp_path / "dangling"
+    shutil.copytree(json_linked, dangling, symlinks=True)
+    (dangling / "dataset.json").unlink()
+    (dangling / "dataset.json").symlink_to(tmp_path / "gone.json")
+    for folder, link in ((linked, names[0]), (inside, names[-1]), (json_linked, "dataset.json"),
+                         (dangling, "dataset.json")):
+        result = run_cli("train", "--strategy", "cnn", "--data", folder, "--weights", "none",
+                         "--epochs", 1, "--out", tmp_path / "run")
+        assert_one_error_line(result, f"{folder / link} is a symbolic link, and a dataset is read only "
+                                      "from files in its own folder: copy the dataset instead of linking")
+        assert result.exit_code == 1 and not (tmp_path / "run").exists()
+    with pytest.raises(ToolkitError, match="is a symbolic link"):
+        shards.read_split(linked, "test", check=False)
 
 
 def test_multiworker_shares_the_shards_or_else_the_records(packed):

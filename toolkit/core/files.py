@@ -55,13 +55,18 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
 _writing: set[str] = set()
 
 
-def refuse_link(target: Path) -> None:
+#: Why :func:`refuse_link` refuses a file the toolkit would write, and the fix.
+NO_WRITING_THROUGH_LINKS = ("the toolkit never writes through one: replace it with a regular file "
+                            "(or remove it) and run again")
+
+
+def refuse_link(target: Path, why: str = NO_WRITING_THROUGH_LINKS) -> None:
     """A file the toolkit writes is never a symbolic link: in a shared folder, a link named
     `decisions.jsonl` could point at `~/.bashrc`. The folders above it may be links (a dataset
-    moved to a bigger disk); the file itself may not."""
+    moved to a bigger disk); the file itself may not. `why`: the reason and the fix, for a file
+    refused for another reason (a dataset's shard that links elsewhere)."""
     if target.is_symlink():
-        raise ToolkitError(f"{target} is a symbolic link, and the toolkit never writes through one: "
-                           "replace it with a regular file (or remove it) and run again")
+        raise ToolkitError(f"{target} is a symbolic link, and {why}")
 
 
 def open_to_append(target: str | os.PathLike) -> int:

@@ -10,8 +10,9 @@ A record's features (:data:`FEATURES`): `image` (the `size` x `size` RGB pixels 
 JPEG at quality 95 or a PNG, as `dataset.json` says), `label` (int64), `class`, `split`, `path`
 (relative to SOURCE), `sha256`, `phash` (16 hex digits), `width` and `height` of the original,
 and where the crawl found it: `url`, `page`, `query`, `engine`, `license` (empty when unknown).
-Writing needs no TensorFlow (the records are encoded here, the framing checked by CRC32C), so
-that a pipeline's workers stay small; reading is plain tf.data.
+Writing needs no TensorFlow (:mod:`.records` encodes and frames the records), so that a
+pipeline's workers stay small; nor does checking a shard while reading one feature of every
+record (:func:`read_column`: one read of each shard); reading the images is plain tf.data.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import io
 import json
 import os
 import re
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ToolkitError
-from ..core.files import atomic_path, write_json
+from ..core.files import atomic_path, refuse_link, write_json
+from .records import (
+    crc32c,
+    example,  # noqa: F401 (pack's pipeline encodes its records as shards.example)
+    frame,
+    read_feature,
+    read_records,
+)
 
 DATASET_FILE = "dataset.json"
 FORMAT, FORMAT_VERSION = "toolkit-shards", 1
@@ -46,6 +53,10 @@ FEATURES = {"image": "bytes", "label": "int64", "class": "bytes", "split": "byte
             "page": "bytes", "query": "bytes", "engine": "bytes", "license": "bytes"}
 #: Where the crawl found an image: the manifest's fields that a record carries.
 PROVENANCE = ("url", "page", "query", "engine", "license")
+
+#: Why a dataset's file that is a symbolic link is refused, and the fix: a dataset is checked
+#: whole in its folder, and a link could bring any file on the disk into a run.
+LINKED = "a dataset is read only from files in its own folder: copy the dataset instead of linking its files"
 
 _SHARD_NAME = re.compile(r"(?P<split>train|test)-(?P<index>[0-9]{5})-of-(?P<total>[0-9]{5})\.tfrecord")
 
@@ -73,35 +84,6 @@ def encode_image(pixels: np.ndarray, encoding: str = ENCODING) -> bytes:
     return buffer.getvalue()
 
 
-def example(features: dict[str, bytes | str | int]) -> bytes:
-    """A serialized `tf.train.Example` of these features (str as UTF-8, int as int64), keys in
-    sorted order so that equal records are equal bytes."""
-    entries = []
-    for key in sorted(features):
-        value = features[key]
-        if isinstance(value, int):
-            feature = _field(3, _field(1, _varint(value & 0xFFFF_FFFF_FFFF_FFFF)))  # Int64List, packed
-        else:
-            data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
-            feature = _field(1, _field(1, data))  # BytesList
-        entries.append(_field(1, _field(1, key.encode()) + _field(2, feature)))
-    return _field(1, b"".join(entries))  # Example.features
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 @dataclass(frozen=True)
 class Shard:
     """One shard as dataset.json lists it."""
@@ -117,32 +99,17 @@ class Shard:
 def write_shard(folder: Path, split: str, index: int, total: int, records: Iterable[tuple[int, bytes]],
                 n_classes: int) -> Shard:
     """Write (label, serialized example) records as one TFRecord shard, atomically."""
-    crc = _crc32c()
+    crc = crc32c()
     name = shard_name(split, index, total)
     digest, size, per_class = hashlib.sha256(), 0, [0] * n_classes
     with atomic_path(folder / name) as tmp, open(tmp, "wb") as f:
         for label, record in records:
-            length = struct.pack("<Q", len(record))
-            framed = b"".join((length, struct.pack("<I", _masked(crc(length))), record,
-                               struct.pack("<I", _masked(crc(record)))))
+            framed = frame(record, crc)
             f.write(framed)
             digest.update(framed)
             size += len(framed)
             per_class[label] += 1
     return Shard(name, split, sum(per_class), per_class, size, digest.hexdigest())
-
-
-def _masked(crc: int) -> int:
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFF_FFFF
-
-
-def _crc32c():
-    try:
-        import google_crc32c
-    except ImportError:
-        raise ToolkitError("writing shards needs google-crc32c: pip install "
-                           "'toolkit-imageclass[scale]'") from None
-    return google_crc32c.value
 
 
 def write_dataset(folder: Path, class_names: list[str], image: dict, settings: dict,
@@ -180,15 +147,18 @@ class Dataset:
 
 
 def is_dataset(folder: str | os.PathLike) -> bool:
-    """True for a folder that holds a dataset.json: what pack --format tfrecord writes."""
-    return (Path(folder) / DATASET_FILE).is_file()
+    """True for a folder that holds a dataset.json (a link too, for read_dataset to refuse):
+    what pack --format tfrecord writes."""
+    path = Path(folder) / DATASET_FILE
+    return path.is_file() or path.is_symlink()
 
 
 def read_dataset(folder: str | os.PathLike) -> Dataset:
-    """Read and check DIR/dataset.json, and that every shard it lists is there at its size;
-    a problem is one ToolkitError that names it (and the shard)."""
+    """Read and check DIR/dataset.json, and that every shard it lists is there at its size and
+    is no symbolic link; a problem is one ToolkitError that names it (and the shard)."""
     folder = Path(folder)
     path = folder / DATASET_FILE
+    refuse_link(path, LINKED)
     if not path.is_file():
         raise ToolkitError(f"{folder} holds no {DATASET_FILE}; make a dataset with `toolkit pack "
                            f"SOURCE --out {folder} --format tfrecord`")
@@ -200,6 +170,7 @@ def read_dataset(folder: str | os.PathLike) -> Dataset:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ToolkitError(f"{path} is damaged ({type(e).__name__}: {e}); pack again") from None
     for shard in dataset.shards:
+        refuse_link(folder / shard.file, LINKED)
         try:
             on_disk = (folder / shard.file).stat().st_size
         except FileNotFoundError:
@@ -242,16 +213,32 @@ def _parse(folder: Path, info: dict) -> Dataset:
 def verify(dataset: Dataset, split: str | None = None) -> None:
     """Check each shard (of `split`, or all) against the checksum dataset.json holds: a damaged
     shard is one ToolkitError that names it, before any reader meets it half-way through."""
+    for name in SPLITS if split is None else (split,):
+        read_labels(dataset, name, check=True)
+
+
+def read_column(dataset: Dataset, split: str, feature: str, *, check: bool = False) -> list[bytes | int]:
+    """One feature of every row of a split, in order: one read of each shard, no image decoded,
+    no TensorFlow. With `check`, the same read checks each shard against dataset.json's SHA-256:
+    a damaged shard is one ToolkitError that names it."""
+    column: list[bytes | int] = []
     for shard in dataset.shards:
-        if split is not None and shard.split != split:
+        if shard.split != split:
             continue
-        digest = hashlib.sha256()
-        with open(dataset.folder / shard.file, "rb") as f:
-            while block := f.read(2**20):
-                digest.update(block)
-        if digest.hexdigest() != shard.sha256:
-            raise ToolkitError(f"shard {dataset.folder / shard.file} is damaged (its checksum "
-                               f"differs from {DATASET_FILE}'s); pack again")
+        path, digest = dataset.folder / shard.file, hashlib.sha256()
+        try:
+            values = [read_feature(record, feature)
+                      for record in read_records(path, digest.update if check else None)]
+        except ValueError as e:
+            raise ToolkitError(f"shard {path} is damaged ({e}); pack again") from None
+        if check and digest.hexdigest() != shard.sha256:
+            raise ToolkitError(f"shard {path} is damaged (its checksum differs from {DATASET_FILE}'s); "
+                               "pack again")
+        if len(values) != shard.images:
+            raise ToolkitError(f"shard {path} holds {len(values)} records where {DATASET_FILE} says "
+                               f"{shard.images}; pack again")
+        column += values
+    return column
 
 
 def feature_spec():
@@ -315,18 +302,15 @@ def numbered_records(dataset: Dataset, split: str, shards: Sequence[int] | None 
                             deterministic=True)
 
 
-def read_labels(dataset: Dataset, split: str) -> np.ndarray:
-    """The int64 label of every row of a split, in order: one pass that decodes no image."""
-    import tensorflow as tf
-
-    spec = {"label": tf.io.FixedLenFeature([], tf.int64)}
-    records = tf.data.TFRecordDataset([str(p) for p in dataset.files(split)])
-    labels = records.batch(4096).map(lambda r: tf.io.parse_example(r, spec)["label"])
-    out = np.concatenate([np.zeros(0, np.int64), *(b.numpy() for b in labels)])
-    if len(out) != dataset.count(split):
-        raise ToolkitError(f"the {split} shards of {dataset.folder} hold {len(out)} records where "
-                           f"{DATASET_FILE} says {dataset.count(split)}; pack again")
-    return out
+def read_labels(dataset: Dataset, split: str, *, check: bool = True) -> np.ndarray:
+    """The int64 label of every row of a split, in order, by :func:`read_column` (with `check`,
+    the shards' checksums checked in the same read)."""
+    labels = np.array(read_column(dataset, split, "label", check=check), dtype=np.int64)
+    wrong = labels[(labels < 0) | (labels >= len(dataset.class_names))]
+    if len(wrong):
+        raise ToolkitError(f"the {split} shards of {dataset.folder} hold label {wrong[0]} of "
+                           f"{len(dataset.class_names)} classes; pack again")
+    return labels
 
 
 def read_split(folder: str | os.PathLike, split: str, *, shuffle_buffer: int = 2048,

@@ -55,6 +55,12 @@ class ShardSplit:
         for batch in self.images(rows).batch(size).prefetch(tf.data.AUTOTUNE):
             yield batch.numpy()
 
+    def paths(self) -> list[str]:
+        """Each row's `path` (the file's name in its class folder, as an archive's `paths_test`
+        holds it), in order: one read of the shards, no image decoded."""
+        return [path.decode("utf-8", "surrogateescape")
+                for path in shards.read_column(self.dataset, self.split, "path")]
+
     def __getitem__(self, row: int) -> np.ndarray:
         """One image (a pass up to it): for the few thumbnails a run's page shows."""
         return next(self.batches(1, np.array([int(row)])))[0]
@@ -96,16 +102,14 @@ def keep_rows(records, rows: np.ndarray | None, n: int):
 
 
 def load_shards(folder: str | os.PathLike, *, check: bool = True) -> ShardData:
-    """Open a dataset folder: dataset.json checked, every shard checked against its checksum
-    (`check`: a damaged shard is one ToolkitError naming it, before a reader meets it) and the
-    labels read (8 bytes an image); no pixel is read."""
+    """Open a dataset folder: dataset.json checked, and in one read of each shard its labels
+    read (8 bytes an image) and, with `check`, its checksum checked (a damaged shard is one
+    ToolkitError naming it, before a reader meets it); no pixel is read."""
     dataset = shards.read_dataset(folder)
-    if check:
-        shards.verify(dataset)
+    y_train, y_test = (shards.read_labels(dataset, split, check=check) for split in shards.SPLITS)
     info = dataset.info
     meta = {"toolkit": info.get("toolkit"), "created": info.get("created"), **info.get("settings", {}),
             **info["image"]}
-    y_train, y_test = (shards.read_labels(dataset, split) for split in shards.SPLITS)
     for name, labels in (("train", y_train), ("test", y_test)):
         if not len(labels):
             raise ToolkitError(f"{dataset.folder} holds no {name} images; pack again")

@@ -56,7 +56,7 @@ def gather(folder: str | os.PathLike, archive, test_probabilities: np.ndarray | 
         crawl=crawl_provenance(archive.meta.get("source"), archive.class_names),
         y_test=np.asarray(archive.y_test), probabilities=test_probabilities,
         test_images=_test_images(archive, test_probabilities),
-        test_paths=_test_paths(archive.path, len(archive.y_test)))
+        test_paths=_test_paths(archive))
 
 
 def _test_images(archive, test_probabilities: np.ndarray | None):
@@ -123,9 +123,16 @@ def known_confusions(metrics: RunMetrics, limit: int = 3) -> list[tuple[str, str
             for c, i, j in cells[:limit]]
 
 
-def _test_paths(archive: str, n: int) -> list[str]:
+def _test_paths(archive) -> list[str]:
+    """Where each test image came from (its file in its class folder), in the test set's order:
+    the archive's `paths_test`, or the path a dataset's records hold (one read, no image decoded)."""
+    from ..data.streams import ShardSplit
+
+    n = len(archive.y_test)
+    if isinstance(archive.X_test, ShardSplit):
+        return archive.X_test.paths()
     try:
-        with np.load(archive, allow_pickle=False) as data:
+        with np.load(archive.path, allow_pickle=False) as data:
             if "paths_test" in data.files:
                 return [str(p) for p in data["paths_test"]][:n]
     except (OSError, ValueError):
