@@ -24,11 +24,12 @@ from conftest import (
     grid_image,
     make_class_folders,
 )
+from fake_filesystem import FakeFileSystem, urls_used_as_paths
 from helpers import assert_one_error_line, run_cli
 from toolkit.collect import manifest
 from toolkit.core import decisions, dedupe, images
 from toolkit.core.errors import ToolkitError
-from toolkit.data import pipeline, shards
+from toolkit.data import pack_out, pipeline, shards
 from toolkit.data.npz import load_archive
 from toolkit.data.packer import NotEnoughImages, pack
 from toolkit.data.shard_pack import pack_shards
@@ -367,3 +368,79 @@ def test_without_beam_the_error_says_what_to_install(packed, tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "apache_beam", None)  # as if the scale extra were not installed
     result = run_cli("pack", src, "--out", tmp_path / "ds", "--format", "tfrecord")
     assert_one_error_line(result, "pip install 'toolkit-imageclass[scale]'")
+
+
+# ---- SOURCE and DIR at URLs, through Beam's FileSystems (a made-up scheme over a temporary folder)
+
+def test_a_pack_from_and_to_urls_writes_what_a_local_pack_writes(packed, tmp_path, monkeypatch):
+    """What Dataflow's workers would do with gs:// URLs: every read and write through Beam's
+    FileSystems (the listing, decisions, manifests, images, work folder, shards, dataset.json,
+    report), none through a local path; the dataset put in place with dataset.json last."""
+    src, _, first = packed
+    monkeypatch.setattr(FakeFileSystem, "root", str(tmp_path / "store"))
+    bucket = tmp_path / "store" / "bucket"
+    shutil.copytree(src, bucket / "src")
+    killed = bucket / ".ds.999999-0badc0de.part" / "data"  # a pack killed in its pipeline ...
+    killed.mkdir(parents=True)
+    (killed / "train-00000-of-00001.tfrecord").write_bytes(b"half")
+    (bucket / "ds").mkdir()  # ... and one killed in its commit: DIR marked, without dataset.json
+    (bucket / "ds" / pack_out.INCOMPLETE).write_bytes(b"")
+    (bucket / "ds" / "train-00000-of-00003.tfrecord").write_bytes(b"old")
+    monkeypatch.chdir(tmp_path / "store")
+    with urls_used_as_paths() as misused:
+        result = run_cli("pack", "fakefs://bucket/src", "--out", "fakefs://bucket/ds/", "--format",
+                         "tfrecord", "--per-class", 10, "--size", 32, "--seed", 5, "--workers", 1)
+    assert result.exit_code == 0, result.output
+    assert "wrote fakefs://bucket/ds/: 24 train / 6 test images" in result.output
+    assert misused == [] and sorted(os.listdir(tmp_path / "store")) == ["bucket"]  # no `fakefs:` folder
+    assert sorted(os.listdir(bucket)) == ["ds", "src"]  # no work folder, the killed one's removed
+    assert sorted(os.listdir(bucket / "ds")) == sorted(os.listdir(first))
+    for name in os.listdir(first):
+        if name.endswith(".tfrecord") or name == "report.txt":
+            assert (bucket / "ds" / name).read_bytes() == (first / name).read_bytes(), name
+    reports = [json.loads((d / "report.json").read_text()) for d in (first, bucket / "ds")]
+    assert reports[1]["source"] == "fakefs://bucket/src" and reports[1]["out"] == "fakefs://bucket/ds"
+    assert [{k: v for k, v in r.items() if k not in ("source", "out")} for r in reports][0] == {
+        k: v for k, v in reports[1].items() if k not in ("source", "out")}
+    info = [json.loads((d / "dataset.json").read_text()) for d in (first, bucket / "ds")]
+    assert info[1]["settings"]["source"] == "fakefs://bucket/src"
+    for i in info:
+        i.pop("created")
+        i["settings"].pop("source")
+    assert info[0] == info[1]
+
+    with pytest.raises(ToolkitError, match="fakefs://bucket/ds already exists; pass --force"):
+        pack_shards("fakefs://bucket/src", "fakefs://bucket/ds", workers=1, **SETTINGS)
+    with pytest.raises(ToolkitError, match="needs fakefs://bucket/src/review.json: run `toolkit review"):
+        pack_shards("fakefs://bucket/src", "fakefs://bucket/ds2", workers=1, drop_suspects=True, **SETTINGS)
+    (bucket / "notes").mkdir()
+    (bucket / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(ToolkitError, match="bucket/notes holds files that are not a toolkit dataset"):
+        pack_shards("fakefs://bucket/src", "fakefs://bucket/notes", workers=1, **SETTINGS)
+    found = []  # what a reader finds at DIR after each change to the store
+
+    def as_a_reader_finds_it():
+        found.append(shards.is_dataset(bucket / "ds"))
+        if found[-1]:  # a dataset whole: every shard it lists there, as it lists it
+            shards.verify(shards.read_dataset(bucket / "ds"))
+    monkeypatch.setattr(FakeFileSystem, "after_change", staticmethod(as_a_reader_finds_it))
+    with urls_used_as_paths() as misused:
+        pack_shards("fakefs://bucket/src", "fakefs://bucket/ds", workers=1, force=True,
+                    **{**SETTINGS, "seed": 6})
+    assert found[0] and not all(found) and shards.is_dataset(bucket / "ds")  # old, none, then new
+    assert misused == [] and sorted(os.listdir(bucket)) == ["ds", "notes", "src"]
+    assert sorted(os.listdir(bucket / "ds")) == sorted(os.listdir(first))
+    assert shards.read_dataset(bucket / "ds").info["settings"]["seed"] == 6
+
+
+def test_a_url_that_beam_cannot_read_here_is_one_error_line_before_any_work(packed, tmp_path, monkeypatch):
+    src, _, _ = packed
+    monkeypatch.chdir(tmp_path)
+    try:
+        import google.cloud.storage  # noqa: F401
+    except ImportError:  # gs:// without apache-beam[gcp]
+        assert_one_error_line(run_cli("pack", "gs://my-bucket/datasets", "--out", "gs://my-bucket/animal/",
+                                      "--format", "tfrecord"), "pip install 'apache-beam[gcp]'")
+    assert_one_error_line(run_cli("pack", src, "--out", "nosuchfs://b/animal", "--format", "tfrecord"),
+                          "nosuchfs://b/animal: Apache Beam here has no file system for nosuchfs:// URLs")
+    assert os.listdir(tmp_path) == []

@@ -31,7 +31,12 @@ REJECTED_SUFFIX = ".rejected.jsonl"
 
 def manifest_path(root: str | os.PathLike, label: str) -> Path:
     """Where the images kept in `root/<label>/` are recorded."""
-    return Path(root) / f"{label}{MANIFEST_SUFFIX}"
+    return Path(root) / manifest_name(label)
+
+
+def manifest_name(label: str) -> str:
+    """The name of class `label`'s manifest, beside its folder."""
+    return f"{label}{MANIFEST_SUFFIX}"
 
 
 def rejected_path(root: str | os.PathLike, label: str) -> Path:
@@ -73,6 +78,11 @@ def read_jsonl(path: Path) -> list[dict]:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return []
+    return parse_jsonl(text)
+
+
+def parse_jsonl(text: str) -> list[dict]:
+    """Records of a JSON-lines file's text; a line cut short by a kill is skipped."""
     records = []
     for line in text.split("\n"):  # not splitlines(): a title may hold U+2028 or \x85
         with contextlib.suppress(ValueError):

@@ -45,11 +45,16 @@ class Decision:
 
 def read(source: str | os.PathLike) -> dict[str, Decision]:
     """The decision in force for each file: the last one written about it."""
-    path = Path(source) / DECISIONS_FILE
     try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
+        data = (Path(source) / DECISIONS_FILE).read_bytes()
     except OSError:
         return {}
+    return parse(data)
+
+
+def parse(data: bytes) -> dict[str, Decision]:
+    """The decision in force for each file, from the bytes of a decisions.jsonl."""
+    text = data.decode("utf-8", errors="replace")
     made: dict[str, Decision] = {}
     for line in text.split("\n"):  # not splitlines(): a name may hold U+2028
         decision = _parse(line)

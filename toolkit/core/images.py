@@ -20,6 +20,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import imagehash
 import numpy as np
@@ -105,12 +106,23 @@ def read_file(path: str | os.PathLike, checks: Checks = Checks()) -> bytes:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             raise Unusable("unreadable", "not a regular file")
-        if st.st_size > checks.max_bytes:
-            raise Unusable("too_large", f"{st.st_size} bytes > {checks.max_bytes}")
+        check_size(st.st_size, checks)
         with open(path, "rb") as f:
-            data = f.read(checks.max_bytes + 1)
+            return read_at_most(f, checks)
     except OSError as e:
         raise Unusable("unreadable", e.strerror or type(e).__name__) from None
+
+
+def check_size(size: int, checks: Checks = Checks()) -> None:
+    """Refuse a file of `size` bytes that is too large, before it is read."""
+    if size > checks.max_bytes:
+        raise Unusable("too_large", f"{size} bytes > {checks.max_bytes}")
+
+
+def read_at_most(f: BinaryIO, checks: Checks = Checks()) -> bytes:
+    """The bytes of an open file, refused if they turn out more than the limit (a file that grew
+    since its size was checked)."""
+    data = f.read(checks.max_bytes + 1)
     if len(data) > checks.max_bytes:
         raise Unusable("too_large", f"more than {checks.max_bytes} bytes")
     return data

@@ -54,8 +54,7 @@ def class_folders(source: str | os.PathLike, min_classes: int = 2) -> list[tuple
     A classifier needs two; review's reference folder may hold one (`min_classes`)."""
     source = Path(source)
     if not source.exists():
-        raise ToolkitError(f"source folder {source} does not exist; run `toolkit crawl` first "
-                           "or give a folder of class folders")
+        raise missing_source(source)
     if not source.is_dir():
         raise ToolkitError(f"source {source} is not a folder; give a folder of class folders")
     try:
@@ -64,13 +63,23 @@ def class_folders(source: str | os.PathLike, min_classes: int = 2) -> list[tuple
         raise ToolkitError(f"cannot read {source}: {e.strerror}") from None
     folders = [(printable(e.name), Path(e.path)) for e in entries
                if not e.name.startswith(".") and _is_dir(e)]
-    if not folders:
+    check_class_count(source, [name for name, _ in folders], min_classes)
+    return folders
+
+
+def missing_source(source: str | os.PathLike) -> ToolkitError:
+    return ToolkitError(f"source folder {source} does not exist; run `toolkit crawl` first "
+                        "or give a folder of class folders")
+
+
+def check_class_count(source: str | os.PathLike, class_names: list[str], min_classes: int = 2) -> None:
+    """SOURCE's class folders (their names, sorted) are enough: at least `min_classes`."""
+    if not class_names:
         raise ToolkitError(f"{source} holds no class folders; put each class's images in "
                            f"a folder of its own (e.g. {source}/cat/, {source}/dog/)")
-    if len(folders) < min_classes:
-        raise ToolkitError(f"{source} holds one class folder ({folders[0][0]}); a classifier "
+    if len(class_names) < min_classes:
+        raise ToolkitError(f"{source} holds one class folder ({class_names[0]}); a classifier "
                            "needs at least two")
-    return folders
 
 
 def list_files(folder: Path) -> list[Path]:

@@ -11,6 +11,7 @@ import collections
 import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -111,8 +112,14 @@ def read_review(source: str | os.PathLike, *, needed_for: str = "") -> Judged:
     """SOURCE/review.json, checked; a missing or damaged file is a ToolkitError that says
     to run the review (`needed_for`: the option that needs the file, for that message)."""
     path = Path(source) / REVIEW_FILE
+    return review_from(lambda: path.read_text(encoding="utf-8"), str(path), str(source), needed_for)
+
+
+def review_from(read: Callable[[], str], path: str, source: str, needed_for: str = "") -> Judged:
+    """:func:`read_review` of a review.json that `read()` returns the text of (FileNotFoundError:
+    there is none) and that the messages call `path`: SOURCE may be a URL."""
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = json.loads(read())
         class_names = [str(c) for c in state["class_names"]]
         entries = {str(e["file"]): e for e in state["images"]}
     except FileNotFoundError:

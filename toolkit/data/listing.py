@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-from ..collect import manifest
 from ..core import images
-from ..core.sources import class_folders, iter_inputs
-from . import shards
+from . import locations, shards
+from .pack_source import LocalSource, UrlSource
 
 
 @dataclass(frozen=True)
@@ -41,56 +38,56 @@ class Settings:
 OFFSET = struct.Struct("<Q")
 
 
-def index_path(listing: str | os.PathLike) -> Path:
-    return Path(f"{listing}.index")
+def index_path(listing: str) -> str:
+    return f"{listing}.index"
 
 
-def write(path: Path, source: str | os.PathLike) -> tuple[list[str], int]:
+def write(path: str, source: LocalSource | UrlSource) -> tuple[list[str], int]:
     """Every file pack considers, one JSON line each, with the crawl's record of where it came
     from (one class's manifest in memory at a time), and the index of the lines; returns the
-    classes and the count."""
-    class_names, files = iter_inputs(source)
-    folders = dict(class_folders(source))
-    count = 0
-    with open(path, "wb") as f, open(index_path(path), "wb") as index:
+    classes and the count. `path` is a path or a URL (:mod:`toolkit.data.locations`)."""
+    class_names, files = source.inputs()
+    count = offset = 0
+    with (locations.writing(path, atomic=False) as f,
+          locations.writing(index_path(path), atomic=False) as index):
         for label, mine in itertools.groupby(files, key=lambda file: file.label):
-            folder = folders[class_names[label]]
-            crawled = manifest.read_entries(manifest.manifest_path(source, folder.name))
-            entries = {e["file"]: e for e in crawled}
+            entries = {e["file"]: e for e in source.manifest(label)}
             for file in mine:
-                entry = entries.get(file.path.relative_to(folder).as_posix(), {})
-                index.write(OFFSET.pack(f.tell()))
-                f.write(json.dumps({
-                    "i": count, "label": label, "path": str(file.path), "name": file.name,
+                entry = entries.get(file.in_class, {})
+                index.write(OFFSET.pack(offset))
+                line = json.dumps({
+                    "i": count, "label": label, "path": file.path, "name": file.name,
                     "status": file.status, "manifest_sha256": entry.get("sha256"),
-                    "provenance": {k: entry.get(k) for k in shards.PROVENANCE}}).encode("ascii") + b"\n")
+                    "provenance": {k: entry.get(k) for k in shards.PROVENANCE}}).encode("ascii") + b"\n"
+                f.write(line)
+                offset += len(line)
                 count += 1
     return class_names, count
 
 
-def read_range(path: str | os.PathLike, start: int, stop: int) -> Iterator[dict]:
+def read_range(path: str, start: int, stop: int) -> Iterator[dict]:
     """The records of files number `start` to `stop` - 1, in order."""
     if start >= stop:
         return
-    with open(path, "rb") as f:
+    with open(locations.local_copy(path), "rb") as f:
         f.seek(_offsets(path, [start])[0])
         for _ in range(stop - start):
             yield json.loads(f.readline())
 
 
-def read_some(path: str | os.PathLike, numbers: Iterable[int]) -> dict[int, dict]:
+def read_some(path: str, numbers: Iterable[int]) -> dict[int, dict]:
     """The records of the files of these numbers, by number."""
     numbers = sorted(set(numbers))
     found = {}
-    with open(path, "rb") as f:
+    with open(locations.local_copy(path), "rb") as f:
         for number, offset in zip(numbers, _offsets(path, numbers)):
             f.seek(offset)
             found[number] = json.loads(f.readline())
     return found
 
 
-def _offsets(path: str | os.PathLike, numbers: list[int]) -> list[int]:
-    with open(index_path(path), "rb") as index:
+def _offsets(path: str, numbers: list[int]) -> list[int]:
+    with open(locations.local_copy(index_path(path)), "rb") as index:
         found = []
         for number in numbers:
             index.seek(number * OFFSET.size)

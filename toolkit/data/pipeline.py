@@ -31,7 +31,7 @@ import numpy as np
 from ..core import dedupe, hamming, images
 from ..core.sources import InputFile
 from ..curate.verdicts import Judged
-from . import listing, shards, splits
+from . import listing, locations, shards, splits
 from .listing import Settings
 from .packer import PACKED, SURPLUS, review_file, short_of_images
 
@@ -172,7 +172,7 @@ class Check(beam.DoFn):
             status, detail = record["status"], ""
             if not status:
                 try:
-                    info, _ = images.decode(images.read_file(record["path"], self.settings.checks),
+                    info, _ = images.decode(locations.read_image(record["path"], self.settings.checks),
                                             self.settings.checks)
                 except images.Unusable as e:
                     status, detail = e.reason, e.detail
@@ -361,7 +361,7 @@ class WriteShard(beam.DoFn):
         lines = listing.read_some(self.listing_path, (row[0] for row in members))
         members.sort(key=lambda row: (row[1], lines[row[0]]["name"]))  # rank order
         changed: list[str] = []
-        written = shards.write_shard(Path(self.data), split, index, total,
+        written = shards.write_shard(self.data, split, index, total,
                                      self._records(split, members, lines, changed),
                                      len(self.settings.class_names))
         yield {"shard": asdict(written), "changed": changed}
@@ -372,7 +372,7 @@ class WriteShard(beam.DoFn):
         for i, _, label, phash, width, height, digest in members:
             line = lines[i]
             try:
-                sha256, pixels = images.decode_pixels(images.read_file(line["path"], s.checks), s.checks,
+                sha256, pixels = images.decode_pixels(locations.read_image(line["path"], s.checks), s.checks,
                                                       s.size, s.fit)
             except images.Unusable:
                 sha256, pixels = None, None

@@ -14,22 +14,18 @@ import io
 import json
 import logging
 import os
-import secrets
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
-from ..core import decisions, dedupe, images
+from ..core import dedupe, images
 from ..core.errors import OptionError, ToolkitError, first_line
-from ..core.files import is_abandoned, refuse_link
-from ..core.locks import holding
-from ..core.sources import class_folders
 from ..core.text import timestamp
-from ..curate.verdicts import read_review
-from . import listing, shards
+from . import listing, locations, shards
+from .pack_out import Work, out_at
+from .pack_source import source_at
 from .packer import (
     MOVED_IN_REVIEW,
     PACKED,
@@ -46,7 +42,6 @@ from .packer import (
 DIRECT = "DirectRunner"
 #: The names that run the pipeline on this machine, on Beam's FnApiRunner (see :func:`_run`).
 LOCAL_RUNNERS = (DIRECT, "direct", "FnApiRunner")
-BEAM_MISSING = "the sharded pack runs on Apache Beam: pip install 'toolkit-imageclass[scale]'"
 
 
 def pack_shards(source: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 400,
@@ -62,15 +57,17 @@ def pack_shards(source: str | os.PathLike, out: str | os.PathLike, *, per_class:
 
     `workers`: processes of Beam's direct runner [default: one per core]; 1 runs in this
     process. `runner` and `beam_options` ((KEY, VALUE) pairs, Beam's pipeline options) run it
-    elsewhere: SOURCE and `out` must then be paths every worker reads and writes alike.
+    elsewhere: SOURCE and `out` must then be paths every worker reads and writes alike, or URLs
+    (gs://bucket/folder, ...: :mod:`toolkit.data.locations`).
     `encoding`: the records' images as JPEG at quality 95 (the default: a quarter of PNG's bytes)
     or as PNG (lossless: the .npz's pixels exactly, at 12 times JPEG's encoding time).
     Writes `out/` whole (shards, dataset.json, report.txt, report.json) or nothing; raises
     :class:`NotEnoughImages` as pack does, before any shard is written.
     """
-    out = Path(out)
+    source, out = locations.checked(source), locations.checked(out)
     check_settings(per_class, test_size, size, fit, threshold)
-    _check_out(out, force)
+    target = out_at(out)
+    target.check(force)
     if workers is not None and workers < 1:
         raise OptionError("workers", workers, "need at least one")
     if images_per_shard < 1:
@@ -78,42 +75,44 @@ def pack_shards(source: str | os.PathLike, out: str | os.PathLike, *, per_class:
     if encoding not in shards.ENCODINGS:
         raise OptionError("encoding", encoding, f"choose {' or '.join(shards.ENCODINGS)}")
     options = pipeline_options(runner, workers or os.cpu_count() or 1, beam_options)
-    class_folders(source)  # a missing or empty SOURCE is the first error
-    made = decisions.read(source)
-    judged = read_review(source, needed_for="--drop-suspects") if drop_suspects else None
-    with holding(out, f"the dataset {out}"):
-        _remove_abandoned(out)
-        work = out.parent / f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.part"
-        data = work / "data"
-        data.mkdir(parents=True)
+    if locations.is_url(source) or locations.is_url(out):
+        locations.use_options(options)
+    src = source_at(source)
+    src.class_names()  # a missing or empty SOURCE is the first error
+    made = src.decisions()
+    judged = src.review("--drop-suspects") if drop_suspects else None
+    with target.lock():
+        work = target.start()
         try:
-            class_names, count = listing.write(work / "listing.jsonl", source)
+            class_names, count = listing.write(work.listing, src)
             settings = listing.Settings(tuple(class_names), size, fit, seed, test_size, per_class,
                                         allow_fewer, threshold, checks, images_per_shard, encoding)
-            _run(options, settings, work, data, count, made, judged)
-            plan = _Plan(sorted(work.glob("plan-*.jsonl")), count)
-            report = _report(source, out, class_names, per_class, allow_fewer, plan)
-            written = list(_read_lines(work, "shards"))
+            _run(options, settings, work, count, made, judged)
+            parts = locations.glob(work.folder, "plan-*.jsonl")
+            plan = _Plan([locations.local_copy(part) for part in parts], count)
+            report = _report(source, target, class_names, per_class, allow_fewer, plan)
+            written = list(_read_lines(work.folder, "shards"))
             _check_written(report, written)
             image = {"size": size, "fit": fit, "encoding": encoding,
                      **({"quality": shards.JPEG_QUALITY} if encoding == "jpeg" else {})}
-            chosen = {"source": str(Path(source).resolve()), "per_class": per_class, "test_size": test_size,
+            chosen = {"source": src.resolved(), "per_class": per_class, "test_size": test_size,
                       "seed": seed, "min_side": checks.min_side, "threshold": threshold,
                       "drop_suspects": drop_suspects, "allow_fewer": allow_fewer,
                       "images_per_shard": images_per_shard}
-            shards.write_dataset(data, class_names, image, chosen,
+            shards.write_dataset(work.local, class_names, image, chosen,
                                  [shards.Shard(**w["shard"]) for w in written], __version__, timestamp())
-            write_report(report, data / "report.txt", data / "report.json", plan.entries(class_names))
-            _put_in_place(data, out, work)
+            write_report(report, work.local / "report.txt", work.local / "report.json",
+                         plan.entries(class_names))
+            target.commit(work)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            target.discard(work)
         return report
 
 
 def pipeline_options(runner: str, workers: int, beam_options: Sequence[tuple[str, str]]):
     """Beam's options for this run: the direct runner with `workers` processes (one: in this
     process), or `runner` with the user's options, each checked to be one Beam knows."""
-    PipelineOptions = _import_beam().options.pipeline_options.PipelineOptions
+    PipelineOptions = locations.import_beam().options.pipeline_options.PipelineOptions
     flags = [f"--runner={runner}", "--default_sdk_harness_log_level=ERROR"]
     if runner in LOCAL_RUNNERS:
         flags += (["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
@@ -134,29 +133,15 @@ def pipeline_options(runner: str, workers: int, beam_options: Sequence[tuple[str
     return PipelineOptions(flags + mine)
 
 
-def _import_beam():
-    """Apache Beam, imported without the warnings it logs about cloud clients it does not find."""
-    disabled = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        import apache_beam
-        import apache_beam.options.pipeline_options
-    except ImportError:
-        raise ToolkitError(BEAM_MISSING) from None
-    finally:
-        logging.disable(disabled)
-    return apache_beam
-
-
-def _run(options, settings, work: Path, data: Path, count: int, made: dict, judged) -> None:
+def _run(options, settings, work: Work, count: int, made: dict, judged) -> None:
     """Run the pipeline. Here, it runs on Beam's FnApiRunner, named: Beam's DirectRunner would
     hand it to the Prism runner instead, a program it downloads from GitHub on first use (a pack
     must not reach the internet, and `--workers` would then mean nothing). Beam's log lines and
     its workers' (which write to the standard error they inherit) go to a log file in the work
-    folder, not to the terminal."""
+    folder (on this machine), not to the terminal."""
     runner = options.get_all_options()["runner"]
     local = runner in LOCAL_RUNNERS
-    with _stderr_to(work / "beam.log") if local else contextlib.nullcontext():
+    with _stderr_to(work.log) if local else contextlib.nullcontext():
         import apache_beam as beam
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
@@ -167,8 +152,7 @@ def _run(options, settings, work: Path, data: Path, count: int, made: dict, judg
         except ValueError as e:  # an unknown runner
             raise OptionError("runner", runner, first_line(e)) from None
         with p:
-            pipeline.build(p, settings, str(work / "listing.jsonl"), count, str(work), str(data), made,
-                           judged)
+            pipeline.build(p, settings, work.listing, count, work.folder, work.shards, made, judged)
 
 
 @contextlib.contextmanager
@@ -187,39 +171,10 @@ def _stderr_to(path: Path):
         os.close(log)
 
 
-def _check_out(out: Path, force: bool) -> None:
-    if out.suffix == ".npz":
-        raise OptionError("out", str(out), "a folder of shards, not an .npz name (or pack an "
-                          "archive: --format npz)")
-    if not out.parent.is_dir():
-        raise OptionError("out", str(out), f"folder {out.parent} does not exist; create it first")
-    refuse_link(out)
-    if out.exists() and not out.is_dir():
-        raise OptionError("out", str(out), "is a file; a sharded dataset is a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not shards.is_dataset(out):
-            raise ToolkitError(f"{out} holds files that are not a toolkit dataset; choose a new "
-                               "folder (pack never replaces what it did not write)")
-        if not force:
-            raise ToolkitError(f"{out} already exists; pass --force to replace it")
-
-
-def _remove_abandoned(out: Path) -> None:
-    """What a killed pack of `out` left beside it (its work folder, or the old dataset it was
-    replacing): the lock is ours, so no live pack is writing them."""
-    for leftover in out.parent.glob(f".{_glob_escape(out.name)}.*.part*"):
-        if leftover.is_dir() and not leftover.is_symlink() and is_abandoned(leftover.name):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-def _read_lines(work: Path, prefix: str) -> Iterator[dict]:
+def _read_lines(work: str, prefix: str) -> Iterator[dict]:
     """The records a pipeline step wrote as JSON lines, one at a time."""
-    for part in sorted(work.glob(f"{prefix}-*.jsonl")):
-        with open(part, encoding="ascii") as f:
+    for part in locations.glob(work, f"{prefix}-*.jsonl"):
+        with locations.open_read(part) as f:
             for line in f:
                 if line.strip():
                     yield json.loads(line)
@@ -230,7 +185,7 @@ class _Plan:
     and never held: once for the report's counts, then line by line in pack's order of files
     into report.json, through an index of where each file's line is (12 bytes a file)."""
 
-    def __init__(self, parts: list[Path], count: int):
+    def __init__(self, parts: list[str], count: int):
         self.parts, self.count = parts, count
         self.part = np.full(count, -1, dtype=np.int32)
         self.offset = np.zeros(count, dtype=np.int64)
@@ -270,7 +225,7 @@ def _with_offsets(f) -> Iterator[tuple[int, bytes]]:
         offset += len(line)
 
 
-def _report(source, out: Path, class_names: list[str], per_class: int, allow_fewer: bool,
+def _report(source, out, class_names: list[str], per_class: int, allow_fewer: bool,
             plan: _Plan) -> PackReport:
     """Pack's report from the plan, counted (every file's entry is streamed from the plan into
     report.json); NotEnoughImages as pack raises it."""
@@ -322,16 +277,3 @@ def _check_written(report: PackReport, written: list[dict]) -> None:
     packed = sum(report.train_counts) + sum(report.test_counts)
     if sum(w["shard"]["images"] for w in written) != packed:
         raise RuntimeError("the shards do not hold every packed image")
-
-
-def _put_in_place(data: Path, out: Path, work: Path) -> None:
-    """Move the finished folder to `out`; a dataset there already (--force) goes only once the
-    new one is complete, and is removed after."""
-    old = None
-    if out.exists():
-        old = work.with_name(work.name + ".old")
-        os.replace(out, old)
-    os.replace(data, out)
-    if old is not None:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(old)

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ToolkitError
-from ..core.files import atomic_path, refuse_link, write_json
+from ..core.files import refuse_link, write_json
+from . import locations
 from .records import (
     crc32c,
     example,  # noqa: F401 (pack's pipeline encodes its records as shards.example)
@@ -96,13 +97,14 @@ class Shard:
     sha256: str
 
 
-def write_shard(folder: Path, split: str, index: int, total: int, records: Iterable[tuple[int, bytes]],
-                n_classes: int) -> Shard:
-    """Write (label, serialized example) records as one TFRecord shard, atomically."""
+def write_shard(folder: str | os.PathLike, split: str, index: int, total: int,
+                records: Iterable[tuple[int, bytes]], n_classes: int) -> Shard:
+    """Write (label, serialized example) records as one TFRecord shard in `folder`: a local one
+    atomically, or at a URL (:mod:`toolkit.data.locations`)."""
     crc = crc32c()
     name = shard_name(split, index, total)
     digest, size, per_class = hashlib.sha256(), 0, [0] * n_classes
-    with atomic_path(folder / name) as tmp, open(tmp, "wb") as f:
+    with locations.writing(locations.join(folder, name)) as f:
         for label, record in records:
             framed = frame(record, crc)
             f.write(framed)
