@@ -334,7 +334,7 @@ def test_band_keys_find_exactly_dedupes_pairs():
         expected = {(int(ids[i]), int(ids[j])) for i, j in dedupe.near_pairs(hashes, threshold)}
         groups = collections.defaultdict(bytes)  # what Beam's combine of rows hands each worker
         for i, h in zip(ids.tolist(), hashes.tolist()):
-            record = tuple(pipeline.Usable(i, 0, f"{i}.jpg", "0" * 64, h, 1, 1, 0))
+            record = pipeline.Usable(i, 0, f"{i}.jpg", "0" * 64, h, 1, 1, 0).encode()
             for band, row in pipeline._band_rows(record, threshold):
                 groups[band] += row
         found = {pair for group in groups.items() for pair in pipeline._near_pairs(group, threshold)}

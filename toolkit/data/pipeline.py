@@ -5,11 +5,14 @@ runs on Beam's direct runner here or on a cluster (Dataflow, Flink, Spark).
     -> transitive groups -> dedupe's policy per group -> review's decisions -> per-class ranks
     combined into the split rule's cut-offs -> shard keys -> each shard written by one worker
 
-Records are small: a usable file is a plain tuple (:class:`Usable`: its number, label, name,
-hashes, size, rank); a file that is not usable goes straight to the plan. Where the records of
-every file meet (a band's hashes, a shard's files), a combine packs them into bytes, fixed-size
-rows, so that no step holds an object per image (the direct runner holds a shuffle in memory). A
-step that needs a file's path or provenance reads its line of the listing by number
+Records are small: a usable file is about 100 bytes between steps (:class:`toolkit.data.wire.Usable`:
+its number, label, name, hashes, size, rank); a file that is not usable goes straight to the plan.
+Every file passes through two steps' memory only: the decoded files wait there for the near
+duplicates, and the reviewed ones for the split rule (each branch is reviewed on its own, and each
+plan is written where it is made, so that no merge of branches holds them a third time). Where
+the records of every file meet (a band's hashes, a shard's files), a combine packs them into
+bytes, fixed-size rows, so that no step holds an object per image (the direct runner holds a
+shuffle in memory). A step that needs a file's path or provenance reads its line of the listing by number
 (:mod:`toolkit.data.listing`); pixels never go through a shuffle: the writer of a shard reads,
 decodes and encodes its files itself. What became of every file (the plan) and the shards
 written land in files that the driver reads (:mod:`toolkit.data.shard_pack`).
@@ -23,7 +26,6 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -34,31 +36,10 @@ from ..curate.verdicts import Judged
 from . import listing, locations, shards, splits
 from .listing import Settings
 from .packer import PACKED, SURPLUS, review_file, short_of_images
+from .wire import Usable
 
 #: Files of the listing a worker checks in one go.
 CHUNK = 100
-
-
-class Usable(NamedTuple):
-    """A usable file as the steps carry it: a plain tuple between them (`tuple(usable)`), which
-    Beam encodes in a few dozen bytes. `rank` is the hash of :func:`splits.image_rank`; its
-    name is the rank's tie-break."""
-
-    i: int
-    label: int
-    name: str
-    sha256: str
-    phash: int
-    width: int
-    height: int
-    rank: int
-    status: str = ""
-    detail: str = ""
-    moved_from: str = ""
-    flag: tuple = (False, None)
-    split: str = ""
-    shard: int = 0
-    shards: int = 0
 
 
 #: A band's row: file number, perceptual hash.
@@ -86,19 +67,23 @@ def build(p: beam.Pipeline, settings: Settings, listing_path: str, count: int, w
                     _Grouped(), beam.pvalue.AsSingleton(groups)).with_outputs("grouped", main="single")))
     decided = (deduped.grouped | "By group" >> beam.GroupByKey()
                | "Duplicate policy" >> beam.FlatMap(_policy, settings.threshold))
-    reviewed = ((deduped.single, decided) | "Files" >> beam.Flatten()
-                | "Review decisions" >> beam.ParDo(Review(settings.class_names, made, judged)))
-    picked = reviewed | "Usable after review" >> beam.Filter(lambda r: not Usable._make(r).status)
+    review = Review(settings.class_names, made, judged)  # in each branch: nothing holds them between
+    reviewed = ((deduped.single | "Review decisions" >> beam.ParDo(review),
+                 decided | "Review decisions of duplicates" >> beam.ParDo(review))
+                | "Files" >> beam.Flatten())
+    picked = reviewed | "Usable after review" >> beam.Filter(lambda r: not Usable.decode(r).status)
     plans = (picked | "Rank by class" >> beam.Map(_rank_by_class)
              | "Per-class caps" >> beam.CombinePerKey(SmallestRanks(settings.per_class))
              | "Split rule" >> beam.FlatMap(_plan, settings))
-    counts = (picked | "Class" >> beam.Map(lambda r: (Usable._make(r).label, 1))
+    counts = (picked | "Class" >> beam.Map(lambda r: (Usable.decode(r).label, 1))
               | "Count" >> beam.CombinePerKey(sum)
               | "Counts" >> beam.combiners.ToDict())
     gate = counts | "Enough images" >> beam.Map(_short, settings)
     placed = reviewed | "Place" >> beam.ParDo(Place(settings), beam.pvalue.AsDict(plans))
-    ((placed | "Plan as JSON" >> beam.Map(_plan_line), checked.unusable) | "Plan" >> beam.Flatten()
-     | "Write plan" >> beam.io.WriteToText(f"{work}/plan", ".jsonl"))
+    (placed | "Plan as JSON" >> beam.Map(_plan_line)
+     | "Write plan" >> beam.io.WriteToText(f"{work}/plan-decoded", ".jsonl"))
+    # (neither name starts the other's: a sink deletes what matches its own names before it commits)
+    checked.unusable | "Write plan of the unusable" >> beam.io.WriteToText(f"{work}/plan-unusable", ".jsonl")
     (placed | "Packed" >> beam.FlatMap(_shard_row)
      | "Rows by shard" >> beam.CombinePerKey(Rows())
      | "Write shards" >> beam.ParDo(WriteShard(settings, listing_path, data), beam.pvalue.AsSingleton(gate))
@@ -178,8 +163,8 @@ class Check(beam.DoFn):
                     status, detail = e.reason, e.detail
                 else:
                     rank, _ = splits.image_rank(self.settings.seed, info.sha256, record["name"])
-                    yield tuple(Usable(record["i"], record["label"], record["name"], info.sha256,
-                                       info.phash, info.width, info.height, rank))
+                    yield Usable(record["i"], record["label"], record["name"], info.sha256,
+                                 info.phash, info.width, info.height, rank).encode()
                     continue
             yield beam.pvalue.TaggedOutput("unusable", json.dumps({
                 "i": record["i"], "label": record["label"], "name": record["name"], "status": status,
@@ -194,10 +179,10 @@ def band_plan(threshold: int) -> hamming.Bands | None:
     return hamming.plan_join(threshold, hamming.INDEX_SIZE)
 
 
-def _band_rows(record: tuple, threshold: int) -> Iterator[tuple[int, bytes]]:
+def _band_rows(record: bytes, threshold: int) -> Iterator[tuple[int, bytes]]:
     """A file's row for each band (files of equal content, equal hashes, are found as pairs at
     distance 0)."""
-    f = Usable._make(record)
+    f = Usable.decode(record)
     bands = band_plan(threshold)
     for band in range(len(bands.widths) if bands else 1):
         yield band, BAND_ROW.pack(f.i, f.phash)
@@ -250,23 +235,23 @@ class Components(beam.CombineFn):
 class _Grouped(beam.DoFn):
     """Send the files of a group to their group (tagged `grouped`); all others on."""
 
-    def process(self, record: tuple, groups: dict[int, int]) -> Iterator:
-        group = groups.get(Usable._make(record).i)
+    def process(self, record: bytes, groups: dict[int, int]) -> Iterator:
+        group = groups.get(Usable.decode(record).i)
         if group is None:
             yield record
         else:
             yield beam.pvalue.TaggedOutput("grouped", (group, record))
 
 
-def _policy(group: tuple[int, Iterable[tuple]], threshold: int) -> Iterator[tuple]:
+def _policy(group: tuple[int, Iterable[bytes]], threshold: int) -> Iterator[bytes]:
     """Dedupe's policy on one group, in the order pack numbers files: the same choices."""
-    members = sorted(map(Usable._make, group[1]))
+    members = sorted(map(Usable.decode, group[1]))
     candidates = [dedupe.Candidate(f.label, f.sha256, f.phash, f.width * f.height, f.name) for f in members]
     dropped = dedupe.find_duplicates(candidates, threshold)
     for index, f in enumerate(members):
         if index in dropped:
             f = f._replace(status=dropped[index].reason, detail=members[dropped[index].twin].name)
-        yield tuple(f)
+        yield f.encode()
 
 
 # --------------------------------------------------------------------------- review, caps, split
@@ -277,19 +262,19 @@ class Review(beam.DoFn):
     def __init__(self, class_names: tuple[str, ...], made: dict, judged: Judged | None):
         self.class_names, self.made, self.judged = list(class_names), made, judged
 
-    def process(self, record: tuple) -> Iterator[tuple]:
-        u = Usable._make(record)
+    def process(self, record: bytes) -> Iterator[bytes]:
+        u = Usable.decode(record)
         if u.status:
             yield record
             return
         f = InputFile(u.label, Path(), u.name,
                       info=images.ImageInfo(u.sha256, u.phash, u.width, u.height, ""))
         flag = review_file(f, self.class_names, self.made, self.judged)
-        yield tuple(u._replace(status=f.status, label=f.label, moved_from=f.moved_from, flag=flag))
+        yield u._replace(status=f.status, label=f.label, moved_from=f.moved_from, flag=flag).encode()
 
 
-def _rank_by_class(record: tuple) -> tuple[int, splits.Rank]:
-    f = Usable._make(record)
+def _rank_by_class(record: bytes) -> tuple[int, splits.Rank]:
+    f = Usable.decode(record)
     return f.label, (f.rank, f.name)
 
 
@@ -313,30 +298,30 @@ class Place(beam.DoFn):
     def __init__(self, settings: Settings):
         self.settings = settings
 
-    def process(self, record: tuple, plans: dict[int, splits.ClassPlan]) -> Iterator[tuple]:
-        f = Usable._make(record)
+    def process(self, record: bytes, plans: dict[int, splits.ClassPlan]) -> Iterator[bytes]:
+        f = Usable.decode(record)
         if f.status:
             yield record
             return
         plan = plans.get(f.label)
         where = splits.place((f.rank, f.name), plan) if plan else splits.SURPLUS
         if where == splits.SURPLUS:
-            yield tuple(f._replace(status=SURPLUS))
+            yield f._replace(status=SURPLUS).encode()
             return
         images_in = sum(getattr(p, where) for p in plans.values())
         total = shards.shard_count(images_in, self.settings.images_per_shard)
-        yield tuple(f._replace(status=PACKED, split=where, shard=f.rank % total, shards=total))
+        yield f._replace(status=PACKED, split=where, shard=f.rank % total, shards=total).encode()
 
 
-def _plan_line(record: tuple) -> str:
-    f = Usable._make(record)
+def _plan_line(record: bytes) -> str:
+    f = Usable.decode(record)
     return json.dumps({"i": f.i, "label": f.label, "name": f.name, "status": f.status, "detail": f.detail,
                        "moved_from": f.moved_from, "flag": f.flag, "split": f.split, "sha256": f.sha256,
                        "width": f.width, "height": f.height})
 
 
-def _shard_row(record: tuple) -> Iterator[tuple[tuple[str, int, int], bytes]]:
-    f = Usable._make(record)
+def _shard_row(record: bytes) -> Iterator[tuple[tuple[str, int, int], bytes]]:
+    f = Usable.decode(record)
     if f.status == PACKED:
         yield (f.split, f.shard, f.shards), SHARD_ROW.pack(f.i, f.rank, f.label, f.phash, f.width, f.height,
                                                           bytes.fromhex(f.sha256))
