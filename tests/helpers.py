@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
+import socketserver
+import threading
 import traceback
 from pathlib import Path
 
@@ -112,3 +115,26 @@ def interrupted_after_first_epoch(monkeypatch, real_signal: bool = False):
         yield
     finally:
         monkeypatch.setattr(Checkpointer, "on_epoch_end", end_of_epoch)
+
+
+@contextlib.contextmanager
+def recording_proxy(asked: list[str]):
+    """HTTP(S)_PROXY pointed at a loopback server that appends each request line to `asked` and
+    refuses it (what a library fetches from the internet goes through these)."""
+
+    class Recorder(socketserver.StreamRequestHandler):
+        def handle(self):
+            asked.append(self.rfile.readline().decode("latin-1").strip())
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    proxy = f"http://127.0.0.1:{server.server_address[1]}"
+    saved = {k: os.environ.get(k) for k in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")}
+    os.environ.update({"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "NO_PROXY": ""})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        server.shutdown()
+        server.server_close()

@@ -3,15 +3,11 @@ Beam pipeline on the local runner, read back with plain tf.data."""
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import io
 import json
 import os
 import shutil
-import socketserver
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -19,17 +15,16 @@ from PIL import Image
 
 from conftest import (
     add_duplicates_and_odd_names,
-    distinct_image,
     encode,
     grid_image,
     make_class_folders,
 )
 from fake_filesystem import FakeFileSystem, urls_used_as_paths
-from helpers import assert_one_error_line, run_cli
+from helpers import assert_one_error_line, recording_proxy, run_cli
 from toolkit.collect import manifest
-from toolkit.core import decisions, dedupe, images
+from toolkit.core import decisions, images
 from toolkit.core.errors import ToolkitError
-from toolkit.data import pack_out, pipeline, shards
+from toolkit.data import pack_out, shards
 from toolkit.data.npz import load_archive
 from toolkit.data.packer import NotEnoughImages, pack
 from toolkit.data.shard_pack import pack_shards
@@ -68,36 +63,13 @@ def source_folder(root):
 ASKED: list[str] = []
 
 
-@contextlib.contextmanager
-def recording_proxy():
-    """HTTP(S)_PROXY pointed at a loopback server that records each request line and refuses it
-    (Beam's DirectRunner fetches its Prism runner from GitHub through these)."""
-
-    class Recorder(socketserver.StreamRequestHandler):
-        def handle(self):
-            ASKED.append(self.rfile.readline().decode("latin-1").strip())
-
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    saved = {k: os.environ.get(k) for k in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")}
-    os.environ.update({"HTTP_PROXY": f"http://127.0.0.1:{server.server_address[1]}", "NO_PROXY": ""})
-    os.environ["HTTPS_PROXY"] = os.environ["HTTP_PROXY"]
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
     """The source packed both ways with the same seed: (source, the .npz, the dataset folder)."""
     tmp = tmp_path_factory.mktemp("packed")
     src = source_folder(tmp / "src")
     pack(src, tmp / "x.npz", **SETTINGS)
-    with recording_proxy():
+    with recording_proxy(ASKED):
         pack_shards(src, tmp / "ds", workers=1, **SETTINGS)
     return src, tmp / "x.npz", tmp / "ds"
 
@@ -304,41 +276,6 @@ def test_a_class_short_of_images_fails_as_pack_does_unless_allowed(packed, tmp_p
     allowed = pack(src, tmp_path / "x.npz", allow_fewer=True, **short)
     assert (report.train_counts, report.test_counts) == (allowed.train_counts, allowed.test_counts)
     assert report.train_counts == [10, 10, 11] and report.test_counts == [2, 3, 3]
-
-
-@pytest.mark.parametrize("size", [24, 224, 300])
-@pytest.mark.parametrize("fit", images.FITS)
-def test_the_shard_writers_pixels_are_what_decode_gives(size, fit):
-    rotated = grid_image(3, (640, 480))
-    exif = rotated.getexif()
-    exif[images.ORIENTATION] = 6
-    for data in (distinct_image(1, (900, 700)), encode(grid_image(2).convert("CMYK"), "JPEG"),
-                 encode(rotated, "JPEG", exif=exif), encode(grid_image(4).convert("LA"), "PNG")):
-        info, pixels = images.decode(data, images.Checks(), size, fit)
-        sha256, again = images.decode_pixels(data, images.Checks(), size, fit)
-        assert sha256 == info.sha256 and np.array_equal(again, pixels)
-
-
-def test_band_keys_find_exactly_dedupes_pairs():
-    """The pipeline's grouping by band (each group on its own worker) finds dedupe's pairs,
-    exact copies (0 bits apart) among them."""
-    rng = np.random.default_rng(0)
-    for threshold in (0, 2, 5, 8, 12, 24):  # 24: no bands pay, one group compares all pairs
-        hashes = rng.integers(0, 2**64, 2000, dtype=np.uint64)
-        near = hashes[:400].copy()
-        for k in range(400):  # planted near copies at 0 .. threshold + 2 bits
-            for bit in rng.choice(64, k % (threshold + 3), replace=False):
-                near[k] ^= np.uint64(1) << np.uint64(int(bit))
-        hashes = np.concatenate([hashes, near])
-        ids = np.arange(len(hashes)) + 1000
-        expected = {(int(ids[i]), int(ids[j])) for i, j in dedupe.near_pairs(hashes, threshold)}
-        groups = collections.defaultdict(bytes)  # what Beam's combine of rows hands each worker
-        for i, h in zip(ids.tolist(), hashes.tolist()):
-            record = pipeline.Usable(i, 0, f"{i}.jpg", "0" * 64, h, 1, 1, 0).encode()
-            for band, row in pipeline._band_rows(record, threshold):
-                groups[band] += row
-        found = {pair for group in groups.items() for pair in pipeline._near_pairs(group, threshold)}
-        assert found == expected and len(expected) >= 400 * (threshold + 1) // (threshold + 3)
 
 
 # ---- the command line

@@ -1,0 +1,63 @@
+"""The sharded pack's steps on their own: a file's record between steps, the band keys that find
+near duplicates, and the shard writer's pixels."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from conftest import distinct_image, encode, grid_image
+from toolkit.core import dedupe, images
+
+pytest.importorskip("apache_beam")
+
+from toolkit.data import pipeline  # noqa: E402 (Beam is the scale extra)
+from toolkit.data.wire import Usable  # noqa: E402
+
+
+def test_a_record_between_steps_is_small_and_comes_back_whole():
+    """Every field survives the bytes, 64-bit hashes with their top bit set, names that are not
+    UTF-8, a review flag that names no class and one that names the empty string apart."""
+    plain = Usable(96_000, 2, "hedgehog/img00012.jpg", "ab" * 32, 2**64 - 3, 400, 300, 2**63 + 5)
+    decided = plain._replace(name="cat/caf\udce9.jpg", status="near duplicate", detail="cat/é.jpg",
+                             moved_from="dog", flag=(True, "fox"), split="test", shard=7, shards=24)
+    for usable in (plain, decided, plain._replace(flag=(False, "")), plain._replace(detail="x" * 300)):
+        assert Usable.decode(usable.encode()) == usable
+    assert len(plain.encode()) <= 110  # Beam's own encoding of the tuple: 170 bytes
+
+
+@pytest.mark.parametrize("size", [24, 224, 300])
+@pytest.mark.parametrize("fit", images.FITS)
+def test_the_shard_writers_pixels_are_what_decode_gives(size, fit):
+    rotated = grid_image(3, (640, 480))
+    exif = rotated.getexif()
+    exif[images.ORIENTATION] = 6
+    for data in (distinct_image(1, (900, 700)), encode(grid_image(2).convert("CMYK"), "JPEG"),
+                 encode(rotated, "JPEG", exif=exif), encode(grid_image(4).convert("LA"), "PNG")):
+        info, pixels = images.decode(data, images.Checks(), size, fit)
+        sha256, again = images.decode_pixels(data, images.Checks(), size, fit)
+        assert sha256 == info.sha256 and np.array_equal(again, pixels)
+
+
+def test_band_keys_find_exactly_dedupes_pairs():
+    """The pipeline's grouping by band (each group on its own worker) finds dedupe's pairs,
+    exact copies (0 bits apart) among them."""
+    rng = np.random.default_rng(0)
+    for threshold in (0, 2, 5, 8, 12, 24):  # 24: no bands pay, one group compares all pairs
+        hashes = rng.integers(0, 2**64, 2000, dtype=np.uint64)
+        near = hashes[:400].copy()
+        for k in range(400):  # planted near copies at 0 .. threshold + 2 bits
+            for bit in rng.choice(64, k % (threshold + 3), replace=False):
+                near[k] ^= np.uint64(1) << np.uint64(int(bit))
+        hashes = np.concatenate([hashes, near])
+        ids = np.arange(len(hashes)) + 1000
+        expected = {(int(ids[i]), int(ids[j])) for i, j in dedupe.near_pairs(hashes, threshold)}
+        groups = collections.defaultdict(bytes)  # what Beam's combine of rows hands each worker
+        for i, h in zip(ids.tolist(), hashes.tolist()):
+            record = pipeline.Usable(i, 0, f"{i}.jpg", "0" * 64, h, 1, 1, 0).encode()
+            for band, row in pipeline._band_rows(record, threshold):
+                groups[band] += row
+        found = {pair for group in groups.items() for pair in pipeline._near_pairs(group, threshold)}
+        assert found == expected and len(expected) >= 400 * (threshold + 1) // (threshold + 3)
