@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import ToolkitError
+from ..core.errors import ToolkitError, first_line
 from ..core.files import refuse_link, write_json
 from . import locations
 from .records import (
@@ -229,10 +229,13 @@ def read_column(dataset: Dataset, split: str, feature: str, *, check: bool = Fal
             continue
         path, digest = dataset.folder / shard.file, hashlib.sha256()
         try:
-            values = [read_feature(record, feature)
+            values = [read_feature(record, feature, FEATURES[feature])
                       for record in read_records(path, digest.update if check else None)]
         except ValueError as e:
             raise ToolkitError(f"shard {path} is damaged ({e}); pack again") from None
+        except OSError as e:
+            raise ToolkitError(f"shard {path} cannot be read ({e.strerror or first_line(e)}); check it is "
+                               "a file you can read, or pack again") from None
         if check and digest.hexdigest() != shard.sha256:
             raise ToolkitError(f"shard {path} is damaged (its checksum differs from {DATASET_FILE}'s); "
                                "pack again")
