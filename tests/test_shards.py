@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import urllib.request
 
 import numpy as np
 import pytest
@@ -74,10 +75,15 @@ def packed(tmp_path_factory):
     return src, tmp / "x.npz", tmp / "ds"
 
 
-def test_a_local_pack_asks_nothing_of_the_internet(packed):
+def test_a_local_pack_asks_nothing_of_the_internet(packed, monkeypatch):
     """The pack runs on Beam's FnApiRunner itself: Beam's DirectRunner would first try to
     download its Prism runner from GitHub (and, where it can, run the pack there)."""
     assert ASKED == []
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # urllib prefers a lowercase one set here
+    asked = []
+    with recording_proxy(asked), pytest.raises(OSError):  # the proxy answers nothing
+        urllib.request.urlopen("http://example.test/", timeout=10)
+    assert asked == ["GET http://example.test/ HTTP/1.1"] and os.environ["http_proxy"] == "http://127.0.0.1:9"
 
 
 def records(folder, split):
