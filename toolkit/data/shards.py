@@ -155,6 +155,22 @@ def is_dataset(folder: str | os.PathLike) -> bool:
     return path.is_file() or path.is_symlink()
 
 
+def is_toolkit_dataset(folder: str | os.PathLike) -> bool:
+    """True for a folder (a path or a URL) whose dataset.json is a file (no link) of this format:
+    what pack --format tfrecord wrote, and so what pack --force may replace. Another tool's
+    dataset.json (nnU-Net's, say) is not."""
+    path = locations.join(folder, DATASET_FILE)
+    try:
+        if locations.is_url(path):
+            data = locations.read_if_any(path)
+        else:
+            data = None if Path(path).is_symlink() or not Path(path).is_file() else Path(path).read_bytes()
+        info = json.loads(data) if data is not None else None
+    except (OSError, ValueError, RecursionError):  # unreadable, not JSON: not ours
+        return False
+    return isinstance(info, dict) and info.get("format") == FORMAT
+
+
 def read_dataset(folder: str | os.PathLike) -> Dataset:
     """Read and check DIR/dataset.json, and that every shard it lists is there at its size and
     is no symbolic link; a problem is one ToolkitError that names it (and the shard)."""
