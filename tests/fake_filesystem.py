@@ -15,12 +15,16 @@ from apache_beam.io.filesystem import FileMetadata, MatchResult
 from apache_beam.io.localfilesystem import LocalFileSystem
 
 PREFIX = "fakefs://"
+#: A file of this name on disk is its folder's placeholder: the empty object `fakefs://.../DIR/`
+#: that a store's console makes for a new folder, listed under DIR as a file named "".
+PLACEHOLDER = ".fakefs-folder-placeholder"
 
 
 class FakeFileSystem(LocalFileSystem):
     """fakefs://NAME is ROOT/NAME on disk; ROOT (an absolute path) is set by the test. Beam finds
     a FileSystem by its scheme among FileSystem's subclasses: defining this class registers it,
-    in this process (a pack with workers=1 runs its steps here)."""
+    in this process (a pack with workers=1 runs its steps here). As Beam's GCS file system does,
+    it deletes a URL that ends in / (a folder's placeholder) with every file under it."""
 
     root = ""
     #: Called after each change to the store (a file closed, renamed or deleted), if set.
@@ -47,7 +51,8 @@ class FakeFileSystem(LocalFileSystem):
     @classmethod
     def url(cls, path: str) -> str:
         assert path.startswith(cls.root + "/"), path
-        return PREFIX + path[len(cls.root) + 1:]
+        url = PREFIX + path[len(cls.root) + 1:]
+        return url.removesuffix(PLACEHOLDER) if url.endswith(f"/{PLACEHOLDER}") else url
 
     def _metadata(self, m: FileMetadata) -> FileMetadata:
         return FileMetadata(self.url(m.path), m.size_in_bytes, m.last_updated_in_seconds)

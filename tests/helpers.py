@@ -119,8 +119,9 @@ def interrupted_after_first_epoch(monkeypatch, real_signal: bool = False):
 
 @contextlib.contextmanager
 def recording_proxy(asked: list[str]):
-    """HTTP(S)_PROXY pointed at a loopback server that appends each request line to `asked` and
-    refuses it (what a library fetches from the internet goes through these)."""
+    """HTTP(S)_PROXY (and http(s)_proxy, which urllib prefers) pointed at a loopback server that
+    appends each request line to `asked` and refuses it (what a library fetches from the internet
+    goes through these); NO_PROXY emptied. All restored after."""
 
     class Recorder(socketserver.StreamRequestHandler):
         def handle(self):
@@ -129,8 +130,10 @@ def recording_proxy(asked: list[str]):
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     proxy = f"http://127.0.0.1:{server.server_address[1]}"
-    saved = {k: os.environ.get(k) for k in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")}
-    os.environ.update({"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "NO_PROXY": ""})
+    upper = {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "NO_PROXY": ""}
+    settings = {**upper, **{name.lower(): value for name, value in upper.items()}}
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:

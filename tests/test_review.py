@@ -67,6 +67,12 @@ def test_decisions_last_wins_and_a_damaged_last_line_is_read_up_to_it(tmp_path):
     assert len(decisions.read(tmp_path)) == 3
     with pytest.raises(decisions.ToolkitError, match="move needs"):
         decisions.append(tmp_path, [decisions.Decision("cat/a.jpg", "move")])
+    # a line not ours (a class or a URL that is no text UTF-8 writes) is skipped as a damaged one
+    lines = [{"label": 5}, {"label": "\ud800"}, {"label": ["dog"]}, {"label": "dog", "url": 7},
+             {"label": "dog"}]
+    made = decisions.parse("\n".join(json.dumps({"file": f"cat/{i}.jpg", "action": "move", **line})
+                                      for i, line in enumerate(lines)).encode())
+    assert {f: d.label for f, d in made.items()} == {"cat/4.jpg": "dog"}
 
 
 # ---- review

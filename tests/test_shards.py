@@ -8,18 +8,14 @@ import json
 import os
 import shutil
 import sys
+import urllib.request
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import (
-    add_duplicates_and_odd_names,
-    encode,
-    grid_image,
-    make_class_folders,
-)
-from fake_filesystem import FakeFileSystem, urls_used_as_paths
+from conftest import add_duplicates_and_odd_names, encode, grid_image, make_class_folders
+from fake_filesystem import PLACEHOLDER, FakeFileSystem, urls_used_as_paths
 from helpers import assert_one_error_line, recording_proxy, run_cli
 from toolkit.collect import manifest
 from toolkit.core import decisions, images
@@ -74,10 +70,15 @@ def packed(tmp_path_factory):
     return src, tmp / "x.npz", tmp / "ds"
 
 
-def test_a_local_pack_asks_nothing_of_the_internet(packed):
+def test_a_local_pack_asks_nothing_of_the_internet(packed, monkeypatch):
     """The pack runs on Beam's FnApiRunner itself: Beam's DirectRunner would first try to
     download its Prism runner from GitHub (and, where it can, run the pack there)."""
     assert ASKED == []
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # urllib prefers a lowercase one set here
+    asked = []
+    with recording_proxy(asked), pytest.raises(OSError):  # the proxy answers nothing
+        urllib.request.urlopen("http://example.test/", timeout=10)
+    assert asked == ["GET http://example.test/ HTTP/1.1"] and os.environ["http_proxy"] == "http://127.0.0.1:9"
 
 
 def records(folder, split):
@@ -207,6 +208,22 @@ def test_plain_tf_data_reads_it(packed):
     assert sorted(y.numpy().tolist()) == [0] * 8 + [1] * 8 + [2] * 8
 
 
+def assert_same_dataset(first, other, *differ):
+    """`other` holds what `first` holds: the same files (a store's folder placeholder aside),
+    shards and report.txt byte for byte, report.json but for the keys `differ`, dataset.json
+    but for when it was made and its SOURCE."""
+    assert sorted(set(os.listdir(other)) - {PLACEHOLDER}) == sorted(os.listdir(first))
+    for name in os.listdir(first):
+        if name.endswith(".tfrecord") or name == "report.txt":
+            assert (other / name).read_bytes() == (first / name).read_bytes(), name
+    reports, info = ([json.loads((d / name).read_text()) for d in (first, other)]
+                     for name in ("report.json", "dataset.json"))
+    assert [{k: v for k, v in r.items() if k not in differ} for r in reports] == [
+        {k: v for k, v in reports[0].items() if k not in differ}] * 2
+    assert [{**i, "created": "", "settings": {**i["settings"], "source": ""}} for i in info] == [
+        {**info[0], "created": "", "settings": {**info[0]["settings"], "source": ""}}] * 2
+
+
 def test_a_re_run_and_a_run_after_a_kill_write_the_same_bytes(packed, tmp_path):
     """Two worker processes (Beam's multi-processing direct runner) write what one did; a run
     killed half-way (its work folder left behind) changes nothing: the next one starts over."""
@@ -217,18 +234,7 @@ def test_a_re_run_and_a_run_after_a_kill_write_the_same_bytes(packed, tmp_path):
     (abandoned / "data" / "train-00000-of-00001.tfrecord").write_bytes(b"half")
     pack_shards(src, out, workers=2, **SETTINGS)
     assert not abandoned.exists()
-    assert sorted(os.listdir(out)) == sorted(os.listdir(first))
-    for name in os.listdir(first):
-        if name.endswith(".tfrecord") or name == "report.txt":
-            assert (out / name).read_bytes() == (first / name).read_bytes(), name
-    reports = [json.loads((d / "report.json").read_text()) for d in (first, out)]
-    assert [{k: v for k, v in r.items() if k != "out"} for r in reports][0] == {
-        k: v for k, v in reports[1].items() if k != "out"}
-    info = [json.loads((d / "dataset.json").read_text()) for d in (first, out)]
-    for i in info:
-        i.pop("created")
-        i["settings"].pop("source")
-    assert info[0] == info[1]
+    assert_same_dataset(first, out, "out")
     with pytest.raises(ToolkitError, match="already exists; pass --force"):
         pack_shards(src, out, workers=1, **SETTINGS)
     pack_shards(src, out, workers=1, force=True, **{**SETTINGS, "seed": 6})
@@ -295,9 +301,18 @@ def test_cli_packs_shards_and_errors_are_one_line(packed, tmp_path):
                                   "--runner", "NoSuchRunner"), "--runner NoSuchRunner")
     assert_one_error_line(run_cli("pack", src, "--out", tmp_path / "x.npz", "--runner", "FlinkRunner"),
                           "--format tfrecord")
-    assert_one_error_line(run_cli("pack", src, "--out", src, "--format", "tfrecord", "--force"),
-                          "not a toolkit dataset")
-    assert not (tmp_path / "ds2").exists()
+    (tmp_path / "alias").symlink_to(src)
+    for out in (src, src / "cat" / "ds", tmp_path / "alias" / "ds", src.parent):  # --force: SOURCE gone
+        assert_one_error_line(run_cli("pack", src, "--out", out, "--format", "tfrecord", "--force"),
+                              "overlap (one holds the other)")
+    (tmp_path / "nnunet" / "imagesTr").mkdir(parents=True)  # another tool's dataset.json; ours, linked
+    (tmp_path / "nnunet" / "dataset.json").write_text('{"name": "Dataset001"}')
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "dataset.json").symlink_to(tmp_path / "ds" / "dataset.json")
+    for out in (tmp_path / "nnunet", tmp_path / "linked"):
+        assert_one_error_line(run_cli("pack", src, "--out", out, "--format", "tfrecord", "--force"),
+                              f"{out} holds files that are not a toolkit dataset")
+    assert not (tmp_path / "ds2").exists() and (tmp_path / "nnunet" / "dataset.json").exists()
 
 
 def test_without_beam_the_error_says_what_to_install(packed, tmp_path, monkeypatch):
@@ -323,6 +338,15 @@ def test_a_pack_from_and_to_urls_writes_what_a_local_pack_writes(packed, tmp_pat
     (bucket / "ds").mkdir()  # ... and one killed in its commit: DIR marked, without dataset.json
     (bucket / "ds" / pack_out.INCOMPLETE).write_bytes(b"")
     (bucket / "ds" / "train-00000-of-00003.tfrecord").write_bytes(b"old")
+    (bucket / "ds" / PLACEHOLDER).write_bytes(b"")  # `ds/`, whose delete would delete all under it
+    found, marked = [], []  # what a reader finds at DIR after each change to the store
+
+    def as_a_reader_finds_it():
+        found.append(shards.is_dataset(bucket / "ds"))
+        marked.append(found[-1] or (bucket / "ds" / pack_out.INCOMPLETE).exists())  # no dataset: marked
+        if found[-1]:  # a dataset whole: every shard it lists there, as it lists it
+            shards.verify(shards.read_dataset(bucket / "ds"))
+    monkeypatch.setattr(FakeFileSystem, "after_change", staticmethod(as_a_reader_finds_it))
     monkeypatch.chdir(tmp_path / "store")
     with urls_used_as_paths() as misused:
         result = run_cli("pack", "fakefs://bucket/src", "--out", "fakefs://bucket/ds/", "--format",
@@ -331,42 +355,34 @@ def test_a_pack_from_and_to_urls_writes_what_a_local_pack_writes(packed, tmp_pat
     assert "wrote fakefs://bucket/ds/: 24 train / 6 test images" in result.output
     assert misused == [] and sorted(os.listdir(tmp_path / "store")) == ["bucket"]  # no `fakefs:` folder
     assert sorted(os.listdir(bucket)) == ["ds", "src"]  # no work folder, the killed one's removed
-    assert sorted(os.listdir(bucket / "ds")) == sorted(os.listdir(first))
-    for name in os.listdir(first):
-        if name.endswith(".tfrecord") or name == "report.txt":
-            assert (bucket / "ds" / name).read_bytes() == (first / name).read_bytes(), name
-    reports = [json.loads((d / "report.json").read_text()) for d in (first, bucket / "ds")]
-    assert reports[1]["source"] == "fakefs://bucket/src" and reports[1]["out"] == "fakefs://bucket/ds"
-    assert [{k: v for k, v in r.items() if k not in ("source", "out")} for r in reports][0] == {
-        k: v for k, v in reports[1].items() if k not in ("source", "out")}
-    info = [json.loads((d / "dataset.json").read_text()) for d in (first, bucket / "ds")]
-    assert info[1]["settings"]["source"] == "fakefs://bucket/src"
-    for i in info:
-        i.pop("created")
-        i["settings"].pop("source")
-    assert info[0] == info[1]
+    assert_same_dataset(first, bucket / "ds", "source", "out")
+    assert (bucket / "ds" / PLACEHOLDER).exists() and all(marked)  # `ds/` kept; DIR marked while bare
+    report = json.loads((bucket / "ds" / "report.json").read_text())
+    assert report["source"] == "fakefs://bucket/src" and report["out"] == "fakefs://bucket/ds"
+    assert shards.read_dataset(bucket / "ds").info["settings"]["source"] == "fakefs://bucket/src"
 
     with pytest.raises(ToolkitError, match="fakefs://bucket/ds already exists; pass --force"):
         pack_shards("fakefs://bucket/src", "fakefs://bucket/ds", workers=1, **SETTINGS)
     with pytest.raises(ToolkitError, match="needs fakefs://bucket/src/review.json: run `toolkit review"):
         pack_shards("fakefs://bucket/src", "fakefs://bucket/ds2", workers=1, drop_suspects=True, **SETTINGS)
     (bucket / "notes").mkdir()
-    (bucket / "notes" / "todo.txt").write_text("mine")
-    with pytest.raises(ToolkitError, match="bucket/notes holds files that are not a toolkit dataset"):
-        pack_shards("fakefs://bucket/src", "fakefs://bucket/notes", workers=1, **SETTINGS)
-    found = []  # what a reader finds at DIR after each change to the store
-
-    def as_a_reader_finds_it():
-        found.append(shards.is_dataset(bucket / "ds"))
-        if found[-1]:  # a dataset whole: every shard it lists there, as it lists it
-            shards.verify(shards.read_dataset(bucket / "ds"))
-    monkeypatch.setattr(FakeFileSystem, "after_change", staticmethod(as_a_reader_finds_it))
+    (bucket / "notes" / PLACEHOLDER).write_bytes(b"")  # a folder made in the console: empty
+    pack_out.out_at("fakefs://bucket/notes").check(force=False)
+    for name in ("todo.txt", "dataset.json", pack_out.INCOMPLETE):  # another tool's dataset.json, marked
+        (bucket / "notes" / name).write_text('{"name": "Dataset001"}')
+        with pytest.raises(ToolkitError, match="bucket/notes holds files that are not a toolkit dataset"):
+            pack_shards("fakefs://bucket/src", "fakefs://bucket/notes", workers=1, force=True, **SETTINGS)
+    for out in ("fakefs://bucket/src/ds", "fakefs://bucket/"):  # a --force would delete SOURCE
+        with pytest.raises(ToolkitError, match=f"--out {out.rstrip('/')} and SOURCE fakefs://bucket/src "):
+            pack_shards("fakefs://bucket/src", out, workers=1, force=True, **SETTINGS)
+    pack_out.refuse_overlap("fakefs://bucket/src", "fakefs://bucket/src2")  # a name that starts alike
+    found.clear()
     with urls_used_as_paths() as misused:
         pack_shards("fakefs://bucket/src", "fakefs://bucket/ds", workers=1, force=True,
                     **{**SETTINGS, "seed": 6})
     assert found[0] and not all(found) and shards.is_dataset(bucket / "ds")  # old, none, then new
-    assert misused == [] and sorted(os.listdir(bucket)) == ["ds", "notes", "src"]
-    assert sorted(os.listdir(bucket / "ds")) == sorted(os.listdir(first))
+    assert misused == [] and all(marked) and sorted(os.listdir(bucket)) == ["ds", "notes", "src"]
+    assert sorted(os.listdir(bucket / "ds")) == sorted([*os.listdir(first), PLACEHOLDER])
     assert shards.read_dataset(bucket / "ds").info["settings"]["seed"] == 6
 
 

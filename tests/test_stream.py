@@ -18,7 +18,7 @@ from toolkit.core import images
 from toolkit.core.errors import ToolkitError
 from toolkit.data import shards
 from toolkit.data.packer import pack
-from toolkit.data.streams import load_data
+from toolkit.data.streams import ShardSplit, load_data
 from toolkit.training import streams
 from toolkit.training.trainer import Interrupted, resume, train
 
@@ -197,6 +197,46 @@ def test_a_damaged_shard_or_a_folder_that_is_no_dataset_is_one_error_line(packed
     result = run_cli("train", "--strategy", "cnn", "--data", tmp_path / "plain", "--weights", "none")
     assert_one_error_line(result, "is a folder without dataset.json")
     assert_one_error_line(run_cli("review", ds), "review reads the class folders")
+
+
+def test_a_record_is_read_as_tensorflow_reads_it_or_its_shard_is_damaged(packed, tmp_path):
+    """Labels and paths read without TensorFlow: a key given twice is its last value, as
+    TensorFlow takes it; a value of another kind or past 64 bits, or a shard that cannot be
+    read, is one error naming the shard."""
+    import tensorflow as tf
+
+    from toolkit.data.records import _field, _varint, crc32c, example, frame, read_feature
+
+    def entry(key, feature):  # a map entry of Example.features
+        return _field(1, _field(1, key.encode()) + _field(2, feature))
+
+    def label(varint):  # a Feature's Int64List
+        return _field(3, _field(1, varint))
+    twice = _field(1, entry("label", label(_varint(0))) + entry("label", label(_varint(1))))
+    merged = example({"label": 0, "path": "a"}) + example({"label": 1})  # Examples one after another merge
+    for record in (twice, merged):
+        parsed = tf.io.parse_single_example(record, {"label": tf.io.FixedLenFeature([], tf.int64)})
+        assert read_feature(record, "label", "int64") == int(parsed["label"]) == 1
+    _, ds, _ = packed
+    shutil.copytree(ds, tmp_path / "ds")
+    dataset = shards.read_dataset(tmp_path / "ds")
+    shard = dataset.files("train")[0]
+    paths = ShardSplit(dataset, "train").paths
+
+    def labels():
+        return shards.read_labels(dataset, "train", check=False)
+    over_64_bits = _field(1, entry("label", label(b"\xff" * 9 + b"\x7f")))
+    for record, read, problem in ((example({"label": b"cat"}), labels, "'label' is not one int64"),
+                                  (over_64_bits, labels, "'label' is not one int64"),
+                                  (example({"label": 0, "path": 5}), paths, "'path' is not one bytes")):
+        shard.write_bytes(frame(record, crc32c()))
+        with pytest.raises(ToolkitError, match=rf"shard {re.escape(str(shard))} is damaged \(feature "
+                                               rf"{problem} value\); pack again"):
+            read()
+    for gone in (shard.unlink, shard.mkdir):  # gone after dataset.json was read; then a folder
+        gone()
+        with pytest.raises(ToolkitError, match=rf"shard {re.escape(str(shard))} cannot be read \(.+\); chec"):
+            shards.read_labels(dataset, "train")
 
 
 def test_a_dataset_whose_shards_or_dataset_json_are_links_is_refused_before_reading(packed, tmp_path):

@@ -123,4 +123,15 @@ def _parse(line: str) -> Decision | None:
         return None  # a line cut short by a kill, or not ours
     if decision.action not in ACTIONS or (decision.action == MOVE and not decision.label):
         return None
+    if not all(value is None or _is_text(value) for value in (decision.label, decision.url)):
+        return None  # a class or a URL that is no text (5, "\ud800"): not ours
     return decision
+
+
+def _is_text(value: object) -> bool:
+    """A str that UTF-8 writes (JSON's "\\ud800" is a str that it cannot)."""
+    try:
+        value.encode("utf-8")
+    except (AttributeError, UnicodeEncodeError):  # not a str (5, a list), or a lone surrogate
+        return False
+    return isinstance(value, str)

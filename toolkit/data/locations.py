@@ -238,9 +238,16 @@ def glob(folder: str, pattern: str) -> list[str]:
 
 
 def files_under(url: str) -> list[str]:
-    """The names (relative to `url`, / between their parts) of every file under the URL `url`."""
+    """The names (relative to `url`, / between their parts) of every file under the URL `url`,
+    folders' placeholders among them (:func:`is_placeholder`)."""
     prefix = f"{url}/"
     return [path[len(prefix):] for path in glob(url, "**") if path.startswith(prefix)]
+
+
+def is_placeholder(name: str) -> bool:
+    """True for the name of a folder's placeholder: the empty object `DIR/` that a store's console
+    makes for a new folder (named "" under DIR, `sub/` below it). It holds no file."""
+    return name == "" or name.endswith("/")
 
 
 def read_if_any(url: str) -> bytes | None:
@@ -266,6 +273,9 @@ def move(pairs: list[tuple[str, str]]) -> None:
 
 
 def delete(urls: list[str]) -> None:
+    """Delete these files; never a folder's placeholder, which a store deletes with every file
+    under it (Beam's GCS file system deletes `gs://b/DIR/` recursively)."""
+    urls = [url for url in urls if not is_placeholder(url)]
     if urls:
         with url_errors(urls[0], "delete"):
             _filesystems().delete(urls)

@@ -6,9 +6,12 @@ one is there. A URL has no folder to rename (an object store holds objects, each
 the commit marks DIR as being written (:data:`INCOMPLETE`), deletes what it held (dataset.json
 first), moves the new files in (dataset.json last) and removes the mark. Every reader keys on
 dataset.json (:func:`toolkit.data.shards.is_dataset`): it finds the old dataset, none, or the new
-one whole. A pack killed half-way leaves its work folder (removed by the next pack of DIR) and, if
-killed in the commit, DIR marked and without dataset.json: the next pack takes it over without
---force. An object store has no lock: two packs of one URL at once are not supported.
+one whole. Pack replaces only what it wrote: a DIR whose dataset.json is of its format
+(:func:`toolkit.data.shards.is_toolkit_dataset`), or a marked one without dataset.json; a store's
+placeholder for an empty folder (`DIR/`) counts as nothing and is never deleted. A pack killed
+half-way leaves its work folder (removed by the next pack of DIR) and, if killed in the commit,
+DIR marked and without dataset.json: the next pack takes it over without --force. An object
+store has no lock: two packs of one URL at once are not supported.
 """
 
 from __future__ import annotations
@@ -66,6 +69,29 @@ def _exists(out: object) -> ToolkitError:
     return ToolkitError(f"{out} already exists; pass --force to replace it")
 
 
+def refuse_overlap(source: str | os.PathLike, out: str | os.PathLike) -> None:
+    """SOURCE inside DIR, or DIR inside SOURCE, is one error: the pack would list its own output
+    as SOURCE's, or a --force replace SOURCE. Paths are compared resolved (through links), URLs
+    by their names."""
+    if locations.is_url(source) != locations.is_url(out):
+        return
+    if locations.is_url(source):
+        read, written = f"{source.rstrip('/')}/", f"{out.rstrip('/')}/"
+        inside = read.startswith(written) or written.startswith(read)
+    else:
+        src, dst = Path(source).resolve(), Path(out).resolve()
+        inside = src == dst or src in dst.parents or dst in src.parents
+    if inside:
+        raise ToolkitError(f"--out {out} and SOURCE {source} overlap (one holds the other): write the "
+                           "dataset outside SOURCE, to a folder that does not hold it (--force would "
+                           "delete SOURCE's files)")
+
+
+def _held(url: str) -> list[str]:
+    """The names of the files under the URL `url`, without folders' placeholders."""
+    return [name for name in locations.files_under(url) if not locations.is_placeholder(name)]
+
+
 class LocalOut:
     """A folder on this machine (or mounted by every worker at the same path)."""
 
@@ -84,7 +110,7 @@ class LocalOut:
         if out.exists() and not out.is_dir():
             raise OptionError("out", str(out), "is a file; a sharded dataset is a folder")
         if out.is_dir() and any(out.iterdir()):
-            if not shards.is_dataset(out):
+            if not shards.is_toolkit_dataset(out):
                 raise _not_ours(out)
             if not force:
                 raise _exists(out)
@@ -137,11 +163,14 @@ class UrlOut:
         if any(c in self.url for c in "*?["):
             raise OptionError("out", self.url, "Beam's FileSystems take *, ? and [ as wildcards; "
                               "choose a name without them")
-        held = set(locations.files_under(self.url))
-        if held and shards.DATASET_FILE not in held and INCOMPLETE not in held:
+        held = set(_held(self.url))
+        if not held:
+            return
+        if shards.is_toolkit_dataset(self.url):
+            if not force:
+                raise _exists(self.url)
+        elif INCOMPLETE not in held or shards.DATASET_FILE in held:  # not a pack killed in its commit
             raise _not_ours(self.url)
-        if shards.DATASET_FILE in held and not force:
-            raise _exists(self.url)
 
     def lock(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -164,7 +193,7 @@ class UrlOut:
         new = locations.files_under(work.shards)
         with locations.writing(f"{self.url}/{INCOMPLETE}"):
             pass
-        old = [name for name in locations.files_under(self.url) if name != INCOMPLETE]
+        old = [name for name in _held(self.url) if name != INCOMPLETE]
         if shards.DATASET_FILE in old:
             locations.delete([f"{self.url}/{shards.DATASET_FILE}"])
         locations.delete([f"{self.url}/{name}" for name in old if name != shards.DATASET_FILE])

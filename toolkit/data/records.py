@@ -43,33 +43,65 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def read_feature(record: bytes | memoryview, name: str) -> bytes | int:
-    """One feature of a record as :func:`example` wrote it (a str as its UTF-8 bytes), read
-    without TensorFlow; a record that is not one raises ValueError."""
+#: The field of a Feature message that holds a list of each kind of value.
+KINDS = {"bytes": 1, "int64": 3}
+
+
+def read_feature(record: bytes | memoryview, name: str, kind: str) -> bytes | int:
+    """One feature of a record (`kind` "bytes": a str as its UTF-8 bytes; "int64": an int),
+    read without TensorFlow as TensorFlow reads it: of a key that occurs more than once, the
+    last entry (protobuf's merge). A record without one value of that kind under `name`
+    raises ValueError."""
     data, key = memoryview(record), name.encode()
-    _, at, end = _field_at(data, 0, len(data))  # Example.features
+    feature, at, size = None, 0, len(data)
+    while at < size:
+        number, entry, at = _field_at(data, at, size)
+        if number != 1:  # not Example.features: a field that protobuf skips
+            continue
+        end = at
+        while entry < end:  # the map's entries, each a key (1) and its Feature (2)
+            number, field, entry = _field_at(data, entry, end)
+            found = value = None
+            while number == 1 and field < entry:
+                part, start, field = _field_at(data, field, entry)
+                if part == 1:
+                    found = data[start:field]
+                elif part == 2:
+                    value = (start, field)
+            if found == key:
+                feature = value
+    if feature is None:
+        raise ValueError(f"no feature {name!r}")
+    lists = _all_fields(data, *feature)  # a Feature: a BytesList (1) or an Int64List (3)
+    values = _all_fields(data, *lists[0][1:]) if [n for n, _, _ in lists] == [KINDS[kind]] else []
+    if len(values) != 1:
+        raise ValueError(f"feature {name!r} is not one {kind} value")
+    _, at, end = values[0]  # the bytes; the ints, packed
+    if kind == "bytes":
+        return bytes(data[at:end])
+    number, at = _varint_at(data, at) if at < end else (0, -1)
+    if at != end or number >> 64:
+        raise ValueError(f"feature {name!r} is not one {kind} value")
+    return number - (1 << 64) if number >> 63 else number  # int64: two's complement
+
+
+def _all_fields(data: memoryview, at: int, end: int) -> list[tuple[int, int, int]]:
+    """(field number, start, end) of each field of the message from `at` to `end`."""
+    fields = []
     while at < end:
-        _, entry, entry_end = _field_at(data, at, end)  # a map entry: key, then Feature
-        number, key_start, key_end = _field_at(data, entry, entry_end)
-        if number == 1 and data[key_start:key_end] == key:
-            _, at, end = _field_at(data, key_end, entry_end)  # the Feature
-            kind, at, end = _field_at(data, at, end)  # BytesList 1, Int64List 3
-            _, at, end = _field_at(data, at, end)  # its first bytes; its ints, packed
-            if kind == 1:
-                return bytes(data[at:end])
-            if kind != 3 or at == end:
-                raise ValueError(f"feature {name!r} is not one value")
-            number = _varint_at(data, at)[0]
-            return number - (1 << 64) if number >> 63 else number  # int64: two's complement
-        at = entry_end
-    raise ValueError(f"no feature {name!r}")
+        fields.append(_field_at(data, at, end))
+        at = fields[-1][2]
+    return fields
 
 
 def _field_at(data: memoryview, at: int, end: int) -> tuple[int, int, int]:
     """(field number, start, end) of the length-delimited field at `at` of a message that ends
-    at `end`: example() writes no other kind."""
-    tag, at = _varint_at(data, at)
-    length, at = _varint_at(data, at)
+    at `end`: example() writes no other kind. (A tag and a length under 128 are read here:
+    a column's read parses every field of every record.)"""
+    tag = data[at]
+    tag, at = (tag, at + 1) if tag < 0x80 else _varint_at(data, at)
+    length = data[at] if at < end else 0x80
+    length, at = (length, at + 1) if length < 0x80 else _varint_at(data, at)
     if tag & 7 != 2 or at + length > end:
         raise ValueError("a field that example() does not write")
     return tag >> 3, at, at + length

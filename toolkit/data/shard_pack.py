@@ -24,7 +24,7 @@ from ..core import dedupe, images
 from ..core.errors import OptionError, ToolkitError, first_line
 from ..core.text import timestamp
 from . import listing, locations, shards
-from .pack_out import Work, out_at
+from .pack_out import Work, out_at, refuse_overlap
 from .pack_source import source_at
 from .packer import (
     MOVED_IN_REVIEW,
@@ -65,6 +65,7 @@ def pack_shards(source: str | os.PathLike, out: str | os.PathLike, *, per_class:
     :class:`NotEnoughImages` as pack does, before any shard is written.
     """
     source, out = locations.checked(source), locations.checked(out)
+    refuse_overlap(source, out)
     check_settings(per_class, test_size, size, fit, threshold)
     target = out_at(out)
     target.check(force)

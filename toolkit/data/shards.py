@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import ToolkitError
+from ..core.errors import ToolkitError, first_line
 from ..core.files import refuse_link, write_json
 from . import locations
 from .records import (
@@ -155,6 +155,22 @@ def is_dataset(folder: str | os.PathLike) -> bool:
     return path.is_file() or path.is_symlink()
 
 
+def is_toolkit_dataset(folder: str | os.PathLike) -> bool:
+    """True for a folder (a path or a URL) whose dataset.json is a file (no link) of this format:
+    what pack --format tfrecord wrote, and so what pack --force may replace. Another tool's
+    dataset.json (nnU-Net's, say) is not."""
+    path = locations.join(folder, DATASET_FILE)
+    try:
+        if locations.is_url(path):
+            data = locations.read_if_any(path)
+        else:
+            data = None if Path(path).is_symlink() or not Path(path).is_file() else Path(path).read_bytes()
+        info = json.loads(data) if data is not None else None
+    except (OSError, ValueError, RecursionError):  # unreadable, not JSON: not ours
+        return False
+    return isinstance(info, dict) and info.get("format") == FORMAT
+
+
 def read_dataset(folder: str | os.PathLike) -> Dataset:
     """Read and check DIR/dataset.json, and that every shard it lists is there at its size and
     is no symbolic link; a problem is one ToolkitError that names it (and the shard)."""
@@ -229,10 +245,13 @@ def read_column(dataset: Dataset, split: str, feature: str, *, check: bool = Fal
             continue
         path, digest = dataset.folder / shard.file, hashlib.sha256()
         try:
-            values = [read_feature(record, feature)
+            values = [read_feature(record, feature, FEATURES[feature])
                       for record in read_records(path, digest.update if check else None)]
         except ValueError as e:
             raise ToolkitError(f"shard {path} is damaged ({e}); pack again") from None
+        except OSError as e:
+            raise ToolkitError(f"shard {path} cannot be read ({e.strerror or first_line(e)}); check it is "
+                               "a file you can read, or pack again") from None
         if check and digest.hexdigest() != shard.sha256:
             raise ToolkitError(f"shard {path} is damaged (its checksum differs from {DATASET_FILE}'s); "
                                "pack again")
