@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
-import socketserver
-import threading
+import sys
 import traceback
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -117,27 +116,36 @@ def interrupted_after_first_epoch(monkeypatch, real_signal: bool = False):
         monkeypatch.setattr(Checkpointer, "on_epoch_end", end_of_epoch)
 
 
+#: The lists that :func:`recording_the_internet` is filling now.
+_RECORDING: list[list[str]] = []
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _note_the_internet(event: str, args: tuple) -> None:
+    if not _RECORDING:
+        return
+    if event == "urllib.Request":
+        where = urllib.parse.urlsplit(args[0]).hostname or ""
+    elif event in ("socket.getaddrinfo", "socket.connect"):
+        where = args[0] if event == "socket.getaddrinfo" else args[1]
+        where = str(where[0] if isinstance(where, tuple) else where)
+    else:
+        return
+    if where and where not in _LOOPBACK:
+        for asked in _RECORDING:
+            asked.append(f"{event} {where}")
+
+
 @contextlib.contextmanager
-def recording_proxy(asked: list[str]):
-    """HTTP(S)_PROXY (and http(s)_proxy, which urllib prefers) pointed at a loopback server that
-    appends each request line to `asked` and refuses it (what a library fetches from the internet
-    goes through these); NO_PROXY emptied. All restored after."""
-
-    class Recorder(socketserver.StreamRequestHandler):
-        def handle(self):
-            asked.append(self.rfile.readline().decode("latin-1").strip())
-
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    proxy = f"http://127.0.0.1:{server.server_address[1]}"
-    upper = {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "NO_PROXY": ""}
-    settings = {**upper, **{name.lower(): value for name, value in upper.items()}}
-    saved = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
+def recording_the_internet(asked: list[str]):
+    """Append to `asked` every URL opened, name looked up and address connected to, in this
+    process, that is not this machine (Python's audit events: no setting of the process is
+    changed, so other tests' loopback servers are left alone)."""
+    if not hasattr(recording_the_internet, "hooked"):
+        sys.addaudithook(_note_the_internet)  # a hook cannot be removed: it records only in here
+        recording_the_internet.hooked = True
+    _RECORDING.append(asked)
     try:
         yield
     finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        server.shutdown()
-        server.server_close()
+        _RECORDING.remove(asked)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import add_duplicates_and_odd_names, encode, grid_image, make_class_folders
 from fake_filesystem import PLACEHOLDER, FakeFileSystem, urls_used_as_paths
-from helpers import assert_one_error_line, recording_proxy, run_cli
+from helpers import assert_one_error_line, recording_the_internet, run_cli
 from toolkit.collect import manifest
 from toolkit.core import decisions, images
 from toolkit.core.errors import ToolkitError
@@ -55,7 +55,7 @@ def source_folder(root):
     return src
 
 
-#: What the shard pack of `packed` asked of the internet, through a proxy on 127.0.0.1.
+#: What the shard pack of `packed` asked of the internet (hosts other than this machine).
 ASKED: list[str] = []
 
 
@@ -65,20 +65,19 @@ def packed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("packed")
     src = source_folder(tmp / "src")
     pack(src, tmp / "x.npz", **SETTINGS)
-    with recording_proxy(ASKED):
+    with recording_the_internet(ASKED):
         pack_shards(src, tmp / "ds", workers=1, **SETTINGS)
     return src, tmp / "x.npz", tmp / "ds"
 
 
-def test_a_local_pack_asks_nothing_of_the_internet(packed, monkeypatch):
+def test_a_local_pack_asks_nothing_of_the_internet(packed):
     """The pack runs on Beam's FnApiRunner itself: Beam's DirectRunner would first try to
     download its Prism runner from GitHub (and, where it can, run the pack there)."""
     assert ASKED == []
-    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # urllib prefers a lowercase one set here
-    asked = []
-    with recording_proxy(asked), pytest.raises(OSError):  # the proxy answers nothing
+    asked: list[str] = []
+    with recording_the_internet(asked), pytest.raises(OSError):  # the recorder sees what urllib asks
         urllib.request.urlopen("http://example.test/", timeout=10)
-    assert asked == ["GET http://example.test/ HTTP/1.1"] and os.environ["http_proxy"] == "http://127.0.0.1:9"
+    assert asked and all(line.endswith("example.test") for line in asked)
 
 
 def records(folder, split):
