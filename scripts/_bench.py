@@ -18,20 +18,38 @@ class Measured:
     seconds: float
     peak_mib: float
     returncode: int
+    #: the peak of the process's anonymous memory (sampled): its own, not pages of files it maps
+    anon_peak_mib: float = 0.0
 
 
 def measure(command: list[str], env: dict | None = None, quiet: bool = True) -> Measured:
-    """Run `command`; wall seconds and peak RSS of the process (and its children)."""
+    """Run `command`; wall seconds and peak RSS of the process (and its children), and the peak
+    of its anonymous memory, sampled every 0.2 s from /proc (resident pages of files it maps,
+    like a memory-mapped feature cache or .npz, are the kernel's to drop and not counted there)."""
     start = time.perf_counter()
     process = subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
                                stdout=subprocess.DEVNULL if quiet else None,
                                stderr=subprocess.DEVNULL if quiet else None)
-    _, status, usage = os.wait4(process.pid, 0)
+    anon = 0
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        anon = max(anon, _anon_kib(process.pid))
+        time.sleep(0.2)
     seconds = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"benchmark step failed ({code}): {' '.join(command)}")
-    return Measured(seconds, usage.ru_maxrss / 1024, code)
+    return Measured(seconds, usage.ru_maxrss / 1024, code, anon / 1024)
+
+
+def _anon_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("RssAnon:")), 0)
+    except OSError:
+        return 0
 
 
 #: The CPU features that TensorFlow's and Pillow's speed depends on.

@@ -3,12 +3,14 @@
 The generated photo-like images of scripts/bench_shards.py (the same cache), packed at each of
 `--scales` (1x = `--base` per class in 3 classes) both ways with one seed, then one epoch of each
 strategy on each, every run in its own process: peak resident memory (of the whole process, so
-also the .npz's memory-mapped pages it touched; the feature cache's file and the dataset on disk
-do not count), wall time and train images per second. The question is whether memory stays flat
+also the pages of files it maps and touched: the .npz's, the frozen-feature cache's), the peak of
+its anonymous memory (its own, without those pages, sampled), wall time and train images per
+second. The question is whether memory stays flat
 in the number of images; accuracy on generated pictures means nothing and is not shown.
 
     python scripts/bench_train_growth.py [--scales 1,4,16] [--base 500] [--size 64]
-                                         [--strategies cnn,extract] [--cache runs/bench-photos]
+                                         [--strategies cnn,extract] [--sides npz,shards]
+                                         [--cache runs/bench-photos]
     python scripts/bench_train_growth.py --smoke     # 3 x 20 images at 32 px, in a minute or two
 """
 
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--base", type=int, default=500, help="images per class at 1x")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--strategies", default="cnn,extract")
+    parser.add_argument("--sides", default="npz,shards", help="which formats to pack and train from")
     parser.add_argument("--weights", default=str(WEIGHTS),
                         help="extract's MobileNetV2 weights (a file, or none)")
     parser.add_argument("--cache", default="runs/bench-photos")
@@ -54,12 +57,15 @@ def main() -> None:
             source = scale_folder(cache, per_class, work / "source")
             common = ["--per-class", str(per_class), "--size", str(args.size), "--allow-fewer",
                       "--seed", "42"]
-            data = {"npz": work / "data.npz", "shards": work / "data"}
-            subprocess.run(toolkit_command("pack", str(source), "--out", str(data["npz"]), *common),
-                           check=True, stdout=subprocess.DEVNULL)
-            subprocess.run(toolkit_command("pack", str(source), "--out", str(data["shards"]), *common,
-                                           "--format", "tfrecord", *workers), check=True,
-                           stdout=subprocess.DEVNULL)
+            data = {side: work / name for side, name in (("npz", "data.npz"), ("shards", "data"))
+                    if side in args.sides.split(",")}
+            if "npz" in data:
+                subprocess.run(toolkit_command("pack", str(source), "--out", str(data["npz"]), *common),
+                               check=True, stdout=subprocess.DEVNULL)
+            if "shards" in data:
+                subprocess.run(toolkit_command("pack", str(source), "--out", str(data["shards"]), *common,
+                                               "--format", "tfrecord", *workers), check=True,
+                               stdout=subprocess.DEVNULL)
             for strategy in args.strategies.split(","):
                 extra = ([] if strategy == "cnn" else
                          ["--backbone", "mobilenet_v2", "--weights", weights, "--head", "pool"])
@@ -76,17 +82,18 @@ def main() -> None:
                     labels = load_data(path, check=False).y_train
                     trained = round(len(labels) * (1 - config["validation_split"]))
                     rows.append([f"{scale}x", 3 * per_class, strategy, side, f"{took.peak_mib:.0f}",
-                                 f"{took.seconds:.1f}", f"{trained / busy:.0f}"])
+                                 f"{took.anon_peak_mib:.0f}", f"{took.seconds:.1f}", f"{trained / busy:.0f}"])
                     print(" | ".join(map(str, rows[-1])), flush=True)
                     shutil.rmtree(run)
     print(f"\n{args.size}x{args.size}, generated 400x300 JPEGs, 1 epoch, batch 32, float32; {machine()}")
-    print(table(["scale", "images", "strategy", "data", "peak MiB", "process s", "train images/s"], rows))
+    print(table(["scale", "images", "strategy", "data", "peak MiB", "peak anonymous MiB", "process s",
+                 "train images/s"], rows))
     for strategy in args.strategies.split(","):
-        for side in ("npz", "shards"):
-            peaks = [float(r[4]) for r in rows if r[2] == strategy and r[3] == side]
+        for side in data:
+            peaks = [(float(r[4]), float(r[5])) for r in rows if r[2] == strategy and r[3] == side]
             if len(peaks) > 1:
-                print(f"{strategy} from {side}: peak memory {peaks[-1] / peaks[0]:.2f}x from "
-                      f"{scales[0]}x to {scales[-1]}x")
+                print(f"{strategy} from {side}: peak memory {peaks[-1][0] / peaks[0][0]:.2f}x, anonymous "
+                      f"{peaks[-1][1] / peaks[0][1]:.2f}x from {scales[0]}x to {scales[-1]}x")
 
 
 if __name__ == "__main__":
