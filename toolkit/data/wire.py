@@ -1,11 +1,12 @@
 """A usable file as the sharded pack's pipeline steps carry it (:class:`Usable`), and its bytes
 between them.
 
-The runner holds every record a step hands the next in memory (the direct runner, about three
-times over), so the bytes a file costs between steps are what the pack's memory grows by with
-the number of images. Beam's own encoding of the tuple is 170 bytes, and more where a 64-bit
-hash does not fit its signed varint (it falls back to pickle); :meth:`Usable.encode` is about
-100: fixed-size fields, then the strings, each after its length.
+Beam's local runner holds what a step hands the next in memory (the pack's memory grew about 2 KB
+a file over its steps before this encoding: docs/scale.md), so the bytes a file costs between
+steps are what the pack's memory grows by with the number of images. Beam's own encoding of the
+tuple is 170 bytes, and more where a 64-bit hash does not fit its signed varint (it falls back to
+pickle); :meth:`Usable.encode` is about 100: fixed-size fields, then the strings, each after its
+length.
 """
 
 from __future__ import annotations
