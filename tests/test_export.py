@@ -222,6 +222,19 @@ def test_the_temperature_and_the_unknown_threshold_are_fitted_on_validation(tiny
         "the percentile cannot be told from another: nothing checked"
 
 
+def test_the_unknown_distances_are_computed_a_block_at_a_time_as_whole(tiny_run, monkeypatch):
+    """Memory stays flat in the number of images: distances come in blocks of rows, each the
+    same as from the whole similarity matrix."""
+    from toolkit.training import calibration as calibrating
+
+    *_, embeddings, _, calibration = validation_outputs(tiny_run[0])
+    similarity = calibrating._unit(embeddings) @ calibration.reference.astype("float32").T
+    k = calibration.neighbours
+    whole = 1.0 - np.sort(similarity, axis=1)[:, -k]
+    monkeypatch.setattr(calibrating, "DISTANCE_ROWS", 4)  # 15 rows: blocks of 4, 4, 4, 3
+    assert np.allclose(calibration.distances(embeddings), whole, atol=1e-6)
+
+
 def test_the_test_set_changes_neither_the_temperature_nor_the_unknown_threshold(tiny_run, tmp_path):
     """The same training with another test set: the same calibration (the test set is used
     once, to measure)."""

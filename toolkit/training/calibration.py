@@ -34,6 +34,7 @@ KTH_NEIGHBOUR = 20
 REFERENCE_ROWS = 2000      # training embeddings kept (seeded sample) for the distances
 DISTANCE_QUANTILE = 0.98   # of validation distances: ~2% of in-class images rejected
 ECE_BINS = 15
+DISTANCE_ROWS = 1024       # embeddings whose distances are computed together
 FILES = ("calibration.json", "calibration.npz")
 
 
@@ -51,13 +52,18 @@ class Calibration:
         return _softmax(np.log(np.clip(probabilities, 1e-12, 1.0)) / self.temperature)
 
     def distances(self, embeddings: np.ndarray) -> np.ndarray:
-        """Cosine distance of each embedding to its k-th nearest training embedding."""
+        """Cosine distance of each embedding to its k-th nearest training embedding, DISTANCE_ROWS
+        embeddings at a time (a whole split's similarities to the reference would be 8 KB an image,
+        three times over)."""
         if self.reference is None or not len(self.reference):
             return np.zeros(len(embeddings), dtype="float32")
-        similarity = _unit(embeddings) @ self.reference.astype("float32").T
-        k = min(self.neighbours, similarity.shape[1])
-        kth = -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
-        return (1.0 - kth).astype("float32")
+        reference = self.reference.astype("float32").T
+        k = min(self.neighbours, reference.shape[1])
+        out = np.empty(len(embeddings), dtype="float32")
+        for start in range(0, len(embeddings), DISTANCE_ROWS):
+            similarity = _unit(embeddings[start:start + DISTANCE_ROWS]) @ reference
+            out[start:start + DISTANCE_ROWS] = 1.0 - -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
+        return out
 
     def unknown(self, embeddings: np.ndarray) -> np.ndarray:
         """True where an image is unlike every class."""
