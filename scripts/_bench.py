@@ -30,18 +30,24 @@ def measure(command: list[str], env: dict | None = None, quiet: bool = True) -> 
     process = subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
                                stdout=subprocess.DEVNULL if quiet else None,
                                stderr=subprocess.DEVNULL if quiet else None)
-    anon = 0
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        anon = max(anon, _anon_kib(process.pid))
-        time.sleep(0.2)
+    status, usage, anon = _wait_sampling(process, _anon_kib)
     seconds = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"benchmark step failed ({code}): {' '.join(command)}")
     return Measured(seconds, usage.ru_maxrss / 1024, code, anon / 1024)
+
+
+def _wait_sampling(process: subprocess.Popen, sample, every: float = 0.2) -> tuple[int, object, int]:
+    """Wait for `process`; its wait status, resource usage, and the largest `sample(pid)` seen
+    every `every` seconds while it ran."""
+    peak = 0
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            return status, usage, peak
+        peak = max(peak, sample(process.pid))
+        time.sleep(every)
 
 
 def _anon_kib(pid: int) -> int:
@@ -136,13 +142,7 @@ def measure_tree(command: list[str], every: float = 0.2) -> Tree:
     start = time.perf_counter()
     process = subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tree_peak = 0
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        tree_peak = max(tree_peak, _tree_rss(process.pid))
-        time.sleep(every)
+    status, usage, tree_peak = _wait_sampling(process, _tree_rss, every)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"benchmark step failed: {' '.join(command)}")
