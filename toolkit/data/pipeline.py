@@ -33,7 +33,7 @@ import numpy as np
 from ..core import dedupe, hamming, images
 from ..core.sources import InputFile
 from ..curate.verdicts import Judged
-from . import listing, locations, shards, splits
+from . import listing, locations, records, shards, splits
 from .listing import Settings
 from .packer import PACKED, SURPLUS, review_file, short_of_images
 from .wire import Usable
@@ -365,7 +365,7 @@ class WriteShard(beam.DoFn):
                 changed.append(line["name"])
                 continue
             provenance = line["provenance"] if line["manifest_sha256"] == sha256 else {}
-            yield label, shards.example({
+            yield label, records.example({
                 "image": shards.encode_image(pixels, s.encoding), "label": label,
                 "class": s.class_names[label], "split": split, "path": line["name"],
                 "sha256": sha256, "phash": f"{phash:016x}", "width": width,

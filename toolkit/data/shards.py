@@ -33,7 +33,6 @@ from ..core.files import refuse_link, write_json
 from . import locations
 from .records import (
     crc32c,
-    example,  # noqa: F401 (pack's pipeline encodes its records as shards.example)
     frame,
     read_feature,
     read_records,
