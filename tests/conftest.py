@@ -140,6 +140,29 @@ def finished_run(tmp_path_factory) -> tuple[Path, Path]:
     return run.folder, data
 
 
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """The shapes toy set as pack would write it (40 per class at 32 px), once per test module."""
+    from helpers import write_archive
+
+    return write_archive(tmp_path_factory.mktemp("data") / "shapes.npz")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """24 images: for tests of an option, not of learning."""
+    from helpers import write_archive
+
+    return write_archive(tmp_path_factory.mktemp("data") / "tiny.npz", n_per_class=8)
+
+
+@pytest.fixture
+def feature_cache(tmp_path, monkeypatch):
+    """The feature cache in the test's own tmp_path/cache (a module opts in with
+    `pytestmark = pytest.mark.usefixtures("feature_cache")`)."""
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def engine(monkeypatch):
     """A fake Bing/DuckDuckGo/Baidu/Google on 127.0.0.1; the crawler is pointed at it, and may
