@@ -164,6 +164,14 @@ def feature_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def folder(tmp_path, monkeypatch):
+    """3 classes x 8 distinct images; the embedding cache in tmp_path."""
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    return make_class_folders(tmp_path / "src", {"cat": range(8), "dog": range(100, 108),
+                                                 "fox": range(200, 208)})
+
+
+@pytest.fixture
 def engine(monkeypatch):
     """A fake Bing/DuckDuckGo/Baidu/Google on 127.0.0.1; the crawler is pointed at it, and may
     fetch its images there (a loopback address: the user's opt-in, as for an intranet)."""

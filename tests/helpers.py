@@ -30,6 +30,11 @@ NAMES = np.array(["square", "disc", "bar"])
 # float32 on every CPU: these tests check behaviour; test_precision.py checks bfloat16
 QUICK = dict(weights="none", batch_size=32, precision="float32", verbose=0)
 
+#: review() options for a review of a second or two: MobileNetV2, random weights, 32 px.
+REVIEW_QUICK = {"weights": "none", "size": 32}
+#: the same as `toolkit review` flags.
+REVIEW_QUICK_FLAGS = ("--weights", "none", "--size", "32")
+
 #: a cnn that learns the toy shapes (40 per class at 24 px) in 6 epochs: on one device in
 #: test_train_runs.py::test_cnn_learns_a_toy_set, on two in
 #: test_train_distributed.py::test_mirrored_training_on_two_cpu_devices_reaches_the_same_quality
