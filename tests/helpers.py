@@ -1,5 +1,5 @@
 """What many test files need: run the CLI as a user would, check its one-line errors, and
-make the small inputs (archives, crawl options) that several files share."""
+make the small inputs (archives, crawl options, bad responses) that several files share."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner, Result
 
-from conftest import shapes_dataset
+from conftest import distinct_image, png_bomb, shapes_dataset
+from fake_engine import Item
 from toolkit.cli import cli
 from toolkit.collect.fetch import FetchOptions
 from toolkit.core import images
@@ -81,6 +82,23 @@ def write_archive(path: Path, n_per_class: int = 40, size: int = 32, seed: int =
     arrays.update(extra)
     np.savez(path, **arrays)
     return path
+
+
+def add_bad_responses(engine, keyword, slow=True):
+    """Every kind of response a crawl must refuse, listed for `keyword` on the fake engine; a slow
+    drip too, unless `slow` is False."""
+    engine.add(keyword, f"{keyword}-404.jpg", Item(status=404))
+    engine.add(keyword, f"{keyword}-500.jpg", Item(b"oops", status=500, content_type="text/plain"))
+    engine.add(keyword, f"{keyword}-html.jpg", Item(b"<html><body>blocked</body></html>"))
+    engine.add(keyword, f"{keyword}-trunc.jpg", Item(distinct_image(990)[:-500]))
+    engine.add(keyword, f"{keyword}-svg.jpg", Item(b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+                                                   content_type="image/svg+xml"))
+    engine.add(keyword, f"{keyword}-bomb.jpg", Item(png_bomb(), content_type="image/png"))
+    engine.add(keyword, f"{keyword}-tiny.jpg", Item(distinct_image(991, (40, 30))))
+    engine.add(keyword, f"{keyword}-loop.jpg", Item(behaviour="redirect_loop"))
+    engine.add(keyword, f"{keyword}-huge.jpg", Item(behaviour="huge"))
+    if slow:
+        engine.add(keyword, f"{keyword}-slow.jpg", Item(b"\xff\xd8" * 150, behaviour="slow"))
 
 
 def folder_state(root: Path, label: str) -> tuple[set[str], list[dict]]:
