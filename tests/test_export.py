@@ -235,6 +235,42 @@ def test_the_unknown_distances_are_computed_a_block_at_a_time_as_whole(tiny_run,
     assert np.allclose(calibration.distances(embeddings), whole, atol=1e-6)
 
 
+def test_the_calibration_holds_one_batch_of_embeddings_at_a_time():
+    """Memory stays flat in the number of images: the calibration of 3,000 test images whose
+    embeddings are 16 KB each (47 MiB together) keeps each image's probabilities and
+    distance, never the split's embeddings; and it finds what the whole split would."""
+    import tracemalloc
+
+    import keras
+
+    from toolkit.models.serving import with_embedding
+    from toolkit.training.batches import Batches, Rows
+    from toolkit.training.calibration import calibrate
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Dense(4096)(inputs)))
+    rng = np.random.default_rng(0)
+    train, val, test = (rng.normal(size=(n, 8)).astype("float32") for n in (100, 300, 3000))
+    val_labels, test_labels = rng.integers(3, size=300), rng.integers(3, size=3000)
+    tracemalloc.start()
+    try:
+        fitted = calibrate(model, *(Batches([Rows(x, None)], None, 32) for x in (train, val)), val_labels,
+                           Batches([Rows(test, None)], None, 32), test_labels)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 * 2**20, f"{peak / 2**20:.0f} MiB at the peak: a split's embeddings were held"
+    assert fitted.test_probabilities.shape == (3000, 3)
+    served = with_embedding(model)
+    whole = served.predict(test, verbose=0)["embedding"]
+    unknown = fitted.calibration.unknown(whole)
+    assert 0 < unknown.mean() < 0.2  # the unknown detector was fitted: something to compare
+    assert fitted.summary["test_rejected_as_unknown"] == pytest.approx(unknown.mean(), abs=1 / 3000)
+    assert fitted.calibration.distance_threshold == pytest.approx(np.quantile(
+        fitted.calibration.distances(served.predict(val, verbose=0)["embedding"]), 0.98), rel=1e-5)
+
+
 def test_the_test_set_changes_neither_the_temperature_nor_the_unknown_threshold(tiny_run, tmp_path):
     """The same training with another test set: the same calibration (the test set is used
     once, to measure)."""

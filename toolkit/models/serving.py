@@ -10,7 +10,7 @@ LiteRT converter (keras-team/keras#19108).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import keras
@@ -44,11 +44,17 @@ def with_embedding(model: keras.Model, input_dtype: str | None = None) -> keras.
                        name=f"{model.name}_served")
 
 
-def run_batches(model: keras.Model, batches) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, embeddings) of a two-output model over a Keras-readable input."""
-    out = model.predict(batches, verbose=0)
-    return (np.asarray(out["probabilities"], dtype="float32"),
-            np.asarray(out["embedding"], dtype="float32"))
+def batch_outputs(model: keras.Model, batches) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(probabilities, embeddings) of a two-output model, one batch at a time, over a Keras
+    PyDataset or a tf.data stream of batches (labels, if any, are ignored): a caller keeps what
+    it needs of each batch, where `model.predict` would hold a whole split's embeddings (5 KB an
+    image) and then copy them once more."""
+    is_sequence = isinstance(batches, keras.utils.PyDataset)
+    items = (batches[i] for i in range(len(batches))) if is_sequence else batches
+    for item in items:
+        out = model.predict_on_batch(item[0] if isinstance(item, tuple) else item)
+        yield (np.asarray(out["probabilities"], dtype="float32"),
+               np.asarray(out["embedding"], dtype="float32"))
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -111,31 +112,35 @@ class Fitted:
     uncalibrated: np.ndarray        # the model's own test probabilities
 
 
-def fit(train_embeddings: np.ndarray, val_probabilities: np.ndarray | None,
-        val_embeddings: np.ndarray | None, val_labels: np.ndarray | None,
-        test_probabilities: np.ndarray, test_embeddings: np.ndarray, test_labels: np.ndarray,
-        *, seed: int = 0) -> Fitted:
-    """Fit the temperature and the threshold on validation data; measure on the test set.
+def detector(train_embeddings: np.ndarray, n_classes: int, seed: int) -> Calibration:
+    """An uncalibrated Calibration whose unknown detector has its reference (a seeded sample of
+    the training embeddings) and its k, so that a split's distances can be taken batch by batch."""
+    rows = reference_rows(len(train_embeddings), seed)
+    # the k-th neighbour should lie within the image's own class, even for small classes
+    return Calibration(neighbours=max(1, min(KTH_NEIGHBOUR, len(rows) // (4 * n_classes))),
+                       reference=_unit(train_embeddings[rows]).astype("float16"))
+
+
+def fit(calibration: Calibration, val_probabilities: np.ndarray | None, val_distances: np.ndarray | None,
+        val_labels: np.ndarray | None, test_probabilities: np.ndarray, test_distances: np.ndarray,
+        test_labels: np.ndarray) -> Fitted:
+    """Fit the temperature and the threshold on validation data; measure on the test set. The
+    distances are `calibration.distances` of each image's embedding, taken where it was computed.
 
     Without a validation split nothing is fitted (T = 1, never unknown).
     """
-    calibration = Calibration()
     if val_probabilities is not None and len(val_labels):
         calibration.temperature = fit_temperature(val_probabilities, val_labels)
-        rows = reference_rows(len(train_embeddings), seed)
-        calibration.reference = _unit(train_embeddings[rows]).astype("float16")
-        # the k-th neighbour should lie within the image's own class, even for small classes
-        calibration.neighbours = max(1, min(KTH_NEIGHBOUR, len(rows) // (4 * val_probabilities.shape[1])))
-        calibration.distance_threshold = float(np.quantile(
-            calibration.distances(val_embeddings), DISTANCE_QUANTILE))
+        calibration.distance_threshold = float(np.quantile(val_distances, DISTANCE_QUANTILE))
     calibrated = calibration.probabilities(test_probabilities)
+    rejected = (np.zeros(len(test_labels), dtype=bool) if calibration.distance_threshold is None
+                else test_distances > calibration.distance_threshold)
     summary: CalibrationSummary = {
         **calibration.settings(),
         "validation_images": 0 if val_labels is None else len(val_labels),
         "test_ece_before": expected_calibration_error(test_probabilities, test_labels),
         "test_ece_after": expected_calibration_error(calibrated, test_labels),
-        "test_rejected_as_unknown": float(np.mean(calibration.unknown(test_embeddings)))
-        if len(test_labels) else 0.0,
+        "test_rejected_as_unknown": float(np.mean(rejected)) if len(test_labels) else 0.0,
     }
     return Fitted(calibration, summary, calibrated, test_probabilities)
 
@@ -192,15 +197,28 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def calibrate(model, train_inputs, validation_inputs, validation_labels: np.ndarray | None,
               test_inputs, test_labels: np.ndarray, *, seed: int = 0) -> Fitted:
-    """`fit` on a trained Keras model's outputs; inputs are anything `model.predict` reads
-    (the training run passes its batches of images, or of cached frozen features)."""
-    from ..models.serving import run_batches, with_embedding
+    """`fit` on a trained Keras model's outputs; inputs are batches of images or of cached
+    frozen features (a Keras PyDataset or a tf.data stream), read one batch at a time: of a
+    split, only each image's probabilities and distance are kept, never its embedding."""
+    from ..models.serving import batch_outputs, with_embedding
 
     served = with_embedding(model)
-    train_embeddings = run_batches(served, train_inputs)[1]
-    val_p = val_e = None
-    if validation_inputs is not None:
-        val_p, val_e = run_batches(served, validation_inputs)
-    test_p, test_e = run_batches(served, test_inputs)
-    return fit(train_embeddings, val_p, val_e, validation_labels, test_p, test_e, test_labels,
-               seed=seed)
+    n_classes = served.output["probabilities"].shape[-1]
+    calibration = Calibration()
+    val_p = val_d = None
+    if validation_inputs is not None and validation_labels is not None and len(validation_labels):
+        reference = [e for _, e in batch_outputs(served, train_inputs)]  # the detector's rows only
+        calibration = detector(np.concatenate(reference), n_classes, seed)
+        val_p, val_d = _scores(batch_outputs(served, validation_inputs), calibration, n_classes)
+    test_p, test_d = _scores(batch_outputs(served, test_inputs), calibration, n_classes)
+    return fit(calibration, val_p, val_d, validation_labels, test_p, test_d, test_labels)
+
+
+def _scores(outputs: Iterable[tuple[np.ndarray, np.ndarray]], calibration: Calibration,
+            n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, unknown distances) of a split from its batches' (probabilities, embeddings)."""
+    probabilities, distances = [np.zeros((0, n_classes), "float32")], [np.zeros(0, "float32")]
+    for p, embeddings in outputs:
+        probabilities.append(p)
+        distances.append(calibration.distances(embeddings))
+    return np.concatenate(probabilities), np.concatenate(distances)
