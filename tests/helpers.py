@@ -144,6 +144,13 @@ def interrupted_after_first_epoch(monkeypatch, real_signal: bool = False):
         monkeypatch.setattr(Checkpointer, "on_epoch_end", end_of_epoch)
 
 
+def assert_resumed_as_whole(resumed, whole, epochs: int) -> None:
+    """A resumed run ran every epoch, with the losses of the run that was never interrupted."""
+    assert len(resumed.history["loss"]) == epochs
+    np.testing.assert_allclose(resumed.history["loss"], whole.history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(resumed.history["val_loss"], whole.history["val_loss"], rtol=1e-5)
+
+
 #: The lists that :func:`recording_the_internet` is filling now.
 _RECORDING: list[list[str]] = []
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
