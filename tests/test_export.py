@@ -267,8 +267,11 @@ def test_the_calibration_holds_one_batch_of_embeddings_at_a_time():
     unknown = fitted.calibration.unknown(whole)
     assert 0 < unknown.mean() < 0.2  # the unknown detector was fitted: something to compare
     assert fitted.summary["test_rejected_as_unknown"] == pytest.approx(unknown.mean(), abs=1 / 3000)
+    validation = served.predict(val, verbose=0)
     assert fitted.calibration.distance_threshold == pytest.approx(np.quantile(
-        fitted.calibration.distances(served.predict(val, verbose=0)["embedding"]), 0.98), rel=1e-5)
+        fitted.calibration.distances(validation["embedding"]), 0.98), rel=1e-5)
+    assert fitted.calibration.temperature == pytest.approx(
+        fit_temperature(validation["probabilities"], val_labels), rel=1e-5)
 
 
 def test_the_test_set_changes_neither_the_temperature_nor_the_unknown_threshold(tiny_run, tmp_path):

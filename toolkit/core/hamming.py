@@ -197,10 +197,15 @@ class _Band:
         self.order = np.argsort(keys)
         self.keys, self.hashes, self.width = keys[self.order], hashes[self.order], width
         if width <= TABLE_BITS:  # 9 bytes a key of the band (18 MiB for 21 bits): most probes miss
-            present, firsts, counts = np.unique(self.keys, return_index=True, return_counts=True)
-            row = np.int32 if len(keys) < 2**31 else np.int64
+            n = len(self.keys)
+            first = np.empty(n, dtype=bool)  # the sorted keys' first row of each bucket
+            first[:1] = True
+            np.not_equal(self.keys[1:], self.keys[:-1], out=first[1:])
+            firsts = np.flatnonzero(first)
+            row = np.int32 if n < 2**31 else np.int64
             self.counts, self.starts = np.zeros(1 << width, row), np.zeros(1 << width, row)
-            self.counts[present], self.starts[present] = counts, firsts
+            self.starts[self.keys[firsts]] = firsts
+            self.counts[self.keys[firsts]] = np.diff(firsts, append=n)
             self.occupied = self.counts != 0
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -52,9 +52,13 @@ def batch_outputs(model: keras.Model, batches) -> Iterator[tuple[np.ndarray, np.
     is_sequence = isinstance(batches, keras.utils.PyDataset)
     items = (batches[i] for i in range(len(batches))) if is_sequence else batches
     for item in items:
-        out = model.predict_on_batch(item[0] if isinstance(item, tuple) else item)
-        yield (np.asarray(out["probabilities"], dtype="float32"),
-               np.asarray(out["embedding"], dtype="float32"))
+        x = item[0] if isinstance(item, tuple) else item
+        out = model.predict_on_batch(x)
+        probabilities = np.asarray(out["probabilities"], dtype="float32")
+        if len(probabilities) != len(x):  # a model built in a strategy's scope answers once per replica
+            raise ValueError(f"{len(probabilities)} outputs for a batch of {len(x)}: build the served "
+                             "model outside a distribution strategy's scope")
+        yield probabilities, np.asarray(out["embedding"], dtype="float32")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,9 @@ class Calibration:
     distance_threshold: float | None = None
     neighbours: int = KTH_NEIGHBOUR
     reference: np.ndarray | None = field(default=None, repr=False)  # unit rows, float16
+    # the reference as float32 columns, made once for the array it was made from (a split's
+    # distances are asked for a batch at a time)
+    _columns: tuple = field(default=(None, None), init=False, repr=False, compare=False)
 
     def probabilities(self, probabilities: np.ndarray) -> np.ndarray:
         """Calibrated probabilities: softmax(log p / T)."""
@@ -58,7 +61,9 @@ class Calibration:
         three times over)."""
         if self.reference is None or not len(self.reference):
             return np.zeros(len(embeddings), dtype="float32")
-        reference = self.reference.astype("float32").T
+        if self._columns[0] is not self.reference:
+            self._columns = (self.reference, self.reference.astype("float32").T)
+        reference = self._columns[1]
         k = min(self.neighbours, reference.shape[1])
         out = np.empty(len(embeddings), dtype="float32")
         for start in range(0, len(embeddings), DISTANCE_ROWS):
@@ -74,7 +79,8 @@ class Calibration:
 
     def settings(self) -> dict:
         """What export.json and metrics.json record (no arrays)."""
-        return {k: v for k, v in asdict(self).items() if k != "reference"}
+        return {"temperature": self.temperature, "distance_threshold": self.distance_threshold,
+                "neighbours": self.neighbours}
 
     def save(self, folder: str | os.PathLike) -> None:
         folder = Path(folder)
