@@ -6,6 +6,7 @@ import atexit
 import io
 import os
 import shutil
+import signal
 import struct
 import tempfile
 import zlib
@@ -89,6 +90,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                                  red=True)
         for line in _UNEXPECTED_SKIPS:
             terminalreporter.line(line, red=True)
+
+
+def pytest_configure(config):
+    """Ctrl-C reaches the children that tests interrupt, however the suite was started: a shell
+    starts a background job (`pytest &`, a script's `cmd &`) with SIGINT ignored, and a process
+    inherits that, so a crawl or pack the test interrupts would (rightly) ignore it too."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items):
