@@ -75,7 +75,13 @@ class Calibration:
         """True where an image is unlike every class."""
         if self.distance_threshold is None:
             return np.zeros(len(embeddings), dtype=bool)
-        return self.distances(embeddings) > self.distance_threshold
+        return self.too_far(self.distances(embeddings))
+
+    def too_far(self, distances: np.ndarray) -> np.ndarray:
+        """True where a distance (of :meth:`distances`) makes its image unknown."""
+        if self.distance_threshold is None:
+            return np.zeros(len(distances), dtype=bool)
+        return distances > self.distance_threshold
 
     def settings(self) -> dict:
         """What export.json and metrics.json record (no arrays)."""
@@ -139,14 +145,13 @@ def fit(calibration: Calibration, val_probabilities: np.ndarray | None, val_dist
         calibration.temperature = fit_temperature(val_probabilities, val_labels)
         calibration.distance_threshold = float(np.quantile(val_distances, DISTANCE_QUANTILE))
     calibrated = calibration.probabilities(test_probabilities)
-    rejected = (np.zeros(len(test_labels), dtype=bool) if calibration.distance_threshold is None
-                else test_distances > calibration.distance_threshold)
     summary: CalibrationSummary = {
         **calibration.settings(),
         "validation_images": 0 if val_labels is None else len(val_labels),
         "test_ece_before": expected_calibration_error(test_probabilities, test_labels),
         "test_ece_after": expected_calibration_error(calibrated, test_labels),
-        "test_rejected_as_unknown": float(np.mean(rejected)) if len(test_labels) else 0.0,
+        "test_rejected_as_unknown": float(np.mean(calibration.too_far(test_distances)))
+        if len(test_labels) else 0.0,
     }
     return Fitted(calibration, summary, calibrated, test_probabilities)
 
