@@ -14,18 +14,21 @@ from toolkit.core import dedupe, images
 pytest.importorskip("apache_beam")
 
 from toolkit.data import pipeline  # noqa: E402 (Beam is the scale extra)
-from toolkit.data.wire import Usable  # noqa: E402
+from toolkit.data.wire import Usable, decode_batch, encode_batch  # noqa: E402
 
 
 def test_a_record_between_steps_is_small_and_comes_back_whole():
     """Every field survives the bytes, 64-bit hashes with their top bit set, names that are not
-    UTF-8, a review flag that names no class and one that names the empty string apart."""
+    UTF-8, a review flag that names no class and one that names the empty string apart; a batch
+    of records comes back as it went, in order."""
     plain = Usable(96_000, 2, "hedgehog/img00012.jpg", "ab" * 32, 2**64 - 3, 400, 300, 2**63 + 5)
     decided = plain._replace(name="cat/caf\udce9.jpg", status="near duplicate", detail="cat/é.jpg",
                              moved_from="dog", flag=(True, "fox"), split="test", shard=7, shards=24)
     for usable in (plain, decided, plain._replace(flag=(False, "")), plain._replace(detail="x" * 300)):
         assert Usable.decode(usable.encode()) == usable
     assert len(plain.encode()) <= 110  # Beam's own encoding of the tuple: 170 bytes
+    batch = [plain, decided, plain._replace(detail="x" * 300), plain._replace(name="")]
+    assert decode_batch(encode_batch(batch)) == batch and decode_batch(encode_batch([])) == []
 
 
 @pytest.mark.parametrize("size", [24, 224, 300])
@@ -56,8 +59,8 @@ def test_band_keys_find_exactly_dedupes_pairs():
         expected = {(int(ids[i]), int(ids[j])) for i, j in dedupe.near_pairs(hashes, threshold)}
         groups = collections.defaultdict(bytes)  # what Beam's combine of rows hands each worker
         for i, h in zip(ids.tolist(), hashes.tolist()):
-            record = pipeline.Usable(i, 0, f"{i}.jpg", "0" * 64, h, 1, 1, 0).encode()
-            for band, row in pipeline._band_rows(record, threshold):
+            record = Usable(i, 0, f"{i}.jpg", "0" * 64, h, 1, 1, 0)
+            for band, row in pipeline.band_rows(encode_batch([record]), threshold):
                 groups[band] += row
         found = {pair for group in groups.items() for pair in pipeline._near_pairs(group, threshold)}
         assert found == expected and len(expected) >= 400 * (threshold + 1) // (threshold + 3)

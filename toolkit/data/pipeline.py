@@ -6,20 +6,23 @@ runs on Beam's direct runner here or on a cluster (Dataflow, Flink, Spark).
     combined into the split rule's cut-offs -> shard keys -> each shard written by one worker
 
 Records are small: a usable file is about 100 bytes between steps (:class:`toolkit.data.wire.Usable`:
-its number, label, name, hashes, size, rank); a file that is not usable goes straight to the plan.
-Every file passes through two steps' memory only: the decoded files wait there for the near
-duplicates, and the reviewed ones for the split rule (each branch is reviewed on its own, and each
-plan is written where it is made, so that no merge of branches holds them a third time). Where
-the records of every file meet (a band's hashes, a shard's files), a combine packs them into
-bytes, fixed-size rows, so that no step holds an object per image (the direct runner holds a
-shuffle in memory). A step that needs a file's path or provenance reads its line of the listing by number
-(:mod:`toolkit.data.listing`); pixels never go through a shuffle: the writer of a shard reads,
-decodes and encodes its files itself. What became of every file (the plan) and the shards
-written land in files that the driver reads (:mod:`toolkit.data.shard_pack`).
+its number, label, name, hashes, size, rank), and the steps hand each other one element a chunk
+of the listing (a batch of its usable files), not one a file; a file that is not usable goes
+straight to the plan. Every file passes through two steps' memory only: the decoded files wait
+there for the near duplicates, and the reviewed ones for the split rule (each branch is reviewed
+on its own, and each plan is written where it is made, so that no merge of branches holds them
+a third time). Where the records of every file meet (a band's hashes, a shard's files), a
+combine packs them into bytes, fixed-size rows, so that no step holds an object per image (the
+direct runner holds a shuffle in memory). A step that needs a file's path or provenance reads
+its line of the listing by number (:mod:`toolkit.data.listing`); pixels never go through a
+shuffle: the writer of a shard reads, decodes and encodes its files itself. What became of
+every file (the plan) and the shards written land in files that the driver reads
+(:mod:`toolkit.data.shard_pack`).
 """
 
 from __future__ import annotations
 
+import collections
 import heapq
 import json
 import struct
@@ -36,7 +39,7 @@ from ..curate.verdicts import Judged
 from . import listing, locations, records, shards, splits
 from .listing import Settings
 from .packer import PACKED, SURPLUS, review_file, short_of_images
-from .wire import Usable
+from .wire import Usable, decode_batch, encode_batch
 
 #: Files of the listing a worker checks in one go.
 CHUNK = 100
@@ -59,32 +62,31 @@ def build(p: beam.Pipeline, settings: Settings, listing_path: str, count: int, w
                | "Spread over the workers" >> beam.Reshuffle()
                | "Decode and check" >> beam.ParDo(Check(settings, listing_path)).with_outputs(
                    "unusable", main="usable"))
-    groups = (checked.usable | "Band rows" >> beam.FlatMap(_band_rows, settings.threshold)
+    groups = (checked.usable | "Band rows" >> beam.FlatMap(band_rows, settings.threshold)
               | "Hashes by band" >> beam.CombinePerKey(Rows())
               | "Near duplicates by band" >> beam.FlatMap(_near_pairs, settings.threshold)
               | "Transitive groups" >> beam.CombineGlobally(Components()))
     deduped = ((checked.usable | "Group members" >> beam.ParDo(
                     _Grouped(), beam.pvalue.AsSingleton(groups)).with_outputs("grouped", main="single")))
     decided = (deduped.grouped | "By group" >> beam.GroupByKey()
-               | "Duplicate policy" >> beam.FlatMap(_policy, settings.threshold))
+               | "Duplicate policy" >> beam.Map(_policy, settings.threshold))
     review = Review(settings.class_names, made, judged)  # in each branch: nothing holds them between
     reviewed = ((deduped.single | "Review decisions" >> beam.ParDo(review),
                  decided | "Review decisions of duplicates" >> beam.ParDo(review))
                 | "Files" >> beam.Flatten())
-    picked = reviewed | "Usable after review" >> beam.Filter(lambda r: not Usable.decode(r).status)
-    plans = (picked | "Rank by class" >> beam.Map(_rank_by_class)
+    plans = (reviewed | "Ranks by class" >> beam.FlatMap(_ranks_by_class)
              | "Per-class caps" >> beam.CombinePerKey(SmallestRanks(settings.per_class))
              | "Split rule" >> beam.FlatMap(_plan, settings))
-    counts = (picked | "Class" >> beam.Map(lambda r: (Usable.decode(r).label, 1))
+    counts = (reviewed | "Classes" >> beam.FlatMap(_class_counts)
               | "Count" >> beam.CombinePerKey(sum)
               | "Counts" >> beam.combiners.ToDict())
     gate = counts | "Enough images" >> beam.Map(_short, settings)
     placed = reviewed | "Place" >> beam.ParDo(Place(settings), beam.pvalue.AsDict(plans))
-    (placed | "Plan as JSON" >> beam.Map(_plan_line)
+    (placed | "Plan as JSON" >> beam.Map(_plan_lines)
      | "Write plan" >> beam.io.WriteToText(f"{work}/plan-decoded", ".jsonl"))
     # (neither name starts the other's: a sink deletes what matches its own names before it commits)
     checked.unusable | "Write plan of the unusable" >> beam.io.WriteToText(f"{work}/plan-unusable", ".jsonl")
-    (placed | "Packed" >> beam.FlatMap(_shard_row)
+    (placed | "Packed" >> beam.FlatMap(_shard_rows)
      | "Rows by shard" >> beam.CombinePerKey(Rows())
      | "Write shards" >> beam.ParDo(WriteShard(settings, listing_path, data), beam.pvalue.AsSingleton(gate))
      | "Shards as JSON" >> beam.Map(json.dumps)
@@ -112,26 +114,12 @@ class Rows(beam.CombineFn):
         return bytes(rows)
 
 
-class SmallestRanks(beam.CombineFn):
+class SmallestRanks(Rows):
     """A class's `n` smallest ranks (hash, name), gathered as rows of bytes (hash, the name's
     length, the name: about 30 bytes a file, where Beam's Top holds an object or two per file)."""
 
     def __init__(self, n: int):
         self.n = n
-
-    def create_accumulator(self) -> bytearray:
-        return bytearray()
-
-    def add_input(self, rows: bytearray, rank: splits.Rank) -> bytearray:
-        name = rank[1].encode("utf-8")
-        rows += RANK_ROW.pack(rank[0], len(name)) + name
-        return rows
-
-    def merge_accumulators(self, accumulators: Iterable[bytes]) -> bytearray:
-        return bytearray(b"".join(accumulators))
-
-    def compact(self, rows: bytearray) -> bytes:
-        return bytes(rows)
 
     def extract_output(self, rows: bytearray) -> list[splits.Rank]:
         ranks, at = [], 0
@@ -146,13 +134,15 @@ class SmallestRanks(beam.CombineFn):
 
 class Check(beam.DoFn):
     """Decode and verify a chunk of the listing's files as pack does
-    (:func:`toolkit.core.images.decode`); rank each usable one. A file that is not usable is
-    its line of the plan at once (tagged `unusable`)."""
+    (:func:`toolkit.core.images.decode`); rank each usable one: the chunk's usable files are
+    one batch. A file that is not usable is its line of the plan at once (the chunk's lines
+    are one element, tagged `unusable`)."""
 
     def __init__(self, settings: Settings, listing_path: str):
         self.settings, self.listing_path = settings, listing_path
 
     def process(self, chunk: tuple[int, int]) -> Iterator:
+        usable, unusable = [], []
         for record in listing.read_range(self.listing_path, *chunk):
             status, detail = record["status"], ""
             if not status:
@@ -163,12 +153,15 @@ class Check(beam.DoFn):
                     status, detail = e.reason, e.detail
                 else:
                     rank, _ = splits.image_rank(self.settings.seed, info.sha256, record["name"])
-                    yield Usable(record["i"], record["label"], record["name"], info.sha256,
-                                 info.phash, info.width, info.height, rank).encode()
+                    usable.append(Usable(record["i"], record["label"], record["name"], info.sha256,
+                                         info.phash, info.width, info.height, rank))
                     continue
-            yield beam.pvalue.TaggedOutput("unusable", json.dumps({
-                "i": record["i"], "label": record["label"], "name": record["name"], "status": status,
-                "detail": detail}))
+            unusable.append(json.dumps({"i": record["i"], "label": record["label"], "name": record["name"],
+                                        "status": status, "detail": detail}))
+        if usable:
+            yield encode_batch(usable)
+        if unusable:
+            yield beam.pvalue.TaggedOutput("unusable", "\n".join(unusable))
 
 
 # --------------------------------------------------------------------------- duplicates
@@ -179,13 +172,13 @@ def band_plan(threshold: int) -> hamming.Bands | None:
     return hamming.plan_join(threshold, hamming.INDEX_SIZE)
 
 
-def _band_rows(record: bytes, threshold: int) -> Iterator[tuple[int, bytes]]:
-    """A file's row for each band (files of equal content, equal hashes, are found as pairs at
+def band_rows(batch: bytes, threshold: int) -> Iterator[tuple[int, bytes]]:
+    """A batch's rows for each band (files of equal content, equal hashes, are found as pairs at
     distance 0)."""
-    f = Usable.decode(record)
+    rows = b"".join(BAND_ROW.pack(f.i, f.phash) for f in decode_batch(batch))
     bands = band_plan(threshold)
     for band in range(len(bands.widths) if bands else 1):
-        yield band, BAND_ROW.pack(f.i, f.phash)
+        yield band, rows
 
 
 def _near_pairs(group: tuple[int, bytes], threshold: int) -> Iterator[tuple[int, int]]:
@@ -233,25 +226,28 @@ class Components(beam.CombineFn):
 
 
 class _Grouped(beam.DoFn):
-    """Send the files of a group to their group (tagged `grouped`); all others on."""
+    """Send the files of a group to their group (each tagged `grouped`); the batch's others on."""
 
-    def process(self, record: bytes, groups: dict[int, int]) -> Iterator:
-        group = groups.get(Usable.decode(record).i)
-        if group is None:
-            yield record
-        else:
-            yield beam.pvalue.TaggedOutput("grouped", (group, record))
+    def process(self, batch: bytes, groups: dict[int, int]) -> Iterator:
+        single = []
+        for f in decode_batch(batch):
+            group = groups.get(f.i)
+            if group is None:
+                single.append(f)
+            else:
+                yield beam.pvalue.TaggedOutput("grouped", (group, f.encode()))
+        if single:
+            yield encode_batch(single)
 
 
-def _policy(group: tuple[int, Iterable[bytes]], threshold: int) -> Iterator[bytes]:
-    """Dedupe's policy on one group, in the order pack numbers files: the same choices."""
+def _policy(group: tuple[int, Iterable[bytes]], threshold: int) -> bytes:
+    """Dedupe's policy on one group, in the order pack numbers files (the same choices): the
+    group as a batch."""
     members = sorted(map(Usable.decode, group[1]))
     candidates = [dedupe.Candidate(f.label, f.sha256, f.phash, f.width * f.height, f.name) for f in members]
     dropped = dedupe.find_duplicates(candidates, threshold)
-    for index, f in enumerate(members):
-        if index in dropped:
-            f = f._replace(status=dropped[index].reason, detail=members[dropped[index].twin].name)
-        yield f.encode()
+    return encode_batch(f._replace(status=dropped[index].reason, detail=members[dropped[index].twin].name)
+                        if index in dropped else f for index, f in enumerate(members))
 
 
 # --------------------------------------------------------------------------- review, caps, split
@@ -262,20 +258,32 @@ class Review(beam.DoFn):
     def __init__(self, class_names: tuple[str, ...], made: dict, judged: Judged | None):
         self.class_names, self.made, self.judged = list(class_names), made, judged
 
-    def process(self, record: bytes) -> Iterator[bytes]:
-        u = Usable.decode(record)
+    def process(self, batch: bytes) -> Iterator[bytes]:
+        yield encode_batch(map(self._review, decode_batch(batch)))
+
+    def _review(self, u: Usable) -> Usable:
         if u.status:
-            yield record
-            return
+            return u
         f = InputFile(u.label, Path(), u.name,
                       info=images.ImageInfo(u.sha256, u.phash, u.width, u.height, ""))
         flag = review_file(f, self.class_names, self.made, self.judged)
-        yield u._replace(status=f.status, label=f.label, moved_from=f.moved_from, flag=flag).encode()
+        return u._replace(status=f.status, label=f.label, moved_from=f.moved_from, flag=flag)
 
 
-def _rank_by_class(record: bytes) -> tuple[int, splits.Rank]:
-    f = Usable.decode(record)
-    return f.label, (f.rank, f.name)
+def _ranks_by_class(batch: bytes) -> Iterator[tuple[int, bytes]]:
+    """The ranks of a batch's usable files by class, as :class:`SmallestRanks`' rows."""
+    rows: dict[int, list[bytes]] = {}
+    for f in decode_batch(batch):
+        if not f.status:
+            name = f.name.encode("utf-8")
+            rows.setdefault(f.label, []).append(RANK_ROW.pack(f.rank, len(name)) + name)
+    for label, ranks in rows.items():
+        yield label, b"".join(ranks)
+
+
+def _class_counts(batch: bytes) -> Iterator[tuple[int, int]]:
+    """A batch's usable files by class: (label, count)."""
+    yield from collections.Counter(f.label for f in decode_batch(batch) if not f.status).items()
 
 
 def _plan(smallest: tuple[int, list], settings: Settings) -> Iterator[tuple[int, splits.ClassPlan]]:
@@ -298,33 +306,38 @@ class Place(beam.DoFn):
     def __init__(self, settings: Settings):
         self.settings = settings
 
-    def process(self, record: bytes, plans: dict[int, splits.ClassPlan]) -> Iterator[bytes]:
-        f = Usable.decode(record)
+    def process(self, batch: bytes, plans: dict[int, splits.ClassPlan]) -> Iterator[bytes]:
+        yield encode_batch(self._place(f, plans) for f in decode_batch(batch))
+
+    def _place(self, f: Usable, plans: dict[int, splits.ClassPlan]) -> Usable:
         if f.status:
-            yield record
-            return
+            return f
         plan = plans.get(f.label)
         where = splits.place((f.rank, f.name), plan) if plan else splits.SURPLUS
         if where == splits.SURPLUS:
-            yield f._replace(status=SURPLUS).encode()
-            return
+            return f._replace(status=SURPLUS)
         images_in = sum(getattr(p, where) for p in plans.values())
         total = shards.shard_count(images_in, self.settings.images_per_shard)
-        yield f._replace(status=PACKED, split=where, shard=f.rank % total, shards=total).encode()
+        return f._replace(status=PACKED, split=where, shard=f.rank % total, shards=total)
 
 
-def _plan_line(record: bytes) -> str:
-    f = Usable.decode(record)
-    return json.dumps({"i": f.i, "label": f.label, "name": f.name, "status": f.status, "detail": f.detail,
-                       "moved_from": f.moved_from, "flag": f.flag, "split": f.split, "sha256": f.sha256,
-                       "width": f.width, "height": f.height})
+def _plan_lines(batch: bytes) -> str:
+    """A batch's lines of the plan, as one element."""
+    return "\n".join(json.dumps({
+        "i": f.i, "label": f.label, "name": f.name, "status": f.status, "detail": f.detail,
+        "moved_from": f.moved_from, "flag": f.flag, "split": f.split, "sha256": f.sha256,
+        "width": f.width, "height": f.height}) for f in decode_batch(batch))
 
 
-def _shard_row(record: bytes) -> Iterator[tuple[tuple[str, int, int], bytes]]:
-    f = Usable.decode(record)
-    if f.status == PACKED:
-        yield (f.split, f.shard, f.shards), SHARD_ROW.pack(f.i, f.rank, f.label, f.phash, f.width, f.height,
-                                                          bytes.fromhex(f.sha256))
+def _shard_rows(batch: bytes) -> Iterator[tuple[tuple[str, int, int], bytes]]:
+    """A batch's packed files by shard, as :class:`WriteShard`'s rows."""
+    rows: dict[tuple[str, int, int], list[bytes]] = {}
+    for f in decode_batch(batch):
+        if f.status == PACKED:
+            rows.setdefault((f.split, f.shard, f.shards), []).append(SHARD_ROW.pack(
+                f.i, f.rank, f.label, f.phash, f.width, f.height, bytes.fromhex(f.sha256)))
+    for shard, packed in rows.items():
+        yield shard, b"".join(packed)
 
 
 # --------------------------------------------------------------------------- shards

@@ -1,17 +1,19 @@
-"""A usable file as the sharded pack's pipeline steps carry it (:class:`Usable`), and its bytes
-between them.
+"""A usable file as the sharded pack's pipeline steps carry it (:class:`Usable`), its bytes
+between them, and a batch of them as one element (:func:`encode_batch`).
 
 Beam's local runner holds what a step hands the next in memory (the pack's memory grew about 2 KB
 a file over its steps before this encoding: docs/scale.md), so the bytes a file costs between
 steps are what the pack's memory grows by with the number of images. Beam's own encoding of the
 tuple is 170 bytes, and more where a 64-bit hash does not fit its signed varint (it falls back to
 pickle); :meth:`Usable.encode` is about 100: fixed-size fields, then the strings, each after its
-length.
+length. The steps hand each other batches of a chunk's files, not one element a file: the local
+runner's cost per element (its wrappers, its lists) is then spread over a hundred files.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from typing import NamedTuple
 
 #: number, label, perceptual hash, width, height, rank, SHA-256, shard, shards, review's flag
@@ -65,6 +67,24 @@ class Usable(NamedTuple):
         name, status, detail, moved_from, split, lost = texts
         return cls(i, label, name, digest.hex(), phash, width, height, rank, status, detail, moved_from,
                    (packed_unjudged, lost if names_lost else None), split, shard, shards)
+
+
+def encode_batch(files: Iterable[Usable]) -> bytes:
+    """Files as one element: each file's bytes after their length."""
+    parts = []
+    for f in files:
+        data = f.encode()
+        parts.append(_varint(len(data)) + data)
+    return b"".join(parts)
+
+
+def decode_batch(data: bytes) -> list[Usable]:
+    files, at = [], 0
+    while at < len(data):
+        length, at = _read_varint(data, at)
+        files.append(Usable.decode(data[at:at + length]))
+        at += length
+    return files
 
 
 def _varint(n: int) -> bytes:
