@@ -23,7 +23,7 @@ from .. import __version__
 from ..core import dedupe, images
 from ..core.errors import OptionError, ToolkitError, first_line
 from ..core.text import timestamp
-from . import arenas, listing, locations, shards
+from . import listing, locations, malloc, shards
 from .pack_out import Work, out_at, refuse_overlap
 from .pack_source import source_at
 from .packer import (
@@ -140,11 +140,11 @@ def _run(options, settings, work: Work, count: int, made: dict, judged) -> None:
     must not reach the internet, and `--workers` would then mean nothing). Beam's log lines and
     its workers' (which write to the standard error they inherit) go to a log file in the work
     folder (on this machine), not to the terminal. Its processes here get two malloc arenas each
-    (:mod:`toolkit.data.arenas`)."""
+    and hand free memory back (:mod:`toolkit.data.malloc`)."""
     runner = options.get_all_options()["runner"]
     local = runner in LOCAL_RUNNERS
     with _stderr_to(work.log) if local else contextlib.nullcontext(), \
-            arenas.few_arenas() if local else contextlib.nullcontext():
+            malloc.returning_memory() if local else contextlib.nullcontext():
         import apache_beam as beam
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
