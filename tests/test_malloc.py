@@ -1,23 +1,29 @@
-"""A local pack's processes get two malloc arenas and hand free memory back: this one where
-glibc still lets it, and the workers Beam starts from it, through their environment."""
+"""A local pack's processes get two malloc arenas, its own process where glibc still lets it
+and the workers Beam starts from it through their environment, and its own process hands free
+memory back while it runs."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 
+from conftest import make_class_folders
 from toolkit.data import malloc
 
+pytest.importorskip("apache_beam")
 pytestmark = pytest.mark.skipif(malloc._glibc() is None, reason="malloc arenas are glibc's")
 
-#: Sixteen threads alive at once, each allocating outside Python's small-object allocator; then
-#: glibc's own count of arenas (malloc_stats writes "Arena N:" for each on standard error), the
-#: settings a worker started meanwhile sees, and the threads that hand memory back.
+
+#: Sixteen threads alive at once, each allocating outside Python's small-object allocator; a
+#: worker started meanwhile; then the setting and threads each process has, and glibc's own
+#: count of arenas (malloc_stats writes "Arena N:" for each).
 PROGRAM = """
-import ctypes, subprocess, sys, threading
+import ctypes, os, subprocess, sys, threading
 from toolkit.data import malloc
 def run():
     barrier = threading.Barrier(16)
@@ -27,23 +33,23 @@ def run():
     threads = [threading.Thread(target=work) for _ in range(16)]
     for t in threads: t.start()
     for t in threads: t.join()
-    worker = ("import os, threading; from toolkit.data import malloc; malloc.trim_in_worker(); "
-              "print(os.environ.get('MALLOC_ARENA_MAX'), [t.name for t in threading.enumerate()][1:])")
+    worker = "import os; print(os.environ.get('MALLOC_ARENA_MAX'))"
     print(subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True).stdout.strip(),
           [t.name for t in threading.enumerate()][1:], flush=True)
 if sys.argv[1] == "pack":
     with malloc.returning_memory():
-        malloc.trim_in_worker()  # a step set up in the pack's own process: no second thread
+        with malloc.returning_memory():  # a second pack at once, which ends first: the first's stand
+            pass
         run()
 else:
     run()
-print([t.name for t in threading.enumerate()][1:])
+print(os.environ.get("MALLOC_ARENA_MAX"), [t.name for t in threading.enumerate()][1:])
 ctypes.CDLL(None).malloc_stats()
 """
 
 
 def run(mode: str, **environment: str) -> tuple[int, list[str]]:
-    env = {k: v for k, v in os.environ.items() if k not in (malloc.ENVIRONMENT, malloc.TRIM_ENVIRONMENT)}
+    env = {k: v for k, v in os.environ.items() if k not in (malloc.ENVIRONMENT, "GLIBC_TUNABLES")}
     done = subprocess.run([sys.executable, "-c", PROGRAM, mode], capture_output=True, text=True,
                           env={**env, **environment}, timeout=60, check=True)
     return done.stderr.count("Arena "), done.stdout.splitlines()
@@ -52,9 +58,51 @@ def run(mode: str, **environment: str) -> tuple[int, list[str]]:
 def test_a_pack_s_processes_get_two_arenas_and_hand_memory_back_while_it_runs():
     arenas, lines = run("plain")
     assert arenas > malloc.ARENAS  # glibc's own default: more, by threads
-    assert lines == ["None [] []", "[]"]
+    assert lines == ["None []", "None []"]
     arenas, lines = run("pack")
     assert arenas == malloc.ARENAS
-    assert lines == ["2 ['malloc_trim'] ['malloc_trim']", "[]"]  # a worker trims, and so does the pack
-    assert run("pack", MALLOC_ARENA_MAX="4")[1][0].startswith("4 ")  # the user's setting stands
+    # the pack trims until it ends: then its environment is as it was
+    assert lines == ["2 ['malloc_trim']", "None []"]
+    assert run("pack", MALLOC_ARENA_MAX="4")[1] == ["4 ['malloc_trim']", "4 []"]
+
+
+def worker_settings(pid: int, seen: set) -> None:
+    """The arena settings of the Beam workers among `pid`'s descendants."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+                environ = Path(f"/proc/{child}/environ").read_bytes().decode().split("\0")
+            except OSError:
+                continue
+            if b"sdk_worker_main" in command and b"/bin/sh" not in command:
+                seen.update(e for e in environ if e.startswith(f"{malloc.ENVIRONMENT}="))
+            worker_settings(child, seen)
+
+
+def test_a_local_pack_s_workers_run_with_these_settings_and_it_leaves_none_behind(tmp_path, monkeypatch):
+    from toolkit.data.shard_pack import pack_shards
+
+    monkeypatch.delenv(malloc.ENVIRONMENT, raising=False)
+    src = make_class_folders(tmp_path / "src", {"cat": range(0, 5), "dog": range(100, 105)})
+    seen: set = set()
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(0.05):
+            worker_settings(os.getpid(), seen)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        pack_shards(src, tmp_path / "ds", workers=2, per_class=4, size=32, test_size=0.5)
+    finally:
+        done.set()
+        watcher.join()
+    assert seen == {"MALLOC_ARENA_MAX=2"}
     assert malloc.ENVIRONMENT not in os.environ
+    assert "malloc_trim" not in [t.name for t in threading.enumerate()]

@@ -58,9 +58,10 @@ def test_band_keys_find_exactly_dedupes_pairs():
         ids = np.arange(len(hashes)) + 1000
         expected = {(int(ids[i]), int(ids[j])) for i, j in dedupe.near_pairs(hashes, threshold)}
         groups = collections.defaultdict(bytes)  # what Beam's combine of rows hands each worker
-        for i, h in zip(ids.tolist(), hashes.tolist()):
-            record = Usable(i, 0, f"{i}.jpg", "0" * 64, h, 1, 1, 0)
-            for band, row in pipeline.band_rows(encode_batch([record]), threshold):
-                groups[band] += row
+        files = [Usable(i, 0, f"{i}.jpg", "0" * 64, h, 1, 1, 0)
+                 for i, h in zip(ids.tolist(), hashes.tolist())]
+        for start in range(0, len(files), 7):  # batches of 7 files, as a chunk's are
+            for band, rows in pipeline.band_rows(encode_batch(files[start:start + 7]), threshold):
+                groups[band] += rows
         found = {pair for group in groups.items() for pair in pipeline._near_pairs(group, threshold)}
         assert found == expected and len(expected) >= 400 * (threshold + 1) // (threshold + 3)

@@ -27,8 +27,6 @@ from toolkit.data.shard_pack import pack_shards
 
 pytest.importorskip("apache_beam")
 
-from toolkit.data import pipeline  # noqa: E402 (Beam is the scale extra)
-
 SETTINGS = dict(per_class=10, size=32, seed=5)
 
 
@@ -226,15 +224,14 @@ def assert_same_dataset(first, other, *differ):
 
 
 def test_a_re_run_and_a_run_after_a_kill_write_the_same_bytes(packed, tmp_path, monkeypatch):
-    """Two worker processes (Beam's multi-processing direct runner), handed the files in many
-    small batches, write what one did with one batch; a run killed half-way (its work folder
-    left behind) changes nothing: the next one starts over."""
+    """Two worker processes (Beam's multi-processing direct runner), handed the files in a dozen
+    batches, write what one did with one; a run killed half-way changes nothing."""
     src, _, first = packed
     out = tmp_path / "ds"
     abandoned = tmp_path / ".ds.999999-0badc0de.part"
     (abandoned / "data").mkdir(parents=True)
     (abandoned / "data" / "train-00000-of-00001.tfrecord").write_bytes(b"half")
-    monkeypatch.setattr(pipeline, "CHUNK", 4)  # a batch at most 4 files: a dozen of them
+    monkeypatch.setattr("toolkit.data.pipeline.CHUNK", 4)  # a batch at most 4 files
     pack_shards(src, out, workers=2, **SETTINGS)
     monkeypatch.undo()
     assert not abandoned.exists()

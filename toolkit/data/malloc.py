@@ -6,10 +6,12 @@ reuse, and hands memory back to the system only from the top of a heap. Beam's l
 passes each step's output between gRPC threads, so blocks are freed far from where they were
 made, and a pack's memory grew with the number of images beyond what it held: at 96,000 images
 the runner's process held 137 MiB of live blocks in 254 MiB of anonymous memory (docs/scale.md,
-"Where the memory goes"). So each process of a local pack has two arenas (`MALLOC_ARENA_MAX`,
+"Where the memory goes"). So every process of a local pack has two arenas (`MALLOC_ARENA_MAX`,
 glibc's documented setting: Beam starts its workers with this process's environment, and this
-process sets its own limit with `mallopt`), and hands its free memory back once a second
-(`malloc_trim`: a few milliseconds). Elsewhere than glibc (macOS, musl) nothing changes.
+process sets its own limit with `mallopt`), and the pack's own process, which holds the runner,
+hands its free memory back once a second (`malloc_trim`: a few milliseconds; in the workers,
+which decode images, it cost a tenth of their time in page faults). Elsewhere than glibc (macOS,
+musl) nothing changes.
 """
 
 from __future__ import annotations
@@ -27,63 +29,72 @@ TRIM_EVERY = 1.0
 #: glibc's `mallopt` parameter for the arena limit (malloc.h).
 M_ARENA_MAX = -8
 ENVIRONMENT = "MALLOC_ARENA_MAX"
-#: Set for the workers of a local pack: they hand free memory back too (:func:`trim_in_worker`).
-TRIM_ENVIRONMENT = "TOOLKIT_MALLOC_TRIM"
 
 _lock = threading.Lock()
-_trimming = False  # whether a thread of this process hands free memory back
+_packs = 0  # local packs running in this process: the first sets things up, the last undoes them
+_saved: str | None = None
+_stop = threading.Event()
+_trimmer: threading.Thread | None = None
 
 
 @contextlib.contextmanager
 def returning_memory(arenas: int = ARENAS) -> Iterator[None]:
     """While the block runs, this process hands free memory back once a second, and the workers
-    started from it get `arenas` arenas (unless the user's environment says otherwise) and do
-    the same; so do this process's threads where glibc still lets it (it fixes the limit when
-    it first needs one: a process that already made many threads' arenas keeps them)."""
-    global _trimming
+    started from it get `arenas` arenas (unless the user's environment says otherwise). This
+    process's threads get `arenas` arenas too where glibc still lets it, for the rest of its
+    life: glibc fixes its limit the first time it needs one (a process that already made many
+    threads' arenas keeps them, and nothing undoes a limit once set)."""
     libc = _glibc()
-    with _lock:
-        mine = libc is not None and not _trimming
-        _trimming = True
-    if not mine:
+    if libc is None:
         yield
         return
-    saved = {name: os.environ.get(name) for name in (ENVIRONMENT, TRIM_ENVIRONMENT)}
-    if saved[ENVIRONMENT] is None:  # the user's own choice stands
-        libc.mallopt(M_ARENA_MAX, arenas)
-        os.environ[ENVIRONMENT] = str(arenas)
-    os.environ[TRIM_ENVIRONMENT] = "1"
-    stop = threading.Event()
-    trimmer = threading.Thread(target=_trim, args=(libc, stop), name="malloc_trim", daemon=True)
-    trimmer.start()
+    _enter(libc, arenas)
     try:
         yield
     finally:
-        stop.set()
-        trimmer.join()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        with _lock:
-            _trimming = False
+        _leave()
 
 
-def trim_in_worker() -> None:
-    """In a worker process of a local pack (its steps call this when they are set up), hand free
-    memory back once a second for the rest of the process's life; elsewhere, nothing."""
-    global _trimming
-    libc = _glibc()
+def _enter(libc: ctypes.CDLL, arenas: int) -> None:
+    global _packs, _saved, _trimmer
     with _lock:
-        if libc is None or _trimming or not os.environ.get(TRIM_ENVIRONMENT):
+        _packs += 1
+        if _packs > 1:
             return
-        _trimming = True
-    threading.Thread(target=_trim, args=(libc, threading.Event()), name="malloc_trim", daemon=True).start()
+        _saved = os.environ.get(ENVIRONMENT)
+        try:
+            if _saved is None:  # the user's own choice stands
+                libc.mallopt(M_ARENA_MAX, arenas)
+                os.environ[ENVIRONMENT] = str(arenas)
+            _stop.clear()
+            _trimmer = threading.Thread(target=_trim, args=(libc,), name="malloc_trim", daemon=True)
+            _trimmer.start()
+        except BaseException:
+            _packs -= 1
+            _restore()
+            raise
 
 
-def _trim(libc: ctypes.CDLL, stop: threading.Event) -> None:
-    while not stop.wait(TRIM_EVERY):
+def _leave() -> None:
+    global _packs
+    with _lock:
+        _packs -= 1
+        if not _packs:
+            _restore()
+
+
+def _restore() -> None:
+    global _trimmer
+    if _trimmer is not None:
+        _stop.set()
+        _trimmer.join()
+        _trimmer = None
+    if _saved is None:
+        os.environ.pop(ENVIRONMENT, None)
+
+
+def _trim(libc: ctypes.CDLL) -> None:
+    while not _stop.wait(TRIM_EVERY):
         libc.malloc_trim(0)
 
 
@@ -92,7 +103,7 @@ def _glibc() -> ctypes.CDLL | None:
         if not os.confstr("CS_GNU_LIBC_VERSION"):
             return None
         libc = ctypes.CDLL(None)
-        libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc's own)
+        libc.mallopt.argtypes, libc.malloc_trim.argtypes = [ctypes.c_int, ctypes.c_int], [ctypes.c_size_t]
     except (ValueError, OSError, AttributeError):
         return None
     return libc

@@ -36,7 +36,7 @@ import numpy as np
 from ..core import dedupe, hamming, images
 from ..core.sources import InputFile
 from ..curate.verdicts import Judged
-from . import listing, locations, malloc, records, shards, splits
+from . import listing, locations, records, shards, splits
 from .listing import Settings
 from .packer import PACKED, SURPLUS, review_file, short_of_images
 from .wire import Usable, decode_batch, encode_batch
@@ -140,9 +140,6 @@ class Check(beam.DoFn):
 
     def __init__(self, settings: Settings, listing_path: str):
         self.settings, self.listing_path = settings, listing_path
-
-    def setup(self) -> None:
-        malloc.trim_in_worker()
 
     def process(self, chunk: tuple[int, int]) -> Iterator:
         usable, unusable = [], []
@@ -353,9 +350,6 @@ class WriteShard(beam.DoFn):
 
     def __init__(self, settings: Settings, listing_path: str, data: str):
         self.settings, self.listing_path, self.data = settings, listing_path, data
-
-    def setup(self) -> None:
-        malloc.trim_in_worker()
 
     def process(self, group: tuple[tuple[str, int, int], bytes], short: str) -> Iterator[dict]:
         if short:

@@ -139,8 +139,8 @@ def _run(options, settings, work: Work, count: int, made: dict, judged) -> None:
     hand it to the Prism runner instead, a program it downloads from GitHub on first use (a pack
     must not reach the internet, and `--workers` would then mean nothing). Beam's log lines and
     its workers' (which write to the standard error they inherit) go to a log file in the work
-    folder (on this machine), not to the terminal. Its processes here get two malloc arenas each
-    and hand free memory back (:mod:`toolkit.data.malloc`)."""
+    folder (on this machine), not to the terminal. Its processes here get two malloc arenas each,
+    and this one hands its free memory back (:mod:`toolkit.data.malloc`)."""
     runner = options.get_all_options()["runner"]
     local = runner in LOCAL_RUNNERS
     with _stderr_to(work.log) if local else contextlib.nullcontext(), \
