@@ -1,6 +1,6 @@
 """A local pack's processes get two malloc arenas, its own process where glibc still lets it
-and the workers Beam starts from it through their environment, and its own process hands free
-memory back while it runs."""
+and the workers Beam starts from it through their environment; a pack with one worker, which
+runs the steps in its own process, hands free memory back while it runs."""
 
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ def run():
     worker = "import os; print(os.environ.get('MALLOC_ARENA_MAX'))"
     print(subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True).stdout.strip(),
           [t.name for t in threading.enumerate()][1:], flush=True)
-if sys.argv[1] == "pack":
-    with malloc.returning_memory():
-        with malloc.returning_memory():  # a second pack at once, which ends first: the first's stand
+if sys.argv[1] != "plain":
+    with malloc.returning_memory(trim=sys.argv[1] == "one worker"):
+        with malloc.returning_memory(trim=False):  # a second pack at once, which ends first
             pass
         run()
 else:
@@ -59,11 +59,12 @@ def test_a_pack_s_processes_get_two_arenas_and_hand_memory_back_while_it_runs():
     arenas, lines = run("plain")
     assert arenas > malloc.ARENAS  # glibc's own default: more, by threads
     assert lines == ["None []", "None []"]
-    arenas, lines = run("pack")
+    arenas, lines = run("one worker")
     assert arenas == malloc.ARENAS
-    # the pack trims until it ends: then its environment is as it was
+    # a pack with one worker trims until it ends: then its environment is as it was
     assert lines == ["2 ['malloc_trim']", "None []"]
-    assert run("pack", MALLOC_ARENA_MAX="4")[1] == ["4 ['malloc_trim']", "4 []"]
+    assert run("workers") == (malloc.ARENAS, ["2 []", "None []"])
+    assert run("one worker", MALLOC_ARENA_MAX="4")[1] == ["4 ['malloc_trim']", "4 []"]
 
 
 def worker_settings(pid: int, seen: set) -> None:
@@ -84,25 +85,27 @@ def worker_settings(pid: int, seen: set) -> None:
             worker_settings(child, seen)
 
 
-def test_a_local_pack_s_workers_run_with_these_settings_and_it_leaves_none_behind(tmp_path, monkeypatch):
+def test_a_local_pack_s_workers_run_with_two_arenas_a_pack_in_one_process_trims(tmp_path, monkeypatch):
     from toolkit.data.shard_pack import pack_shards
 
     monkeypatch.delenv(malloc.ENVIRONMENT, raising=False)
     src = make_class_folders(tmp_path / "src", {"cat": range(0, 5), "dog": range(100, 105)})
-    seen: set = set()
-    done = threading.Event()
+    for workers in (2, 1):
+        seen: set = set()
+        done = threading.Event()
 
-    def watch():
-        while not done.wait(0.05):
-            worker_settings(os.getpid(), seen)
+        def watch():
+            while not done.wait(0.05):
+                worker_settings(os.getpid(), seen)
+                seen.update(t.name for t in threading.enumerate() if t.name == "malloc_trim")
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        pack_shards(src, tmp_path / "ds", workers=2, per_class=4, size=32, test_size=0.5)
-    finally:
-        done.set()
-        watcher.join()
-    assert seen == {"MALLOC_ARENA_MAX=2"}
-    assert malloc.ENVIRONMENT not in os.environ
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            pack_shards(src, tmp_path / f"ds{workers}", workers=workers, per_class=4, size=32, test_size=0.5)
+        finally:
+            done.set()
+            watcher.join()
+        assert seen == ({"MALLOC_ARENA_MAX=2"} if workers == 2 else {"malloc_trim"})
+        assert malloc.ENVIRONMENT not in os.environ
     assert "malloc_trim" not in [t.name for t in threading.enumerate()]

@@ -8,10 +8,10 @@ made, and a pack's memory grew with the number of images beyond what it held: at
 the runner's process held 137 MiB of live blocks in 254 MiB of anonymous memory (docs/scale.md,
 "Where the memory goes"). So every process of a local pack has two arenas (`MALLOC_ARENA_MAX`,
 glibc's documented setting: Beam starts its workers with this process's environment, and this
-process sets its own limit with `mallopt`), and the pack's own process, which holds the runner,
-hands its free memory back once a second (`malloc_trim`: a few milliseconds; in the workers,
-which decode images, it cost a tenth of their time in page faults). Elsewhere than glibc (macOS,
-musl) nothing changes.
+process sets its own limit with `mallopt`). A pack with one worker, which runs its steps in its
+own process beside the runner, also hands its free memory back once a second (`malloc_trim`: a
+few milliseconds); with worker processes, trimming measured no lower peaks for more CPU time.
+Elsewhere than glibc (macOS, musl) nothing changes.
 """
 
 from __future__ import annotations
@@ -31,16 +31,18 @@ M_ARENA_MAX = -8
 ENVIRONMENT = "MALLOC_ARENA_MAX"
 
 _lock = threading.Lock()
-_packs = 0  # local packs running in this process: the first sets things up, the last undoes them
+_packs = 0  # local packs running in this process: the first sets things up (and decides whether
+# this process trims), the last undoes them
 _saved: str | None = None
 _stop = threading.Event()
 _trimmer: threading.Thread | None = None
 
 
 @contextlib.contextmanager
-def returning_memory(arenas: int = ARENAS) -> Iterator[None]:
-    """While the block runs, this process hands free memory back once a second, and the workers
-    started from it get `arenas` arenas (unless the user's environment says otherwise). This
+def returning_memory(trim: bool, arenas: int = ARENAS) -> Iterator[None]:
+    """While the block runs, the workers started from this process get `arenas` arenas (unless
+    the user's environment says otherwise) and, if `trim`, this process hands its free memory
+    back once a second. This
     process's threads get `arenas` arenas too where glibc still lets it, for the rest of its
     life: glibc fixes its limit the first time it needs one (a process that already made many
     threads' arenas keeps them, and nothing undoes a limit once set)."""
@@ -48,14 +50,14 @@ def returning_memory(arenas: int = ARENAS) -> Iterator[None]:
     if libc is None:
         yield
         return
-    _enter(libc, arenas)
+    _enter(libc, trim, arenas)
     try:
         yield
     finally:
         _leave()
 
 
-def _enter(libc: ctypes.CDLL, arenas: int) -> None:
+def _enter(libc: ctypes.CDLL, trim: bool, arenas: int) -> None:
     global _packs, _saved, _trimmer
     with _lock:
         _packs += 1
@@ -66,9 +68,10 @@ def _enter(libc: ctypes.CDLL, arenas: int) -> None:
             if _saved is None:  # the user's own choice stands
                 libc.mallopt(M_ARENA_MAX, arenas)
                 os.environ[ENVIRONMENT] = str(arenas)
-            _stop.clear()
-            _trimmer = threading.Thread(target=_trim, args=(libc,), name="malloc_trim", daemon=True)
-            _trimmer.start()
+            if trim:
+                _stop.clear()
+                _trimmer = threading.Thread(target=_trim, args=(libc,), name="malloc_trim", daemon=True)
+                _trimmer.start()
         except BaseException:
             _packs -= 1
             _restore()
