@@ -5,13 +5,13 @@ glibc's malloc gives threads arenas of their own, up to eight a core, keeps what
 reuse, and hands memory back to the system only from the top of a heap. Beam's local runner
 passes each step's output between gRPC threads, so blocks are freed far from where they were
 made, and a pack's memory grew with the number of images beyond what it held: at 96,000 images
-the runner's process held 137 MiB of live blocks in 254 MiB of anonymous memory (docs/scale.md,
-"Where the memory goes"). So every process of a local pack has two arenas (`MALLOC_ARENA_MAX`,
-glibc's documented setting: Beam starts its workers with this process's environment, and this
-process sets its own limit with `mallopt`). A pack with one worker, which runs its steps in its
-own process beside the runner, also hands its free memory back once a second (`malloc_trim`: a
-few milliseconds); with worker processes, trimming measured no lower peaks for more CPU time.
-Elsewhere than glibc (macOS, musl) nothing changes.
+the runner's process held 137 MiB of live blocks at its peak, where its anonymous memory peaked
+at 254 MiB (docs/scale.md, "Where the memory goes"). So every process of a local pack has two
+arenas (`MALLOC_ARENA_MAX`, glibc's documented setting: Beam starts its workers with this
+process's environment, and this process sets its own limit with `mallopt`). A pack whose steps
+run in its own process beside the runner also hands its free memory back once a second
+(`malloc_trim`: a few milliseconds); with worker processes, trimming measured no lower peak (one
+run each). Elsewhere than glibc (macOS, musl) nothing changes.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def returning_memory(trim: bool, arenas: int = ARENAS) -> Iterator[None]:
     back once a second. This
     process's threads get `arenas` arenas too where glibc still lets it, for the rest of its
     life: glibc fixes its limit the first time it needs one (a process that already made many
-    threads' arenas keeps them, and nothing undoes a limit once set)."""
+    threads' arenas keeps them, and nothing undoes a limit once set). Of packs running at once
+    in one process, the first decides whether it trims."""
     libc = _glibc()
     if libc is None:
         yield
@@ -70,8 +71,9 @@ def _enter(libc: ctypes.CDLL, trim: bool, arenas: int) -> None:
                 os.environ[ENVIRONMENT] = str(arenas)
             if trim:
                 _stop.clear()
-                _trimmer = threading.Thread(target=_trim, args=(libc,), name="malloc_trim", daemon=True)
-                _trimmer.start()
+                trimmer = threading.Thread(target=_trim, args=(libc,), name="malloc_trim", daemon=True)
+                trimmer.start()
+                _trimmer = trimmer
         except BaseException:
             _packs -= 1
             _restore()

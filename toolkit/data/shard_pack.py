@@ -145,7 +145,7 @@ def _run(options, settings, work: Work, count: int, made: dict, judged) -> None:
     chosen = options.get_all_options()
     runner = chosen["runner"]
     local = runner in LOCAL_RUNNERS
-    in_process = chosen["direct_running_mode"] == "in_memory"
+    in_process = chosen["direct_running_mode"] != "multi_processing"
     with _stderr_to(work.log) if local else contextlib.nullcontext(), \
             malloc.returning_memory(trim=in_process) if local else contextlib.nullcontext():
         import apache_beam as beam
