@@ -42,11 +42,10 @@ _trimmer: threading.Thread | None = None
 def returning_memory(trim: bool, arenas: int = ARENAS) -> Iterator[None]:
     """While the block runs, the workers started from this process get `arenas` arenas (unless
     the user's environment says otherwise) and, if `trim`, this process hands its free memory
-    back once a second. This
-    process's threads get `arenas` arenas too where glibc still lets it, for the rest of its
-    life: glibc fixes its limit the first time it needs one (a process that already made many
-    threads' arenas keeps them, and nothing undoes a limit once set). Of packs running at once
-    in one process, the first decides whether it trims."""
+    back once a second. This process's threads get `arenas` arenas too where glibc still lets
+    it, for the rest of its life: glibc fixes its limit the first time it needs one (a process
+    that already made many threads' arenas keeps them, and nothing undoes a limit once set). Of
+    packs running at once in one process, the first decides whether it trims."""
     libc = _glibc()
     if libc is None:
         yield
