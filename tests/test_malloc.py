@@ -1,6 +1,6 @@
-"""A local pack's workers get two malloc arenas, through the environment Beam starts them with,
-and the pack's own process hands its free memory back while it runs and keeps its arenas (a
-limit there would last after the pack: training in the same process would get it)."""
+"""A local pack's processes get two malloc arenas, its own process where glibc still lets it
+and the workers Beam starts from it through their environment; a pack with one worker, which
+runs the steps in its own process, hands free memory back while it runs."""
 
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ def run():
     worker = "import os; print(os.environ.get('MALLOC_ARENA_MAX'))"
     print(subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True).stdout.strip(),
           [t.name for t in threading.enumerate()][1:], flush=True)
-if sys.argv[1] == "pack":
-    with malloc.returning_memory():
-        with malloc.returning_memory():  # a second pack at once, which ends first
+if sys.argv[1] != "plain":
+    with malloc.returning_memory(trim=sys.argv[1] == "one worker"):
+        with malloc.returning_memory(trim=False):  # a second pack at once, which ends first
             pass
         run()
 else:
@@ -55,15 +55,16 @@ def run(mode: str, **environment: str) -> tuple[int, list[str]]:
     return done.stderr.count("Arena "), done.stdout.splitlines()
 
 
-def test_a_pack_s_workers_get_two_arenas_and_the_pack_hands_memory_back_while_it_runs():
+def test_a_pack_s_processes_get_two_arenas_and_hand_memory_back_while_it_runs():
     arenas, lines = run("plain")
     assert arenas > malloc.ARENAS  # glibc's own default: more, by threads
     assert lines == ["None []", "None []"]
-    same, lines = run("pack")
-    assert same >= arenas  # the pack's own process keeps glibc's default
-    # a worker started meanwhile gets two; the pack trims until it ends, then all is as it was
+    arenas, lines = run("one worker")
+    assert arenas == malloc.ARENAS
+    # a pack with one worker trims until it ends: then its environment is as it was
     assert lines == ["2 ['malloc_trim']", "None []"]
-    assert run("pack", MALLOC_ARENA_MAX="4")[1] == ["4 ['malloc_trim']", "4 []"]
+    assert run("workers") == (malloc.ARENAS, ["2 []", "None []"])
+    assert run("one worker", MALLOC_ARENA_MAX="4")[1] == ["4 ['malloc_trim']", "4 []"]
 
 
 def worker_settings(pid: int, seen: set) -> None:
@@ -84,7 +85,7 @@ def worker_settings(pid: int, seen: set) -> None:
             worker_settings(child, seen)
 
 
-def test_a_local_pack_s_workers_run_with_two_arenas_and_the_pack_trims(tmp_path, monkeypatch):
+def test_a_local_pack_s_workers_run_with_two_arenas_a_pack_in_one_process_trims(tmp_path, monkeypatch):
     from toolkit.data.shard_pack import pack_shards
 
     if not Path(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/children").exists():
@@ -107,6 +108,6 @@ def test_a_local_pack_s_workers_run_with_two_arenas_and_the_pack_trims(tmp_path,
         finally:
             done.set()
             watcher.join()
-        assert seen == ({"MALLOC_ARENA_MAX=2", "malloc_trim"} if workers == 2 else {"malloc_trim"})
+        assert seen == ({"MALLOC_ARENA_MAX=2"} if workers == 2 else {"malloc_trim"})
         assert malloc.ENVIRONMENT not in os.environ
     assert "malloc_trim" not in [t.name for t in threading.enumerate()]

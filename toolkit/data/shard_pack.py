@@ -139,12 +139,15 @@ def _run(options, settings, work: Work, count: int, made: dict, judged) -> None:
     hand it to the Prism runner instead, a program it downloads from GitHub on first use (a pack
     must not reach the internet, and `--workers` would then mean nothing). Beam's log lines and
     its workers' (which write to the standard error they inherit) go to a log file in the work
-    folder (on this machine), not to the terminal. Its workers here get two malloc arenas each,
-    and this process hands its free memory back (:mod:`toolkit.data.malloc`)."""
-    runner = options.get_all_options()["runner"]
+    folder (on this machine), not to the terminal. Its processes here get two malloc arenas each,
+    and this one, when it runs the steps itself, hands its free memory back
+    (:mod:`toolkit.data.malloc`)."""
+    chosen = options.get_all_options()
+    runner = chosen["runner"]
     local = runner in LOCAL_RUNNERS
+    in_process = chosen["direct_running_mode"] != "multi_processing"
     with _stderr_to(work.log) if local else contextlib.nullcontext(), \
-            malloc.returning_memory() if local else contextlib.nullcontext():
+            malloc.returning_memory(trim=in_process) if local else contextlib.nullcontext():
         import apache_beam as beam
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
