@@ -307,18 +307,19 @@ class Place(beam.DoFn):
         self.settings = settings
 
     def process(self, batch: bytes, plans: dict[int, splits.ClassPlan]) -> Iterator[bytes]:
-        yield encode_batch(self._place(f, plans) for f in decode_batch(batch))
+        totals = {split: shards.shard_count(sum(getattr(p, split) for p in plans.values()),
+                                            self.settings.images_per_shard) for split in shards.SPLITS}
+        yield encode_batch(self._place(f, plans, totals) for f in decode_batch(batch))
 
-    def _place(self, f: Usable, plans: dict[int, splits.ClassPlan]) -> Usable:
+    @staticmethod
+    def _place(f: Usable, plans: dict[int, splits.ClassPlan], totals: dict[str, int]) -> Usable:
         if f.status:
             return f
         plan = plans.get(f.label)
         where = splits.place((f.rank, f.name), plan) if plan else splits.SURPLUS
         if where == splits.SURPLUS:
             return f._replace(status=SURPLUS)
-        images_in = sum(getattr(p, where) for p in plans.values())
-        total = shards.shard_count(images_in, self.settings.images_per_shard)
-        return f._replace(status=PACKED, split=where, shard=f.rank % total, shards=total)
+        return f._replace(status=PACKED, split=where, shard=f.rank % totals[where], shards=totals[where])
 
 
 def _plan_lines(batch: bytes) -> str:
