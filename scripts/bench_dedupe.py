@@ -6,7 +6,8 @@ JSON line; the parent checks and tabulates them:
 - near_pairs on 1M random 64-bit hashes plus 1,000 planted near copies (distances 0 to the
   threshold): every planted pair found, no pair reported outside the threshold;
 - the same at 25k and 50k, new and old code, whose pairs must be identical;
-- find_duplicates (the whole policy) on 1M candidates;
+- find_duplicates (the whole policy) on 1M candidates, and again with 100,000 copies of one
+  picture among them (a placeholder a crawl met again and again: one group, not 5e9 pairs);
 - the crawl's HashIndex: 1M hashes added one at a time, then 10,000 matches (1,000 of them
   planted near copies, which must be found); and a crawl's match-then-add at 20k, new
   against old (identical decisions);
@@ -96,6 +97,7 @@ def child_near(args) -> dict:
 def child_policy(args) -> dict:
     from toolkit.core import dedupe
     hashes, planted = dataset(args.size, args.planted, args.threshold)
+    hashes = np.concatenate([hashes, np.full(args.copies, hashes[0] ^ np.uint64(0b111))])  # 3 bits off
     candidates = [dedupe.Candidate(0, f"{i:064x}", h, 100, str(i)) for i, h in enumerate(hashes.tolist())]
     dropped, wall, cpu = timed(lambda: dedupe.find_duplicates(candidates, args.threshold))
     return {"wall": wall, "cpu": cpu, "dropped": len(dropped),
@@ -211,9 +213,10 @@ CHILDREN = {"near": child_near, "policy": child_policy, "index": child_index, "c
 
 
 def run_child(kind: str, size: int = 0, planted: int = 0, code: str = "new", queries: int = 0,
-              options: argparse.Namespace | None = None) -> dict:
+              options: argparse.Namespace | None = None, copies: int = 0) -> dict:
     command = [sys.executable, __file__, "--child", kind, "--size", str(size), "--planted", str(planted),
-               "--code", code, "--queries", str(queries), "--threshold", str(options.threshold),
+               "--code", code, "--queries", str(queries), "--copies", str(copies),
+               "--threshold", str(options.threshold),
                "--before", options.before]
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
@@ -229,7 +232,7 @@ def main() -> None:
     parser.add_argument("--faiss", type=int, default=0, help="also measure faiss-cpu at this many hashes")
     parser.add_argument("--child", choices=CHILDREN, help=argparse.SUPPRESS)
     parser.add_argument("--code", default="new", help=argparse.SUPPRESS)
-    for name in ("--size", "--planted", "--queries"):
+    for name in ("--size", "--planted", "--queries", "--copies"):
         parser.add_argument(name, type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -278,6 +281,11 @@ def main() -> None:
     row("find_duplicates (the policy)", f"{big:,} + {planted:,}", r,
         f"{r['dropped']:,} dropped; planted groups {r['planted_found']}/{r['planted']}, "
         + check(r["planted_found"] == r["planted"], "find_duplicates at scale"))
+    copies = big // 10
+    c = run_child("policy", big, planted, options=args, copies=copies)
+    row("find_duplicates, one picture again and again", f"{big:,} + {planted:,} + {copies:,} copies", c,
+        f"{c['dropped']:,} dropped, "
+        + check(c["dropped"] == r["dropped"] + copies, f"the {copies:,} copies are one group"))
     r = run_child("index", big, planted, queries=queries, options=args)
     row("HashIndex: add one at a time", f"{big:,}", r, limit("index-add", r["add_wall"]), prefix="add_")
     row("HashIndex: match", f"{r['queries']:,} against {big:,}", r,

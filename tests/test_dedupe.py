@@ -137,6 +137,62 @@ def test_transitive_groups_and_label_conflicts_on_the_banded_path():
                        1: Dropped("label_conflict", n - 1), n - 1: Dropped("label_conflict", 1)}
 
 
+def groups_of(pairs, n):
+    """The transitive groups of range(n) that `pairs` join, as sorted tuples."""
+    parent = list(range(n))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = i = parent[parent[i]]
+        return i
+
+    for i, j in pairs:
+        parent[root(i)] = root(j)
+    groups = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(i)
+    return sorted(tuple(g) for g in groups.values())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=6),
+       st.lists(st.integers(0, 2**12), max_size=80), st.sampled_from([0, 1, 3, 8, 12, 40]))
+def test_joining_pairs_join_the_groups_of_every_close_pair_through_close_pairs(pool, picks, threshold):
+    """Many equal hashes (the pool's values again and again, a bit flipped here and there): the
+    pairs join exactly the groups that every close pair joins, and are close pairs themselves."""
+    def value(pick):  # one of the pool's values, a bit flipped in one pick of two
+        flip = 1 << (pick >> 6) % 64 if pick & 32 else 0
+        return pool[pick % len(pool)] ^ flip
+
+    hashes = np.array([value(pick) for pick in picks] or [0], dtype=np.uint64)
+    close = {(i, j) for i in range(len(hashes)) for j in range(i + 1, len(hashes))
+             if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= threshold}
+    joining = [tuple(pair) for pairs in hamming.joining_pairs(hashes, threshold, chunk=7)
+               for pair in pairs.tolist()]
+    assert set(joining) <= close and all(i < j for i, j in joining)
+    assert groups_of(joining, len(hashes)) == groups_of(close, len(hashes))
+
+
+def test_k_copies_of_one_hash_are_k_minus_one_pairs_and_one_group(monkeypatch):
+    """A placeholder picture crawled 3,000 times, among 20,000 others, a near copy of it under
+    another label: the policy searches 20,001 distinct hashes (every close pair of all 23,000
+    would be 4.5 million), and drops the whole group."""
+    rng = np.random.default_rng(3)
+    hashes = [int(h) for h in rng.integers(0, 2**64, 20_000, dtype=np.uint64)]
+    hashes += [hashes[0] ^ 0b111] * 3_000
+    pairs = sum(len(p) for p in hamming.joining_pairs(np.array(hashes, dtype=np.uint64), 8))
+    assert 3_000 <= pairs < 3_100, pairs
+    searched, close_pairs = [], hamming.close_pairs
+    monkeypatch.setattr(hamming, "close_pairs", lambda h, *a: searched.append(len(h)) or close_pairs(h, *a))
+    labels = [0] * len(hashes)
+    labels[0] = 1
+    dropped = find_duplicates([cand(labels[i], h, key=f"{i:05}") for i, h in enumerate(hashes)])
+    assert searched == [20_001]
+    assert sorted(dropped) == [0, *range(20_000, 23_000)]
+    assert {d.reason for d in dropped.values()} == {"label_conflict"}
+    assert dropped[0].twin == 20_000 and dropped[22_999].twin == 0
+
+
 def brute_pairs_fast(hashes, threshold):
     return np.concatenate(list(hamming.all_pairs(np.array(hashes, dtype=np.uint64), threshold)))
 

@@ -72,8 +72,9 @@ def find_duplicates(candidates: Sequence[Candidate], threshold: int = DEFAULT_TH
     first_with_sha: dict[str, int] = {}
     for i, c in enumerate(candidates):
         union(i, first_with_sha.setdefault(c.sha256, i))
-    for i, j in near_pairs(np.array([c.phash for c in candidates], dtype=np.uint64), threshold):
-        union(i, j)
+    for pairs in hamming.joining_pairs(np.array([c.phash for c in candidates], dtype=np.uint64), threshold):
+        for i, j in pairs.tolist():
+            union(i, j)
 
     groups: dict[int, list[int]] = {}
     for i in range(len(candidates)):

@@ -265,6 +265,27 @@ def close_pairs(hashes: np.ndarray, threshold: int, chunk: int = 512) -> Iterato
         yield banded_pairs(hashes, threshold, bands)
 
 
+def distinct(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the distinct values, the first position holding each, and the pairs (first, i) that join
+    every other position i to the first of its value): k equal hashes are k - 1 pairs."""
+    values, firsts, inverse = np.unique(np.asarray(hashes, dtype=np.uint64), return_index=True,
+                                        return_inverse=True)
+    first_of = firsts[inverse.reshape(-1)]
+    others = np.flatnonzero(first_of != np.arange(len(first_of)))
+    return values, firsts, np.stack([first_of[others], others], axis=1)
+
+
+def joining_pairs(hashes: np.ndarray, threshold: int, chunk: int = 512) -> Iterator[np.ndarray]:
+    """Pairs (i < j) that join every two hashes within `threshold` bits into one group (their
+    transitive closure is :func:`close_pairs`'), without listing every close pair: k copies of
+    one picture (a placeholder a crawl met k times) give k - 1 pairs, not k(k - 1)/2. The close
+    pairs are searched among the distinct values, each standing for the first position holding it."""
+    values, firsts, equal = distinct(hashes)
+    yield equal
+    for pairs in close_pairs(values, threshold, chunk):
+        yield np.sort(firsts[pairs], axis=1)
+
+
 class Index:
     """Hashes added one at a time, found again within `threshold` bits of a query.
 

@@ -182,15 +182,19 @@ def band_rows(batch: bytes, threshold: int) -> Iterator[tuple[int, bytes]]:
 
 
 def _near_pairs(group: tuple[int, bytes], threshold: int) -> Iterator[tuple[int, int]]:
-    """The close pairs one band finds (each band on its own worker): exact, checked on all 64 bits."""
+    """The pairs one band finds (each band on its own worker) that join close files into groups:
+    exact, checked on all 64 bits; among distinct hashes, so that k equal ones (a placeholder
+    picture k times) are k - 1 pairs, given by the first band, not k(k - 1)/2."""
     band, rows = group
     both = np.frombuffer(rows, dtype=np.dtype([("i", "<i8"), ("phash", "<u8")]))
     ids, hashes = both["i"].astype(np.int64), both["phash"].astype(np.uint64)
+    values, firsts, equal = hamming.distinct(hashes)
     bands = band_plan(threshold)
     if bands is None:
-        found = np.concatenate([np.empty((0, 2), dtype=np.int64), *hamming.all_pairs(hashes, threshold)])
+        close = np.concatenate([np.empty((0, 2), dtype=np.int64), *hamming.all_pairs(values, threshold)])
     else:
-        found = hamming.pairs_through_band(hashes, threshold, bands, band)
+        close = hamming.pairs_through_band(values, threshold, bands, band)
+    found = np.concatenate([equal if band == 0 else equal[:0], firsts[close]])
     for i, j in np.sort(ids[found], axis=1).tolist():
         yield i, j
 
