@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
-from shard_source import SETTINGS, records, source_folder
+from shard_source import SETTINGS, assert_same_dataset, records, source_folder
 from toolkit.data import shards, streams
 from toolkit.data.shard_pack import pack_shards
 
@@ -66,3 +70,34 @@ def test_every_shard_its_name_promises_is_written_an_empty_one_too(packed, tmp_p
     assert {k: v for k, v in json.loads((folder / "report.json").read_text()).items() if k != "out"} == {
         k: v for k, v in json.loads((first / "report.json").read_text()).items() if k != "out"}
     assert np.bincount(data.y_train).tolist() == [8, 8, 8]
+
+
+#: SETTINGS as the command line's options.
+FLAGS = ("--per-class", "10", "--size", "32", "--seed", "5")
+
+
+def test_a_run_killed_while_it_writes_shards_leaves_no_dataset_and_a_re_run_converges(packed, tmp_path):
+    """SIGKILL (no handler runs) once the pipeline has written a shard into the work folder:
+    nothing is under DIR's name, and the next pack removes the dead run's work folder and
+    lock and writes what an uninterrupted pack writes."""
+    src, first = packed
+    out = tmp_path / "ds"
+    process = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "pack", str(src), "--out", str(out),
+                                "--format", "tfrecord", "--workers", "1", *FLAGS],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while (time.monotonic() < deadline and process.poll() is None
+               and not list(tmp_path.glob(".ds.*.part/data/*"))):
+            time.sleep(0.001)
+        assert process.poll() is None, f"the pack ended before it was killed: {process.communicate()[0]}"
+        assert list(tmp_path.glob(".ds.*.part/data/*")), "no shard was written in a minute"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert not out.exists() and list(tmp_path.glob(".ds.*.part"))  # the dead run's work folder, only
+    pack_shards(src, out, workers=1, **SETTINGS)
+    assert_same_dataset(first, out, "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no work folder, no lock left

@@ -164,9 +164,10 @@ def test_plain_tf_data_reads_it(packed):
     assert sorted(y.numpy().tolist()) == [0] * 8 + [1] * 8 + [2] * 8
 
 
-def test_a_re_run_and_a_run_after_a_kill_write_the_same_bytes(packed, tmp_path, monkeypatch):
+def test_two_workers_write_the_same_bytes_and_what_a_dead_run_left_is_removed(packed, tmp_path, monkeypatch):
     """Two worker processes (Beam's multi-processing direct runner), handed the files in a dozen
-    batches, write what one did with one; a run killed half-way changes nothing."""
+    batches, write what one did with one; a dead run's work folder (planted here: a real kill
+    is in test_shard_edges.py) is removed."""
     src, _, first = packed
     out = tmp_path / "ds"
     abandoned = tmp_path / ".ds.999999-0badc0de.part"
