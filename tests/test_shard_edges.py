@@ -4,6 +4,7 @@ with what the .npz pack (or an uninterrupted run) makes of the same folder."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -14,8 +15,12 @@ import time
 import numpy as np
 import pytest
 
+from conftest import distinct_image
 from shard_source import SETTINGS, assert_same_dataset, records, source_folder
+from toolkit.core.sources import printable
+from toolkit.curate import verdicts
 from toolkit.data import shards, streams
+from toolkit.data.packer import pack
 from toolkit.data.shard_pack import pack_shards
 
 pytest.importorskip("apache_beam")
@@ -33,6 +38,20 @@ def packed(tmp_path_factory):
 def by_path(folder, split) -> list[dict]:
     """Every record of a split (pixels, label, path, hashes, provenance), sorted by path."""
     return sorted(records(folder, split), key=lambda r: r["path"])
+
+
+def both_ways(src, tmp, **settings) -> dict:
+    """SOURCE packed as an .npz and as shards with these settings: per split, the sorted (path,
+    label) of each (the same when they agree), and each report.json but for where it was written."""
+    pack(src, tmp / "x.npz", **settings)
+    pack_shards(src, tmp / "ds", workers=1, **settings)
+    with np.load(tmp / "x.npz") as a:
+        rows = {split: (sorted(zip(a[f"paths_{split}"].tolist(), a[f"y_{split}"].tolist())),
+                        sorted((r["path"], int(r["label"])) for r in records(tmp / "ds", split)))
+                for split in shards.SPLITS}
+    reports = [{k: v for k, v in json.loads(path.read_text()).items() if k != "out"}
+               for path in (tmp / "x.report.json", tmp / "ds" / "report.json")]
+    return {"rows": rows, "reports": reports}
 
 
 def test_every_shard_its_name_promises_is_written_an_empty_one_too(packed, tmp_path):
@@ -101,3 +120,30 @@ def test_a_run_killed_while_it_writes_shards_leaves_no_dataset_and_a_re_run_conv
     pack_shards(src, out, workers=1, **SETTINGS)
     assert_same_dataset(first, out, "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no work folder, no lock left
+
+
+def test_drop_suspects_leaves_out_what_the_npz_pack_leaves_out(tmp_path):
+    """review.json's suspects are left out but where a decision was made (moved, dropped), and
+    what came or changed after the review is packed with pack's warning: both formats alike."""
+    src = source_folder(tmp_path / "src")
+    suspects = {"cat/img0003.jpg", "dog/img0104.jpg", "fox/img0205.jpg", "dog/img0100.jpg", "cat/img0001.jpg"}
+    judged = {printable(p.relative_to(src).as_posix()): p for p in src.glob("*/**/*") if p.is_file()}
+    entries = [{"file": name, "label": name.split("/")[0], "suspect": name in suspects,
+                "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for name, p in sorted(judged.items())]
+    (src / verdicts.REVIEW_FILE).write_text(json.dumps({"class_names": ["cat", "dog", "fox"],
+                                                         "images": entries}))
+    (src / "fox" / "late.jpg").write_bytes(distinct_image(777))  # a crawl's top-up after the review
+    (src / "cat" / "img0007.jpg").write_bytes(distinct_image(778))  # a new picture under a judged name
+    found = both_ways(src, tmp_path, drop_suspects=True, **SETTINGS)
+    for split, (in_npz, in_shards) in found["rows"].items():
+        assert in_shards == in_npz, split
+    npz_report, shard_report = found["reports"]
+    assert shard_report == npz_report
+    statuses = {f["path"]: f["status"] for f in shard_report["files"]}
+    assert [statuses[f] for f in sorted(suspects)] == [
+        "dropped_in_review", "suspect", statuses["dog/img0100.jpg"], "suspect", "suspect"]
+    assert statuses["dog/img0100.jpg"] in ("packed", "surplus")  # moved to fox: decided, not dropped
+    assert statuses["fox/late.jpg"] == statuses["cat/img0007.jpg"] == "packed"
+    assert shard_report["warnings"] == [
+        f"2 usable images came or changed after the review and are packed unjudged: run `toolkit "
+        f"review {src}` again, then pack"]
