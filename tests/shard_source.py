@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
 from conftest import add_duplicates_and_odd_names, encode, grid_image, make_class_folders
 from fake_filesystem import PLACEHOLDER
 from toolkit.collect import manifest
 from toolkit.core import decisions, images
 from toolkit.data import shards
+from toolkit.data.packer import pack
+from toolkit.data.shard_pack import pack_shards
 
 SETTINGS = dict(per_class=10, size=32, seed=5)
 
@@ -68,3 +72,17 @@ def assert_same_dataset(first, other, *differ):
         {k: v for k, v in reports[0].items() if k not in differ}] * 2
     assert [{**i, "created": "", "settings": {**i["settings"], "source": ""}} for i in info] == [
         {**info[0], "created": "", "settings": {**info[0]["settings"], "source": ""}}] * 2
+
+
+def both_ways(src, tmp, **settings) -> dict:
+    """SOURCE packed as an .npz and as shards with these settings: per split, the sorted (path,
+    label) of each (the same when they agree), and each report.json but for where it was written."""
+    pack(src, tmp / "x.npz", **settings)
+    pack_shards(src, tmp / "ds", workers=1, **settings)
+    with np.load(tmp / "x.npz") as a:
+        rows = {split: (sorted(zip(a[f"paths_{split}"].tolist(), a[f"y_{split}"].tolist())),
+                        sorted((r["path"], int(r["label"])) for r in records(tmp / "ds", split)))
+                for split in shards.SPLITS}
+    reports = [{k: v for k, v in json.loads(path.read_text()).items() if k != "out"}
+               for path in (tmp / "x.report.json", tmp / "ds" / "report.json")]
+    return {"rows": rows, "reports": reports}

@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 
 from conftest import distinct_image
-from shard_source import SETTINGS, assert_same_dataset, records, source_folder
+from shard_source import SETTINGS, assert_same_dataset, both_ways, records, source_folder
 from toolkit.core.sources import printable
 from toolkit.curate import verdicts
 from toolkit.data import shards, streams
-from toolkit.data.packer import pack
 from toolkit.data.shard_pack import pack_shards
 
 pytest.importorskip("apache_beam")
@@ -38,20 +37,6 @@ def packed(tmp_path_factory):
 def by_path(folder, split) -> list[dict]:
     """Every record of a split (pixels, label, path, hashes, provenance), sorted by path."""
     return sorted(records(folder, split), key=lambda r: r["path"])
-
-
-def both_ways(src, tmp, **settings) -> dict:
-    """SOURCE packed as an .npz and as shards with these settings: per split, the sorted (path,
-    label) of each (the same when they agree), and each report.json but for where it was written."""
-    pack(src, tmp / "x.npz", **settings)
-    pack_shards(src, tmp / "ds", workers=1, **settings)
-    with np.load(tmp / "x.npz") as a:
-        rows = {split: (sorted(zip(a[f"paths_{split}"].tolist(), a[f"y_{split}"].tolist())),
-                        sorted((r["path"], int(r["label"])) for r in records(tmp / "ds", split)))
-                for split in shards.SPLITS}
-    reports = [{k: v for k, v in json.loads(path.read_text()).items() if k != "out"}
-               for path in (tmp / "x.report.json", tmp / "ds" / "report.json")]
-    return {"rows": rows, "reports": reports}
 
 
 def test_every_shard_its_name_promises_is_written_an_empty_one_too(packed, tmp_path):
