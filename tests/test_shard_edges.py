@@ -15,11 +15,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import distinct_image
+from conftest import distinct_image, make_class_folders
 from shard_source import SETTINGS, assert_same_dataset, both_ways, records, source_folder
 from toolkit.core.sources import printable
 from toolkit.curate import verdicts
 from toolkit.data import shards, streams
+from toolkit.data.packer import NotEnoughImages, pack
 from toolkit.data.shard_pack import pack_shards
 
 pytest.importorskip("apache_beam")
@@ -132,3 +133,31 @@ def test_drop_suspects_leaves_out_what_the_npz_pack_leaves_out(tmp_path):
     assert shard_report["warnings"] == [
         f"2 usable images came or changed after the review and are packed unjudged: run `toolkit "
         f"review {src}` again, then pack"]
+
+
+def test_a_class_of_fewer_than_two_usable_images_fails_as_pack_does_with_nothing_written(tmp_path):
+    """fox holds only files that are no image, wolf one picture three times (exact copies):
+    with or without --allow-fewer, the Beam pack fails with the .npz pack's message and report
+    (its counts: the Beam pack keeps no list of files in memory), and leaves nothing written."""
+    src = make_class_folders(tmp_path / "src", {"cat": range(0, 12), "dog": range(100, 112)})
+    (src / "fox").mkdir()
+    (src / "fox" / "empty.jpg").write_bytes(b"")
+    (src / "fox" / "page.jpg").write_bytes(b"<!DOCTYPE html><html>Access denied</html>")
+    (src / "wolf").mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (src / "wolf" / name).write_bytes(distinct_image(300))
+    out = tmp_path / "out"
+    out.mkdir()
+    for allow_fewer, message in ((False, "for --per-class 10: fox 0, wolf 1; add images"),
+                                 (True, "class fox, wolf has fewer than 2 usable images")):
+        with pytest.raises(NotEnoughImages, match=message) as beam_error:
+            pack_shards(src, out / "ds", workers=1, allow_fewer=allow_fewer, **SETTINGS)
+        assert os.listdir(out) == []  # no dataset, no work folder, no lock
+        with pytest.raises(NotEnoughImages) as npz_error:
+            pack(src, out / "x.npz", allow_fewer=allow_fewer, **SETTINGS)
+        assert str(beam_error.value) == str(npz_error.value)
+        reports = [e.value.report for e in (beam_error, npz_error)]
+        assert reports[0].table() == reports[1].table()  # what the command line shows
+        assert [{k: v for k, v in r.to_json().items() if k not in ("out", "files")} for r in reports] == [
+            {k: v for k, v in reports[1].to_json().items() if k not in ("out", "files")}] * 2
+        assert os.listdir(out) == []
