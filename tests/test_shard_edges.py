@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import distinct_image, make_class_folders
+from helpers import run_cli
 from shard_source import SETTINGS, assert_same_dataset, both_ways, records, source_folder
 from toolkit.core.sources import printable
 from toolkit.curate import verdicts
@@ -161,3 +162,14 @@ def test_a_class_of_fewer_than_two_usable_images_fails_as_pack_does_with_nothing
         assert [{k: v for k, v in r.to_json().items() if k not in ("out", "files")} for r in reports] == [
             {k: v for k, v in reports[1].to_json().items() if k not in ("out", "files")}] * 2
         assert os.listdir(out) == []
+
+
+def test_the_command_line_packs_with_a_named_runner_and_a_beam_option(packed, tmp_path):
+    """--runner DirectRunner and a valid --beam-option pass the checks that refuse unknown ones
+    and reach the pipeline: the pack the library writes with the same settings."""
+    src, first = packed
+    result = run_cli("pack", src, "--out", tmp_path / "ds", "--format", "tfrecord", "--workers", 1, *FLAGS,
+                     "--runner", "DirectRunner", "--beam-option", "direct_num_workers=1")
+    assert result.exit_code == 0, result.output
+    assert "24 train / 6 test images of 32x32 as TFRecord shards" in result.output
+    assert_same_dataset(first, tmp_path / "ds", "out")
