@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import add_duplicates_and_odd_names, encode, grid_image, make_class_folders
 from fake_filesystem import PLACEHOLDER, FakeFileSystem, urls_used_as_paths
 from helpers import assert_one_error_line, recording_the_internet, run_cli
-from toolkit.collect import manifest
-from toolkit.core import decisions, images
+from shard_source import SETTINGS, assert_same_dataset, both_ways, records, source_folder
+from toolkit.core import images
 from toolkit.core.errors import ToolkitError
 from toolkit.data import pack_out, shards
 from toolkit.data.npz import load_archive
@@ -26,34 +25,6 @@ from toolkit.data.packer import NotEnoughImages, pack
 from toolkit.data.shard_pack import pack_shards
 
 pytest.importorskip("apache_beam")
-
-SETTINGS = dict(per_class=10, size=32, seed=5)
-
-
-def source_folder(root):
-    """3 classes with junk, a near copy, label noise, a hidden file, a nested folder, a name that
-    is not UTF-8, review decisions, and a crawl manifest for one class."""
-    src = make_class_folders(root, {"cat": range(0, 13), "dog": range(100, 113), "fox": range(200, 213)})
-    cat, dog, fox = (src / c for c in ("cat", "dog", "fox"))
-    (cat / "empty.jpg").write_bytes(b"")
-    (cat / "page.jpg").write_bytes(b"<!DOCTYPE html><html>Access denied</html>")
-    (cat / "tiny.png").write_bytes(encode(grid_image(7).resize((50, 40)), "PNG"))
-    (dog / "photo.webp").write_bytes(encode(grid_image(154).convert("RGBA"), "WEBP"))
-    add_duplicates_and_odd_names(src)
-    decisions.append(src, [decisions.Decision("cat/img0001.jpg", "drop"),
-                           decisions.Decision("dog/img0100.jpg", "move", "fox")])
-    entries = []
-    for seed in range(0, 13):
-        info, _ = images.decode((cat / f"img{seed:04d}.jpg").read_bytes())
-        entries.append({"file": f"img{seed:04d}.jpg", "url": f"https://img.example/{seed}.jpg",
-                        "engine": "bing", "query": "cat", "license": "commercial",
-                        "page": f"https://example.org/{seed}", "title": "a cat", "sha256": info.sha256,
-                        "phash": f"{info.phash:016x}", "width": info.width, "height": info.height,
-                        "bytes": 1, "time": "2026-01-01T00:00:00+00:00"})
-    entries[2]["sha256"] = "0" * 64  # the file is not what the crawl recorded: no provenance
-    manifest.write(manifest.manifest_path(src, "cat"), entries)
-    return src
-
 
 #: What the shard pack of `packed` asked of the internet (hosts other than this machine).
 ASKED: list[str] = []
@@ -78,20 +49,6 @@ def test_a_local_pack_asks_nothing_of_the_internet(packed):
     with recording_the_internet(asked), pytest.raises(OSError):  # the recorder sees what urllib asks
         urllib.request.urlopen("http://example.test/", timeout=10)
     assert asked and all(line.endswith("example.test") for line in asked)
-
-
-def records(folder, split):
-    """Every record of a split as a dict of plain values, in the shards' order."""
-    import tensorflow as tf
-
-    dataset = shards.read_dataset(folder)
-    spec = shards.feature_spec()
-    out = []
-    for raw in tf.data.TFRecordDataset([str(p) for p in dataset.files(split)]):
-        features = tf.io.parse_single_example(raw, spec)
-        out.append({k: (v.numpy().decode() if v.dtype == tf.string and k != "image" else v.numpy())
-                    for k, v in features.items()})
-    return out
 
 
 def test_both_formats_hold_the_same_files_labels_and_split(packed):
@@ -207,25 +164,10 @@ def test_plain_tf_data_reads_it(packed):
     assert sorted(y.numpy().tolist()) == [0] * 8 + [1] * 8 + [2] * 8
 
 
-def assert_same_dataset(first, other, *differ):
-    """`other` holds what `first` holds: the same files (a store's folder placeholder aside),
-    shards and report.txt byte for byte, report.json but for the keys `differ`, dataset.json
-    but for when it was made and its SOURCE."""
-    assert sorted(set(os.listdir(other)) - {PLACEHOLDER}) == sorted(os.listdir(first))
-    for name in os.listdir(first):
-        if name.endswith(".tfrecord") or name == "report.txt":
-            assert (other / name).read_bytes() == (first / name).read_bytes(), name
-    reports, info = ([json.loads((d / name).read_text()) for d in (first, other)]
-                     for name in ("report.json", "dataset.json"))
-    assert [{k: v for k, v in r.items() if k not in differ} for r in reports] == [
-        {k: v for k, v in reports[0].items() if k not in differ}] * 2
-    assert [{**i, "created": "", "settings": {**i["settings"], "source": ""}} for i in info] == [
-        {**info[0], "created": "", "settings": {**info[0]["settings"], "source": ""}}] * 2
-
-
-def test_a_re_run_and_a_run_after_a_kill_write_the_same_bytes(packed, tmp_path, monkeypatch):
+def test_two_workers_write_the_same_bytes_and_what_a_dead_run_left_is_removed(packed, tmp_path, monkeypatch):
     """Two worker processes (Beam's multi-processing direct runner), handed the files in a dozen
-    batches, write what one did with one; a run killed half-way changes nothing."""
+    batches, write what one did with one; a dead run's work folder (planted here: a real kill
+    is in test_shard_edges.py) is removed."""
     src, _, first = packed
     out = tmp_path / "ds"
     abandoned = tmp_path / ".ds.999999-0badc0de.part"
@@ -279,10 +221,12 @@ def test_a_class_short_of_images_fails_as_pack_does_unless_allowed(packed, tmp_p
     assert str(e.value) == str(npz_error.value)
     assert e.value.report.to_json()["counts"] == npz_error.value.report.to_json()["counts"]
     assert os.listdir(tmp_path) == []  # nothing written, no work folder left
-    report = pack_shards(src, tmp_path / "ds", workers=1, allow_fewer=True, **short)
-    allowed = pack(src, tmp_path / "x.npz", allow_fewer=True, **short)
-    assert (report.train_counts, report.test_counts) == (allowed.train_counts, allowed.test_counts)
-    assert report.train_counts == [10, 10, 11] and report.test_counts == [2, 3, 3]
+    allowed = both_ways(src, tmp_path, allow_fewer=True, **short)
+    for split, (in_npz, in_shards) in allowed["rows"].items():
+        assert in_shards == in_npz, split
+    assert allowed["reports"][1] == allowed["reports"][0]
+    report = allowed["reports"][1]
+    assert report["train_counts"] == [10, 10, 11] and report["test_counts"] == [2, 3, 3]
 
 
 # ---- the command line

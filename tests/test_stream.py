@@ -3,6 +3,7 @@ against the .npz of the same folder and seed (PNG records: the .npz's pixels exa
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import re
@@ -274,13 +275,34 @@ def test_a_dataset_whose_shards_or_dataset_json_are_links_is_refused_before_read
         shards.read_split(linked, "test", check=False)
 
 
-def test_multiworker_shares_the_shards_or_else_the_records(packed):
+def with_empty_shards(folder, out):
+    """A copy of a dataset whose train shards alternate with empty ones (as a pack with a small
+    images_per_shard writes them: a shard number no image falls on): every second one empty."""
+    info = json.loads((folder / "dataset.json").read_text())
+    train = [s for s in info["shards"] if s["split"] == "train"]
+    total, listed = 2 * len(train), [s for s in info["shards"] if s["split"] != "train"]
+    out.mkdir()
+    for s in listed:
+        shutil.copy(folder / s["file"], out / s["file"])
+    for i, s in enumerate(train):
+        name, empty = (shards.shard_name("train", 2 * i + k, total) for k in (0, 1))
+        shutil.copy(folder / s["file"], out / name)
+        (out / empty).write_bytes(b"")
+        listed += [{**s, "file": name}, {**s, "file": empty, "images": 0, "bytes": 0,
+                                         "per_class": [0] * len(s["per_class"]),
+                                         "sha256": hashlib.sha256(b"").hexdigest()}]
+    (out / "dataset.json").write_text(json.dumps({**info, "shards": listed}))
+    return out
+
+
+def test_multiworker_shares_the_shards_or_else_the_records(packed, tmp_path):
     assert streams.worker_shards(5, 2, 0) == [0, 2, 4] and streams.worker_shards(5, 2, 1) == [1, 3]
     assert streams.worker_shards(1, 2, 1) is None
     import tensorflow as tf
 
     _, ds, many = packed
-    for folder in (many, ds):  # 6 shards for 2 workers; 1 shard for 2 workers
+    sparse = with_empty_shards(many, tmp_path / "sparse")  # shared as they were: no worker gets only empties
+    for folder in (many, ds, sparse):  # 6 shards for 2 workers; 1 shard for 2 workers; 6 among 12
         data = load_data(folder)
         rows = np.arange(len(data.y_train))[::2]  # some training rows
         every = {image.numpy().tobytes() for image in data.X_train.images(rows)}

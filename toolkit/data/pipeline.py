@@ -86,7 +86,9 @@ def build(p: beam.Pipeline, settings: Settings, listing_path: str, count: int, w
      | "Write plan" >> beam.io.WriteToText(f"{work}/plan-decoded", ".jsonl"))
     # (neither name starts the other's: a sink deletes what matches its own names before it commits)
     checked.unusable | "Write plan of the unusable" >> beam.io.WriteToText(f"{work}/plan-unusable", ".jsonl")
-    (placed | "Packed" >> beam.FlatMap(_shard_rows)
+    every = (p | "Once" >> beam.Create([None])  # a shard no image falls on is written empty
+             | "Every shard" >> beam.FlatMap(_every_shard, beam.pvalue.AsDict(plans), settings))
+    ((placed | "Packed" >> beam.FlatMap(_shard_rows), every) | "With every shard" >> beam.Flatten()
      | "Rows by shard" >> beam.CombinePerKey(Rows())
      | "Write shards" >> beam.ParDo(WriteShard(settings, listing_path, data), beam.pvalue.AsSingleton(gate))
      | "Shards as JSON" >> beam.Map(json.dumps)
@@ -305,14 +307,13 @@ def _short(counts: dict[int, int], settings: Settings) -> str:
 
 class Place(beam.DoFn):
     """Where the split rule puts a usable file, and its shard: its rank's hash modulo the
-    split's shard count (the number of images a split gets is known from the class plans)."""
+    split's shard count."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
 
     def process(self, batch: bytes, plans: dict[int, splits.ClassPlan]) -> Iterator[bytes]:
-        totals = {split: shards.shard_count(sum(getattr(p, split) for p in plans.values()),
-                                            self.settings.images_per_shard) for split in shards.SPLITS}
+        totals = _shard_totals(plans, self.settings)
         yield encode_batch(self._place(f, plans, totals) for f in decode_batch(batch))
 
     @staticmethod
@@ -324,6 +325,18 @@ class Place(beam.DoFn):
         if where == splits.SURPLUS:
             return f._replace(status=SURPLUS)
         return f._replace(status=PACKED, split=where, shard=f.rank % totals[where], shards=totals[where])
+
+
+def _shard_totals(plans: dict[int, splits.ClassPlan], settings: Settings) -> dict[str, int]:
+    """Each split's shard count: the number of images a split gets is known from the class plans."""
+    return {split: shards.shard_count(sum(getattr(p, split) for p in plans.values()),
+                                      settings.images_per_shard) for split in shards.SPLITS}
+
+
+def _every_shard(_, plans: dict[int, splits.ClassPlan], settings: Settings) -> Iterator[tuple]:
+    """Every shard of every split, without rows: `-of-N` names N files, an empty one too."""
+    for split, total in _shard_totals(plans, settings).items():
+        yield from (((split, index, total), b"") for index in range(total))
 
 
 def _plan_lines(batch: bytes) -> str:

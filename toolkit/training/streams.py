@@ -44,6 +44,12 @@ def worker_shards(n_shards: int, workers: int, index: int) -> list[int] | None:
     return list(range(index, n_shards, workers))
 
 
+def filled_shards(dataset: shards.Dataset) -> list[int]:
+    """The training shards that hold images (by their place among the split's shards): the ones
+    workers share, so that no worker gets only empty shards (a shard no image fell on)."""
+    return [i for i, s in enumerate(s for s in dataset.shards if s.split == "train") if s.images]
+
+
 def multiworker(distribution) -> bool:
     import tensorflow as tf
 
@@ -96,9 +102,9 @@ class TrainStream:
 
         dataset = self.data.dataset
         rng = np.random.default_rng([self.seed, epoch])
-        n_shards = len(dataset.files("train"))
-        mine = worker_shards(n_shards, workers, index)
-        order = [s for s in rng.permutation(n_shards).tolist() if mine is None or s in mine]
+        filled = filled_shards(dataset)
+        mine = worker_shards(len(filled), workers, index)
+        order = [filled[s] for s in rng.permutation(len(filled)).tolist() if mine is None or s in mine]
         records = keep_rows(shards.numbered_records(dataset, "train", order, CYCLE_LENGTH),
                             self.rows, len(self.data.y_train))
         if mine is None and workers > 1:
@@ -134,9 +140,9 @@ def shard_inputs(config: TrainConfig, data: ShardData, train_rows: np.ndarray, v
     stream, validation (ordered, the rows an archive's run validates on) and ordered passes
     for the test set and the unknown detector's training rows."""
     train = TrainStream(data, train_rows, batch, config.seed, replicas, distribution)
-    if train.multiworker and len(data.dataset.files("train")) < distribution.num_replicas_in_sync:
+    if train.multiworker and len(filled_shards(data.dataset)) < distribution.num_replicas_in_sync:
         log.warning("%d training shards for %d replicas: every worker reads every shard and keeps "
-                    "every n-th record", len(data.dataset.files("train")), distribution.num_replicas_in_sync)
+                    "every n-th record", len(filled_shards(data.dataset)), distribution.num_replicas_in_sync)
     validation = val_images = None
     if len(val_rows) >= replicas:
         used = len(val_rows) - len(val_rows) % replicas
