@@ -184,3 +184,20 @@ def recording_the_internet(asked: list[str]):
         yield
     finally:
         _RECORDING.remove(asked)
+
+
+def groups_of(pairs, members) -> set[frozenset[int]]:
+    """The transitive groups of `members` that `pairs` join (each member alone unless joined)."""
+    parent = {m: m for m in members}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = i = parent[parent[i]]
+        return i
+
+    for i, j in pairs:
+        parent[root(i)] = root(j)
+    groups: dict[int, set[int]] = {}
+    for m in parent:
+        groups.setdefault(root(m), set()).add(m)
+    return {frozenset(g) for g in groups.values()}

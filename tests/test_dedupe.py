@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from helpers import groups_of
 from toolkit.core import hamming
 from toolkit.core.dedupe import Candidate, Dropped, HashIndex, find_duplicates, near_pairs
 
@@ -137,23 +138,6 @@ def test_transitive_groups_and_label_conflicts_on_the_banded_path():
                        1: Dropped("label_conflict", n - 1), n - 1: Dropped("label_conflict", 1)}
 
 
-def groups_of(pairs, n):
-    """The transitive groups of range(n) that `pairs` join, as sorted tuples."""
-    parent = list(range(n))
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = i = parent[parent[i]]
-        return i
-
-    for i, j in pairs:
-        parent[root(i)] = root(j)
-    groups = {}
-    for i in range(n):
-        groups.setdefault(root(i), []).append(i)
-    return sorted(tuple(g) for g in groups.values())
-
-
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=6),
        st.lists(st.integers(0, 2**12), max_size=80), st.sampled_from([0, 1, 3, 8, 12, 40]))
@@ -170,7 +154,7 @@ def test_joining_pairs_join_the_groups_of_every_close_pair_through_close_pairs(p
     joining = [tuple(pair) for pairs in hamming.joining_pairs(hashes, threshold, chunk=7)
                for pair in pairs.tolist()]
     assert set(joining) <= close and all(i < j for i, j in joining)
-    assert groups_of(joining, len(hashes)) == groups_of(close, len(hashes))
+    assert groups_of(joining, range(len(hashes))) == groups_of(close, range(len(hashes)))
 
 
 def test_k_copies_of_one_hash_are_k_minus_one_pairs_and_one_group(monkeypatch):

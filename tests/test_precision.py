@@ -167,7 +167,7 @@ def test_resume_keeps_the_precision_the_run_resolved_to(tiny, tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_a_bfloat16_finetune_model_gives_the_embedding_a_float32_one_does(tiny, tmp_path):
+def test_a_bfloat16_finetune_model_gives_the_embedding_of_the_pooled_top(tiny, tmp_path):
     """A bfloat16 run saves image -> lower -> trainer; what predict, unknown and an export
     call the embedding is still the backbone's pooled top, not the cut below the trainable
     block (MobileNetV2: 1,280 wide, where the cut is 160)."""

@@ -94,21 +94,22 @@ def test_a_run_killed_while_it_writes_shards_leaves_no_dataset_and_a_re_run_conv
                                     "--format", "tfrecord", "--workers", "1", *FLAGS],
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 180  # Beam's import and start-up on a loaded machine
             while (time.monotonic() < deadline and process.poll() is None
                    and not list(tmp_path.glob(".ds.*.part/data/*"))):
                 time.sleep(0.001)
             assert process.poll() is not None or list(tmp_path.glob(".ds.*.part/data/*")), \
-                "no shard was written in a minute"
+                "no shard was written in three minutes"
             process.send_signal(signal.SIGKILL)
         finally:
             process.kill()
             output = process.communicate(timeout=60)[0]
-        if process.returncode == -signal.SIGKILL:
+        if process.returncode == -signal.SIGKILL and not out.exists():
             break
-        assert process.returncode == 0, output
-        shutil.rmtree(out)  # it ended before the kill: again
-    assert process.returncode == -signal.SIGKILL, "the pack ended before it was killed, three times"
+        assert process.returncode in (0, -signal.SIGKILL), output
+        shutil.rmtree(out)  # it moved its folder into place before the kill: again
+    else:
+        pytest.fail("the pack ended before it was killed, three times")
     assert not out.exists() and list(tmp_path.glob(".ds.*.part"))  # the dead run's work folder, only
     pack_shards(src, out, workers=1, **SETTINGS)
     assert_same_dataset(first, out, "out")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import distinct_image, encode, grid_image
+from helpers import groups_of
 from toolkit.core import dedupe, images
 
 pytest.importorskip("apache_beam")
@@ -44,23 +45,6 @@ def test_the_shard_writers_pixels_are_what_decode_gives(size, fit):
         assert sha256 == info.sha256 and np.array_equal(again, pixels)
 
 
-def groups_of(pairs: set[tuple[int, int]]) -> set[frozenset[int]]:
-    """The transitive groups that `pairs` join."""
-    parent: dict[int, int] = {}
-
-    def root(i: int) -> int:
-        while parent.setdefault(i, i) != i:
-            parent[i] = i = parent[parent[i]]
-        return i
-
-    for i, j in pairs:
-        parent[root(i)] = root(j)
-    members = collections.defaultdict(set)
-    for i in list(parent):
-        members[root(i)].add(i)
-    return {frozenset(m) for m in members.values()}
-
-
 def test_band_keys_find_exactly_dedupes_groups_with_k_minus_one_pairs_for_k_equal_hashes():
     """The pipeline's grouping by band (each group on its own worker) joins the files into
     dedupe's groups, exact copies (0 bits apart) among them, through close pairs only; 300 files
@@ -83,7 +67,9 @@ def test_band_keys_find_exactly_dedupes_groups_with_k_minus_one_pairs_for_k_equa
             for band, rows in pipeline.band_rows(encode_batch(files[start:start + 7]), threshold):
                 groups[band] += rows
         found = [pair for group in groups.items() for pair in pipeline._near_pairs(group, threshold)]
-        assert set(found) <= expected and groups_of(set(found)) == groups_of(expected)
+        assert set(found) <= expected and groups_of(found, ids.tolist()) == groups_of(expected, ids.tolist())
+        placeholders = range(int(ids[-300]), int(ids[-1]) + 1)
+        assert sum(i in placeholders and j in placeholders for i, j in found) == 299  # from one band
         assert len(expected) >= 300 * 299 // 2 + 400 * (threshold + 1) // (threshold + 3)
         # the placeholders' pairs less all but 299 of theirs: every close pair would be 44,850 more
         assert len(set(found)) <= len(expected) - 300 * 299 // 2 + 299, len(set(found))

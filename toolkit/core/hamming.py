@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -265,25 +265,25 @@ def close_pairs(hashes: np.ndarray, threshold: int, chunk: int = 512) -> Iterato
         yield banded_pairs(hashes, threshold, bands)
 
 
-def distinct(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(the distinct values, the first position holding each, and the pairs (first, i) that join
-    every other position i to the first of its value): k equal hashes are k - 1 pairs."""
+def joining(hashes: np.ndarray, search: Callable[[np.ndarray], Iterable[np.ndarray]],
+            equal: bool = True) -> Iterator[np.ndarray]:
+    """Pairs (i < j) that join every two hashes `search` finds close into one group (the same
+    transitive groups as its pairs over all positions), without listing every close pair: k
+    copies of one picture (a placeholder a crawl met k times) give k - 1 pairs, not k(k - 1)/2.
+    `search` gets the distinct values; each stands for the first position holding it, to which
+    the others holding it are joined (unless not `equal`: a band after the first, in a pipeline)."""
     values, firsts, inverse = np.unique(np.asarray(hashes, dtype=np.uint64), return_index=True,
                                         return_inverse=True)
     first_of = firsts[inverse.reshape(-1)]
-    others = np.flatnonzero(first_of != np.arange(len(first_of)))
-    return values, firsts, np.stack([first_of[others], others], axis=1)
+    others = np.flatnonzero(first_of != np.arange(len(first_of))) if equal else np.empty(0, np.int64)
+    yield np.stack([first_of[others], others], axis=1)
+    for pairs in search(values):
+        yield np.sort(firsts[pairs], axis=1)
 
 
 def joining_pairs(hashes: np.ndarray, threshold: int, chunk: int = 512) -> Iterator[np.ndarray]:
-    """Pairs (i < j) that join every two hashes within `threshold` bits into one group (their
-    transitive closure is :func:`close_pairs`'), without listing every close pair: k copies of
-    one picture (a placeholder a crawl met k times) give k - 1 pairs, not k(k - 1)/2. The close
-    pairs are searched among the distinct values, each standing for the first position holding it."""
-    values, firsts, equal = distinct(hashes)
-    yield equal
-    for pairs in close_pairs(values, threshold, chunk):
-        yield np.sort(firsts[pairs], axis=1)
+    """:func:`joining` of :func:`close_pairs`: the groups of every pair within `threshold` bits."""
+    return joining(hashes, lambda values: close_pairs(values, threshold, chunk))
 
 
 class Index:

@@ -5,19 +5,18 @@ runs on Beam's direct runner here or on a cluster (Dataflow, Flink, Spark).
     -> transitive groups -> dedupe's policy per group -> review's decisions -> per-class ranks
     combined into the split rule's cut-offs -> shard keys -> each shard written by one worker
 
-Records are small: a usable file is about 100 bytes between steps (:class:`toolkit.data.wire.Usable`:
-its number, label, name, hashes, size, rank), and the steps hand each other one element a chunk
-of the listing (a batch of its usable files), not one a file; a file that is not usable goes
-straight to the plan. Every file passes through two steps' memory only: the decoded files wait
-there for the near duplicates, and the reviewed ones for the split rule (each branch is reviewed
-on its own, and each plan is written where it is made, so that no merge of branches holds them
-a third time). Where the records of every file meet (a band's hashes, a shard's files), a
-combine packs them into bytes, fixed-size rows, so that no step holds an object per image (the
-direct runner holds a shuffle in memory). A step that needs a file's path or provenance reads
-its line of the listing by number (:mod:`toolkit.data.listing`); pixels never go through a
-shuffle: the writer of a shard reads, decodes and encodes its files itself. What became of
-every file (the plan) and the shards written land in files that the driver reads
-(:mod:`toolkit.data.shard_pack`).
+Records are small: a usable file is about 100 bytes between steps
+(:class:`toolkit.data.wire.Usable`: its number, label, name, hashes, size, rank), and the steps
+hand each other one element a chunk of the listing (a batch of its usable files), not one a file; a
+file that is not usable goes straight to the plan. Every file passes through two steps' memory
+only: the decoded files wait there for the near duplicates, and the reviewed ones for the split
+rule (each branch is reviewed on its own, and each plan is written where it is made, so that no
+merge of branches holds them a third time). Where the records of every file meet (a band's hashes,
+a shard's files), a combine packs them into bytes, fixed-size rows, so that no step holds an object
+per image (the direct runner holds a shuffle in memory). A step that needs a file's path or
+provenance reads its line of the listing by number (:mod:`toolkit.data.listing`); pixels never go
+through a shuffle: the writer of a shard reads, decodes and encodes its files itself. The driver
+(:mod:`toolkit.data.shard_pack`) reads what became of every file and the shards written.
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ from .wire import Usable, decode_batch, encode_batch
 
 #: Files of the listing a worker checks in one go.
 CHUNK = 100
-
 
 #: A band's row: file number, perceptual hash.
 BAND_ROW = struct.Struct("<qQ")
@@ -185,20 +183,19 @@ def band_rows(batch: bytes, threshold: int) -> Iterator[tuple[int, bytes]]:
 
 def _near_pairs(group: tuple[int, bytes], threshold: int) -> Iterator[tuple[int, int]]:
     """The pairs one band finds (each band on its own worker) that join close files into groups:
-    exact, checked on all 64 bits; among distinct hashes, so that k equal ones (a placeholder
-    picture k times) are k - 1 pairs, given by the first band, not k(k - 1)/2."""
+    exact, checked on all 64 bits; k files of one hash are k - 1 pairs, from the first band."""
     band, rows = group
     both = np.frombuffer(rows, dtype=np.dtype([("i", "<i8"), ("phash", "<u8")]))
     ids, hashes = both["i"].astype(np.int64), both["phash"].astype(np.uint64)
-    values, firsts, equal = hamming.distinct(hashes)
     bands = band_plan(threshold)
-    if bands is None:
-        close = np.concatenate([np.empty((0, 2), dtype=np.int64), *hamming.all_pairs(values, threshold)])
-    else:
-        close = hamming.pairs_through_band(values, threshold, bands, band)
-    found = np.concatenate([equal if band == 0 else equal[:0], firsts[close]])
-    for i, j in np.sort(ids[found], axis=1).tolist():
-        yield i, j
+
+    def search(values: np.ndarray) -> Iterable[np.ndarray]:  # every pair where no bands pay
+        return hamming.all_pairs(values, threshold) if bands is None else [
+            hamming.pairs_through_band(values, threshold, bands, band)]
+
+    for pairs in hamming.joining(hashes, search, equal=band == 0):
+        for i, j in np.sort(ids[pairs], axis=1).tolist():
+            yield i, j
 
 
 class Components(beam.CombineFn):
@@ -306,8 +303,7 @@ def _short(counts: dict[int, int], settings: Settings) -> str:
 
 
 class Place(beam.DoFn):
-    """Where the split rule puts a usable file, and its shard: its rank's hash modulo the
-    split's shard count."""
+    """Where the split rule puts a usable file, and its shard: its rank's hash modulo the split's."""
 
     def __init__(self, settings: Settings):
         self.settings = settings

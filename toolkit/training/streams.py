@@ -140,9 +140,10 @@ def shard_inputs(config: TrainConfig, data: ShardData, train_rows: np.ndarray, v
     stream, validation (ordered, the rows an archive's run validates on) and ordered passes
     for the test set and the unknown detector's training rows."""
     train = TrainStream(data, train_rows, batch, config.seed, replicas, distribution)
-    if train.multiworker and len(filled_shards(data.dataset)) < distribution.num_replicas_in_sync:
+    filled = len(filled_shards(data.dataset))
+    if train.multiworker and filled < distribution.num_replicas_in_sync:
         log.warning("%d training shards for %d replicas: every worker reads every shard and keeps "
-                    "every n-th record", len(filled_shards(data.dataset)), distribution.num_replicas_in_sync)
+                    "every n-th record", filled, distribution.num_replicas_in_sync)
     validation = val_images = None
     if len(val_rows) >= replicas:
         used = len(val_rows) - len(val_rows) % replicas
