@@ -7,7 +7,7 @@ import base64
 import html
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,35 +31,59 @@ VERDICT_NOTES = {
 }
 
 
+#: Thumbnails of the images a page shows: from the names on the page to each one's square JPEG
+#: (a name left out: an image no longer readable).
+Thumbnails = Callable[[Collection[str]], dict[str, bytes]]
+
+
 def cropped_jpeg(path: str | os.PathLike, side: int, checks: images.Checks = images.Checks()) -> bytes:
     """A square JPEG of the image as pack would crop it: what the model sees."""
-    pixels = images.decode(images.read_file(path, checks), checks, side, "crop")[1]
+    return square_jpeg(images.read_file(path, checks), side, checks)
+
+
+def square_jpeg(data: bytes, side: int, checks: images.Checks = images.Checks()) -> bytes:
+    """A square JPEG of an image's bytes, cropped as pack crops it."""
+    pixels = images.decode(data, checks, side, "crop")[1]
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", quality=80)
     return buffer.getvalue()
 
 
+def file_thumbnails(files: Sequence[InputFile], checks: images.Checks = images.Checks()) -> Thumbnails:
+    """:data:`Thumbnails` read from the files of a folder, in parallel."""
+    def thumbnails(names: Collection[str]) -> dict[str, bytes]:
+        paths = {f.name: f.path for f in files if f.name in names}
+
+        def inline(path: str) -> bytes | None:
+            try:
+                return cropped_jpeg(path, HTML_THUMBNAIL_SIDE, checks)
+            except (images.Unusable, OSError):  # changed or deleted since it was judged
+                return None
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as executor:
+            made = dict(zip(paths, executor.map(inline, paths.values())))
+        return {name: data for name, data in made.items() if data is not None}
+    return thumbnails
+
+
 def write_html(result: Review, files: Sequence[InputFile], path: Path,
-               checks: images.Checks = images.Checks(), *, fine_per_class: int) -> None:
+               checks: images.Checks = images.Checks(), *, fine_per_class: int,
+               thumbnails: Thumbnails | None = None, gallery: bool = True) -> None:
     """A page that needs nothing else: per class, suspects first, thumbnails inlined; every
-    suspect, but at most `fine_per_class` fine images of a class."""
+    suspect, but at most `fine_per_class` fine images of a class. The thumbnails come from
+    `files` unless `thumbnails` makes them (a packed dataset's records); `gallery` False: the
+    page names no `--serve` (a dataset has no gallery)."""
     shown = {name: sorted((v for v in result.verdicts if v.label == name),
                           key=lambda v: (not v.suspect, -v.score, v.file))
              for name in result.class_names}
     for name, mine in shown.items():
         shown[name] = mine[:sum(v.suspect for v in mine) + fine_per_class]
     on_page = {v.file for mine in shown.values() for v in mine}
-    paths = {f.name: f.path for f in files if f.name in on_page}
-
-    def inline(path: str) -> str:
-        try:
-            return "data:image/jpeg;base64," + base64.b64encode(
-                cropped_jpeg(path, HTML_THUMBNAIL_SIDE, checks)).decode()
-        except (images.Unusable, OSError):  # changed or deleted since it was judged
-            return ""
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as executor:
-        inlined = dict(zip(paths, executor.map(inline, paths.values())))
+    made = (thumbnails or file_thumbnails(files, checks))(on_page)
+    inlined = {name: "data:image/jpeg;base64," + base64.b64encode(data).decode()
+               for name, data in made.items()}
+    act = ("Act on them with <code>toolkit review --serve</code>." if gallery else
+           "Act on them in the SOURCE folder it was packed from: <code>toolkit review SOURCE --serve</code>.")
     sections = []
     for name in result.class_names:
         mine, cards = shown[name], []
@@ -70,14 +94,14 @@ def write_html(result: Review, files: Sequence[InputFile], path: Path,
                 note = VERDICT_NOTES[v.reason] + (f": {v.suggested}?" if v.suggested else "")
             cards.append(
                 f'<figure class="{"suspect" if v.suspect else "fine"}">'
-                f'<img src="{inlined[v.file]}" alt="(no longer readable)">'
+                f'<img src="{inlined.get(v.file, "")}" alt="(no longer readable)">'
                 f'<figcaption><b>{html.escape(v.reason)}</b> {v.score:.2f}<br>'
                 f'{html.escape(note)}<br><small>{html.escape(v.file)}</small>'
                 '</figcaption></figure>')
         n_images = sum(v.label == name for v in result.verdicts)
         n_suspects = sum(v.suspect for v in mine)
-        more = (f'<p class="more">and {n_images - len(mine)} more fine images: '
-                '<code>toolkit review --serve</code> shows every one</p>'
+        more = (f'<p class="more">and {n_images - len(mine)} more fine images'
+                + (': <code>toolkit review --serve</code> shows every one' if gallery else '') + '</p>'
                 if n_images > len(mine) else "")
         sections.append(f'<h2>{html.escape(name)} <small>{n_images} images, {n_suspects} '
                         f'suspects</small></h2><div class="grid">{"".join(cards)}</div>{more}')
@@ -89,7 +113,7 @@ figure{{margin:0;width:{HTML_THUMBNAIL_SIDE + 24}px;padding:4px;border:3px solid
 figure.suspect{{border-color:#d33}} figcaption{{font-size:11px;overflow-wrap:anywhere}}
 </style></head><body><h1>review of {html.escape(result.source)}</h1>
 <p>{len(result.verdicts)} images, {len(result.suspects())} suspects ({html.escape(result.backbone)},
-weights {html.escape(result.weights)}). Act on them with <code>toolkit review --serve</code>.</p>
+weights {html.escape(result.weights)}). {act}</p>
 {"".join(sections)}</body></html>
 """
     write_text(path, page)

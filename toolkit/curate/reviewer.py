@@ -94,7 +94,7 @@ def review(source: str | os.PathLike = "datasets", *, reference: str | os.PathLi
             known = [f for f in found if not f.status]
             labels += [len(class_names) + f.label for f in known]
             files += known
-        _check_class_sizes(class_names + [f"{name} (of the reference)" for name in references],
+        check_class_sizes(class_names + [f"{name} (of the reference)" for name in references],
                            labels)
         clock["find"] = time.perf_counter()
         vectors = embed(files, backbone=backbone, weights=weights, size=size, checks=checks,
@@ -135,7 +135,9 @@ def check_reference(source: str | os.PathLike, reference: str | os.PathLike) -> 
                            "rename its folder")
 
 
-def _check_class_sizes(class_names: list[str], labels: list[int]) -> None:
+def check_class_sizes(class_names: list[str], labels: list[int]) -> None:
+    """Refuse a class of fewer than 2 images: one line that names it (review compares each
+    image with the rest of its class)."""
     counts = np.bincount(np.array(labels, dtype=np.int64), minlength=len(class_names))
     if counts.min() < 2:
         thin = ", ".join(f"{n} ({c})" for n, c in zip(class_names, counts) if c < 2)
