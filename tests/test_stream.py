@@ -201,7 +201,6 @@ def test_a_damaged_shard_or_a_folder_that_is_no_dataset_is_one_error_line(packed
     (tmp_path / "plain").mkdir()
     result = run_cli("train", "--strategy", "cnn", "--data", tmp_path / "plain", "--weights", "none")
     assert_one_error_line(result, "is a folder without dataset.json")
-    assert_one_error_line(run_cli("review", ds), "review reads the class folders")
 
 
 def test_a_record_is_read_as_tensorflow_reads_it_or_its_shard_is_damaged(packed, tmp_path):

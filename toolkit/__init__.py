@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 _API = {
     "crawl": "toolkit.collect.crawler",
     "review": "toolkit.curate.reviewer",
+    "review_dataset": "toolkit.data.review_shards",
     "pack": "toolkit.data.packer",
     "pack_shards": "toolkit.data.shard_pack",
     "load_archive": "toolkit.data.npz",

@@ -46,6 +46,9 @@ def review(source, backbone, weights, size, min_side, threshold, cache_dir, refe
     Judges exactly the images pack would use and writes SOURCE/review.json and a
     self-contained SOURCE/review.html. With --serve, a local gallery records keep / drop /
     move decisions in SOURCE/decisions.jsonl, which `pack` honours.
+
+    SOURCE may be a packed dataset (it holds dataset.json): its records are judged (both
+    splits), and review.json and review.html are written into it; no gallery.
     """
     from ..core.images import Checks
     from ..core.sources import class_folders
@@ -53,8 +56,8 @@ def review(source, backbone, weights, size, min_side, threshold, cache_dir, refe
     from ..data.shards import is_dataset
 
     if is_dataset(source):
-        raise ToolkitError(f"{source} is a packed dataset (it holds dataset.json); review reads the "
-                           "class folders pack was made from: give that SOURCE folder")
+        _review_dataset(source, backbone, weights, size, cache_dir, reference, serve)
+        return
     class_folders(source)  # a missing or one-class SOURCE fails before TensorFlow starts
     if reference is not None:
         reviewer.check_reference(source, reference)
@@ -70,3 +73,23 @@ def review(source, backbone, weights, size, min_side, threshold, cache_dir, refe
     if serve:
         gallery.serve(source, port=port, open_browser=not no_browser, checks=Checks(min_side=min_side),
                       echo=click.echo)
+
+
+def _review_dataset(folder: str, backbone: str, weights: str, size: int, cache_dir: str | None,
+                    reference: str | None, serve: bool) -> None:
+    """`toolkit review DIR/` of a packed dataset: its records judged, no gallery, no reference."""
+    from ..data.review_shards import review_dataset
+
+    fix = "review the SOURCE folder it was packed from"
+    if serve:
+        raise ToolkitError(f"--serve acts on the files of a SOURCE folder and {folder} is a packed "
+                           f"dataset (it holds dataset.json): {fix} with --serve")
+    if reference is not None:
+        raise ToolkitError(f"--reference is judged beside a SOURCE folder's images and {folder} is a "
+                           f"packed dataset (it holds dataset.json): {fix} with --reference")
+    load_tensorflow()
+    result = review_dataset(folder, backbone=backbone, weights=weights, size=size,
+                            cache_dir=cache_dir, progress=progress_enabled())
+    click.echo(result.table())
+    click.echo(f"\nwrote {os.path.join(folder, 'review.json')} and "
+               f"{os.path.join(folder, 'review.html')} in {result.seconds['total']:.0f} s")

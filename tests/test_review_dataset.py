@@ -1,0 +1,158 @@
+"""toolkit review DIR/ of a packed dataset (pack --format tfrecord): every record judged from its own
+pixels, as review judges the folder it was packed from, and what it refuses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import asdict
+
+import pytest
+from PIL import Image
+
+from conftest import FLOWERS, MOBILENET_WEIGHTS, shapes_dataset
+from helpers import REVIEW_QUICK, REVIEW_QUICK_FLAGS, assert_one_error_line, run_cli, tree
+from toolkit.core import images
+from toolkit.curate import reviewer
+from toolkit.data import shards
+from toolkit.data.records import example
+from toolkit.data.review_shards import review_dataset
+from toolkit.models import embedder
+
+pytest.importorskip("apache_beam")
+
+CHECKS = images.Checks(min_side=16)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    """The toy shapes as class folders of 32 px PNGs, and the same packed as PNG records at
+    32 px (every image: 16 a class, a quarter in the test split): the same pixels in both."""
+    from toolkit.data.shard_pack import pack_shards
+
+    tmp = tmp_path_factory.mktemp("review-dataset")
+    x, y = shapes_dataset(16, 32, seed=2)
+    for i, (pixels, label) in enumerate(zip(x, y)):
+        folder = tmp / "src" / ["square", "disc", "bar"][label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    pack_shards(tmp / "src", tmp / "ds", workers=1, encoding="png", per_class=16, size=32, seed=3,
+                test_size=0.25, checks=CHECKS, images_per_shard=20)
+    return tmp / "src", tmp / "ds"
+
+
+@pytest.fixture(autouse=True)
+def embedding_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def records(ds) -> list[tuple[str, str]]:
+    """(path, class) of every record of both splits."""
+    dataset = shards.read_dataset(ds)
+    return [(bytes(p).decode(), bytes(c).decode()) for split in shards.SPLITS
+            for p, c in zip(shards.read_column(dataset, split, "path"),
+                            shards.read_column(dataset, split, "class"))]
+
+
+def test_review_of_a_dataset_judges_every_record_as_a_review_of_the_same_pixels_in_a_folder(
+        packed, tmp_path, monkeypatch):
+    src, packed_ds = packed
+    ds = tmp_path / "ds"
+    shutil.copytree(packed_ds, ds)
+    result = run_cli("review", ds, *REVIEW_QUICK_FLAGS)
+    assert result.exit_code == 0, result.output
+    assert "total" in result.output
+    assert f"wrote {ds / 'review.json'} and {ds / 'review.html'}" in result.output
+    judged = json.loads((ds / "review.json").read_text())
+    entries = judged["images"]
+    assert sorted((e["file"], e["label"]) for e in entries) == sorted(records(ds))
+    assert len(entries) == 48 and judged["class_names"] == ["bar", "disc", "square"]
+    folder = reviewer.review(src, **REVIEW_QUICK, checks=CHECKS, write=False)
+    assert entries == [asdict(v) for v in folder.verdicts]  # the same verdicts, scores, sha256s
+    page = (ds / "review.html").read_text()
+    thumbnails = re.findall(r'<img src="data:image/jpeg;base64,[A-Za-z0-9+/=]+"', page)
+    assert len(thumbnails) == page.count("<img") == 48
+    assert all(f"<small>{e['file']}</small>" in page for e in entries)
+    assert "--serve</code> shows every one" not in page and "SOURCE --serve" in page
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone ran although every record's embedding is cached")
+
+    monkeypatch.setattr(embedder, "pooled_backbone", no_backbone)
+    again = review_dataset(ds, **REVIEW_QUICK, write=False)  # the library call
+    assert [asdict(v) for v in again.verdicts] == entries
+    dataset = shards.read_dataset(ds)  # still a dataset, as training reads it, and pack --force's
+    shards.verify(dataset)
+    assert shards.is_toolkit_dataset(ds) and sorted(p.name for p in ds.iterdir() if "review" in p.name) == [
+        "review.html", "review.json"]
+
+
+def test_serve_and_reference_with_a_dataset_are_one_error_line_and_write_nothing(packed, tmp_path):
+    src, ds = packed
+    before = tree(ds)
+    assert_one_error_line(run_cli("review", ds, "--serve", *REVIEW_QUICK_FLAGS),
+                          "review the SOURCE folder it was packed from with --serve")
+    assert_one_error_line(run_cli("review", ds, "--reference", src, *REVIEW_QUICK_FLAGS),
+                          "review the SOURCE folder it was packed from with --reference")
+    assert tree(ds) == before
+
+
+def test_a_damaged_shard_is_one_error_line_that_names_it_and_nothing_is_written(packed, tmp_path):
+    _, packed_ds = packed
+    ds = tmp_path / "ds"
+    shutil.copytree(packed_ds, ds)
+    shard = ds / shards.read_dataset(ds).shards[-1].file
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    before = tree(ds)
+    assert_one_error_line(run_cli("review", ds, *REVIEW_QUICK_FLAGS), f"shard {shard} is damaged")
+    assert tree(ds) == before and not (tmp_path / "cache").exists()
+
+
+def test_a_class_of_one_record_is_the_folder_review_s_one_error_line(tmp_path):
+    """pack never makes one (it refuses a class of fewer than 2 usable images): a dataset made
+    by hand, whose class `b` has one record, is refused as a folder with one such image is."""
+    x, _ = shapes_dataset(2, 32, seed=0)
+    rows = [(0, "a", f"a/{i}.png", x[i]) for i in range(3)] + [(1, "b", "b/0.png", x[3])]
+    records = []
+    for label, name, path, pixels in rows:
+        data = shards.encode_image(pixels, "png")
+        records.append((label, example({"image": data, "label": label, "class": name, "split": "train",
+                                        "path": path, "sha256": hashlib.sha256(data).hexdigest()})))
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    written = [shards.write_shard(ds, "train", 0, 1, records, 2),
+               shards.write_shard(ds, "test", 0, 1, [], 2)]
+    shards.write_dataset(ds, ["a", "b"], {"size": 32, "encoding": "png"}, {}, written, "test", "now")
+    before = tree(ds)
+    assert_one_error_line(run_cli("review", ds, *REVIEW_QUICK_FLAGS),
+                          "class b (1) has fewer than 2 usable images")
+    assert tree(ds) == before
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (FLOWERS.is_dir() and MOBILENET_WEIGHTS.exists()),
+                    reason="needs ../shared (real flower photos and the MobileNetV2 weights)")
+def test_a_moved_photo_packed_into_a_dataset_is_flagged_from_its_record(tmp_path):
+    """Real photos packed as 224 px JPEG records, two sunflowers moved into rose/ first (those
+    that the folder review finds), and reviewed with the real weights at 224 px: both are called
+    mislabeled, sunflower suggested."""
+    from toolkit.data.shard_pack import pack_shards
+
+    source = tmp_path / "crawl"
+    moved = []
+    for c in ("rose", "sunflower", "tulip"):
+        (source / c).mkdir(parents=True)
+        for i, path in enumerate(sorted((FLOWERS / c).glob("*.jpg"))[:30]):
+            into = "rose" if c == "sunflower" and i in (0, 20) else c
+            shutil.copyfile(path, source / into / path.name)
+            moved += [f"rose/{path.name}"] if into != c else []
+    pack_shards(source, tmp_path / "ds", workers=1, per_class=32, size=224, allow_fewer=True)
+    result = run_cli("review", tmp_path / "ds", "--weights", MOBILENET_WEIGHTS, "--size", 224)
+    assert result.exit_code == 0, result.output
+    verdicts = {e["file"]: e for e in json.loads((tmp_path / "ds" / "review.json").read_text())["images"]}
+    assert len(moved) == 2 and set(moved) <= set(verdicts) and len(verdicts) >= 80
+    assert all(verdicts[f]["reason"] == "mislabeled" and verdicts[f]["suggested"] == "sunflower"
+               for f in moved), [verdicts[f] for f in moved]

@@ -1,0 +1,159 @@
+"""`toolkit review DIR/` of a packed dataset: every record of both splits judged as review judges
+a folder (:func:`toolkit.curate.reviewer.judge`), from the records' own pixels, streamed.
+
+The records are what pack made (resized, encoded), not the source files, which may not be on this
+machine: the embeddings are of those pixels, cached by the SHA-256 of the record's image bytes (the
+folder review's cache is keyed by a file's content the same way, so an entry is never a different
+image's), and review.html's thumbnails are made from the records too. There is no gallery: a
+person's decisions apply to the SOURCE folder the dataset was packed from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Collection, Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..core import images
+from ..core.errors import ToolkitError
+from ..core.locks import holding
+from ..curate.review_page import HTML_THUMBNAIL_SIDE, REVIEW_HTML, square_jpeg, write_html
+from ..curate.reviewer import (
+    DEFAULT_BACKBONE,
+    DEFAULT_SIZE,
+    FOLDS,
+    HTML_FINE_PER_CLASS,
+    check_class_sizes,
+    judge,
+)
+from ..curate.verdicts import REVIEW_FILE, Review, write_review
+from . import shards
+from .records import read_feature, read_records
+
+#: A record's image is pack's square at the dataset's size: no rule of a crawl's applies to it.
+RECORD_CHECKS = images.Checks(min_side=1)
+
+
+def review_dataset(folder: str | os.PathLike, *, backbone: str = DEFAULT_BACKBONE,
+                   weights: str = "imagenet", size: int = DEFAULT_SIZE,
+                   cache_dir: str | os.PathLike | None = None, folds: int = FOLDS, seed: int = 0,
+                   write: bool = True, progress: bool = False) -> Review:
+    """Judge every record of the dataset in `folder` (both splits); write review.json and
+    review.html into it. A verdict's `file` is the record's `path` (the file's name in SOURCE)
+    and its `sha256` the source file's; the records are judged in the order a review of SOURCE
+    judges its files (by class, then path), so that the same pixels get the same verdicts.
+
+    Raises :class:`ToolkitError` (nothing written) for a folder that is no dataset, a damaged
+    shard (every shard's checksum is checked first, as training does), a class with fewer than
+    2 records, and weights that cannot be loaded.
+    """
+    dataset = shards.read_dataset(folder)
+    lock = holding(Path(folder) / REVIEW_FILE, f"the review of {folder}") if write else \
+        contextlib.nullcontext()
+    with lock:  # two reviews of one dataset would overwrite each other's verdicts
+        clock = {"start": time.perf_counter()}
+        labels = np.concatenate([shards.read_labels(dataset, split, check=True) for split in shards.SPLITS])
+        paths = [bytes(p).decode("utf-8", "surrogateescape") for split in shards.SPLITS
+                 for p in shards.read_column(dataset, split, "path")]
+        shas = [bytes(s).decode() for split in shards.SPLITS
+                for s in shards.read_column(dataset, split, "sha256")]
+        check_class_sizes(dataset.class_names, labels.tolist())
+        clock["find"] = time.perf_counter()
+        vectors = embed_records(dataset, backbone=backbone, weights=weights, size=size,
+                                cache_dir=cache_dir, seed=seed, progress=progress)
+        clock["embed"] = time.perf_counter()
+        order = sorted(range(len(paths)), key=lambda i: (labels[i], paths[i]))
+        judged = judge(vectors[order], labels[order], dataset.class_names, [paths[i] for i in order],
+                       folds=folds, seed=seed)
+        for verdict, i in zip(judged, order):
+            verdict.sha256 = shas[i]
+        clock["judge"] = time.perf_counter()
+        result = Review(str(folder), list(dataset.class_names), judged, backbone, weights)
+        result.seconds = {"find": clock["find"] - clock["start"],
+                          "embed": clock["embed"] - clock["find"],
+                          "judge": clock["judge"] - clock["embed"]}
+        if write:
+            write_review(folder, result)
+            write_html(result, [], Path(folder) / REVIEW_HTML, fine_per_class=HTML_FINE_PER_CLASS,
+                       thumbnails=lambda names: record_thumbnails(dataset, names), gallery=False)
+            result.seconds["write"] = time.perf_counter() - clock["judge"]
+        result.seconds["total"] = time.perf_counter() - clock["start"]
+        return result
+
+
+def record_images(dataset: shards.Dataset) -> Iterator[tuple[str, bytes]]:
+    """(path, image bytes) of every record, train then test, in dataset.json's order of shards:
+    one record in memory at a time. The shards were checked by :func:`review_dataset` first."""
+    for split in shards.SPLITS:
+        for path in dataset.files(split):
+            try:
+                for record in read_records(path, None):
+                    name = read_feature(record, "path", "bytes").decode("utf-8", "surrogateescape")
+                    yield name, read_feature(record, "image", "bytes")
+            except ValueError as e:
+                raise ToolkitError(f"shard {path} is damaged ({e}); pack again") from None
+
+
+def embed_records(dataset: shards.Dataset, *, backbone: str, weights: str, size: int,
+                  cache_dir: str | os.PathLike | None = None, seed: int = 0,
+                  progress: bool = False) -> np.ndarray:
+    """The pooled backbone's float32 (n, channels) embeddings of every record (train then test),
+    of its pixels centre-cropped to `size`, decoded and embedded `EMBED_BATCH` at a time; only
+    images the cache lacks (by their bytes' SHA-256) are computed."""
+    from ..models.cache import cache_root
+    from ..models.embedder import EMBED_BATCH, EmbeddingCache, pooled_backbone
+
+    cache = EmbeddingCache(cache_root(cache_dir), backbone, weights, size, seed)
+    known = cache.load()
+    keys: list[str] = []
+    model, batch, unsaved = None, [], []
+
+    def run_batch() -> None:
+        nonlocal model
+        if model is None:
+            model = pooled_backbone(backbone, weights, size, seed)
+        x = np.stack([pixels for _, pixels in batch])
+        padded = np.concatenate([x, np.repeat(x[-1:], EMBED_BATCH - len(x), 0)])
+        vectors = np.asarray(model.predict_on_batch(padded))[:len(x)].astype(np.float32)
+        known.update(zip((sha for sha, _ in batch), vectors))
+        unsaved.extend(sha for sha, _ in batch)
+        batch.clear()
+        if len(unsaved) >= cache.SHARD:
+            save()
+
+    def save() -> None:
+        cache.save(unsaved, np.stack([known[sha] for sha in unsaved]))
+        unsaved.clear()
+
+    with tqdm(total=sum(dataset.count(s) for s in shards.SPLITS), desc=f"embed ({backbone})",
+              unit="img", disable=not progress) as bar:
+        for name, data in record_images(dataset):
+            sha = hashlib.sha256(data).hexdigest()
+            keys.append(sha)
+            if sha not in known and all(sha != s for s, _ in batch):
+                try:
+                    batch.append((sha, images.decode_pixels(data, RECORD_CHECKS, size, "crop")[1]))
+                except images.Unusable as e:
+                    raise ToolkitError(f"the record of {name} in {dataset.folder} holds no usable "
+                                       f"image ({e}); pack again") from None
+                if len(batch) == EMBED_BATCH:
+                    run_batch()
+            bar.update(1)
+        if batch:
+            run_batch()
+        if unsaved:
+            save()
+    return np.stack([known[sha] for sha in keys]).astype(np.float32)
+
+
+def record_thumbnails(dataset: shards.Dataset, names: Collection[str]) -> dict[str, bytes]:
+    """review.html's thumbnails of the records named `names`, from their image bytes (one more
+    read of the shards; only the thumbnails are held)."""
+    return {name: square_jpeg(data, HTML_THUMBNAIL_SIDE, RECORD_CHECKS)
+            for name, data in record_images(dataset) if name in names}
