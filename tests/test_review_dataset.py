@@ -111,21 +111,51 @@ def test_a_damaged_shard_is_one_error_line_that_names_it_and_nothing_is_written(
     assert tree(ds) == before and not (tmp_path / "cache").exists()
 
 
-def test_a_class_of_one_record_is_the_folder_review_s_one_error_line(tmp_path):
-    """pack never makes one (it refuses a class of fewer than 2 usable images): a dataset made
-    by hand, whose class `b` has one record, is refused as a folder with one such image is."""
-    x, _ = shapes_dataset(2, 32, seed=0)
-    rows = [(0, "a", f"a/{i}.png", x[i]) for i in range(3)] + [(1, "b", "b/0.png", x[3])]
+def hand_made(tmp_path, rows, sha256=None):
+    """A dataset written record by record (as pack never would): (label, path) rows of
+    classes a and b, all in train; `sha256` replaces every record's sha256 feature."""
+    x, _ = shapes_dataset(len(rows), 32, seed=0)
     records = []
-    for label, name, path, pixels in rows:
+    for (label, path), pixels in zip(rows, x):
         data = shards.encode_image(pixels, "png")
-        records.append((label, example({"image": data, "label": label, "class": name, "split": "train",
-                                        "path": path, "sha256": hashlib.sha256(data).hexdigest()})))
+        records.append((label, example({"image": data, "label": label, "class": "ab"[label], "split": "train",
+                                        "path": path, "sha256": sha256 or hashlib.sha256(data).hexdigest()})))
     ds = tmp_path / "ds"
-    ds.mkdir()
+    ds.mkdir(parents=True)
     written = [shards.write_shard(ds, "train", 0, 1, records, 2),
                shards.write_shard(ds, "test", 0, 1, [], 2)]
     shards.write_dataset(ds, ["a", "b"], {"size": 32, "encoding": "png"}, {}, written, "test", "now")
+    return ds
+
+
+def test_a_record_path_that_is_no_utf8_is_named_as_pack_names_files(tmp_path):
+    """A hand-made record whose path holds a byte that is no UTF-8: its verdict and its
+    thumbnail are keyed by the name printable() gives such a file (\\xNN), no traceback."""
+    ds = hand_made(tmp_path, [(0, b"a/0\xff.png"), (0, "a/1.png"), (1, "b/0.png"), (1, "b/1.png")])
+    result = run_cli("review", ds, *REVIEW_QUICK_FLAGS)
+    assert result.exit_code == 0, result.output
+    files = [e["file"] for e in json.loads((ds / "review.json").read_text())["images"]]
+    assert files == ["a/0\\xff.png", "a/1.png", "b/0.png", "b/1.png"]
+    page = (ds / "review.html").read_text()
+    assert "<small>a/0\\xff.png</small>" in page and page.count("<img") == 4
+
+
+def test_a_bad_sha256_or_two_records_of_one_path_are_one_error_line(tmp_path):
+    ds = hand_made(tmp_path / "1", [(0, "a/0.png"), (0, "a/1.png"), (1, "b/0.png"), (1, "b/1.png")],
+                   sha256=b"\xff\xfe not hex")
+    before = tree(ds)
+    assert_one_error_line(run_cli("review", ds, *REVIEW_QUICK_FLAGS), "not 64 hex digits; pack again")
+    assert tree(ds) == before
+    ds = hand_made(tmp_path / "2", [(0, "a/0.png"), (0, "a/0.png"), (1, "b/0.png"), (1, "b/1.png")])
+    before = tree(ds)
+    assert_one_error_line(run_cli("review", ds, *REVIEW_QUICK_FLAGS), "two records of a/0.png")
+    assert tree(ds) == before
+
+
+def test_a_class_of_one_record_is_the_folder_review_s_one_error_line(tmp_path):
+    """pack never makes one (it refuses a class of fewer than 2 usable images): a dataset made
+    by hand, whose class `b` has one record, is refused as a folder with one such image is."""
+    ds = hand_made(tmp_path, [(0, "a/0.png"), (0, "a/1.png"), (0, "a/2.png"), (1, "b/0.png")])
     before = tree(ds)
     assert_one_error_line(run_cli("review", ds, *REVIEW_QUICK_FLAGS),
                           "class b (1) has fewer than 2 usable images")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -59,10 +60,11 @@ def review_dataset(folder: str | os.PathLike, *, backbone: str = DEFAULT_BACKBON
     with lock:  # two reviews of one dataset would overwrite each other's verdicts
         clock = {"start": time.perf_counter()}
         labels = np.concatenate([shards.read_labels(dataset, split, check=True) for split in shards.SPLITS])
-        paths = [bytes(p).decode("utf-8", "surrogateescape") for split in shards.SPLITS
+        paths = [record_name(p) for split in shards.SPLITS
                  for p in shards.read_column(dataset, split, "path")]
-        shas = [bytes(s).decode() for split in shards.SPLITS
+        shas = [record_sha256(dataset, s) for split in shards.SPLITS
                 for s in shards.read_column(dataset, split, "sha256")]
+        check_unique(dataset, paths)
         check_class_sizes(dataset.class_names, labels.tolist())
         clock["find"] = time.perf_counter()
         vectors = embed_records(dataset, backbone=backbone, weights=weights, size=size,
@@ -87,6 +89,31 @@ def review_dataset(folder: str | os.PathLike, *, backbone: str = DEFAULT_BACKBON
         return result
 
 
+def record_name(raw: bytes) -> str:
+    """A record's `path` as a verdict's `file` and a thumbnail's key: as pack writes names
+    (:func:`toolkit.core.sources.printable`), bytes that are no UTF-8 shown as \\xNN."""
+    return bytes(raw).decode("utf-8", "backslashreplace")
+
+
+def record_sha256(dataset: shards.Dataset, raw: bytes) -> str:
+    """A record's `sha256` feature: 64 hex digits, or one error line."""
+    value = bytes(raw).decode("ascii", "replace")
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ToolkitError(f"the shards of {dataset.folder} hold a record whose sha256 is {value[:80]!r}, "
+                           "not 64 hex digits; pack again")
+    return value
+
+
+def check_unique(dataset: shards.Dataset, paths: list[str]) -> None:
+    """review.json is keyed by file: two records of one `path` cannot both have a verdict."""
+    seen: set[str] = set()
+    for path in paths:
+        if path in seen:
+            raise ToolkitError(f"{dataset.folder} holds two records of {path}; a review needs each "
+                               "record's path to be unique: pack again")
+        seen.add(path)
+
+
 def record_images(dataset: shards.Dataset) -> Iterator[tuple[str, bytes]]:
     """(path, image bytes) of every record, train then test, in dataset.json's order of shards:
     one record in memory at a time. The shards were checked by :func:`review_dataset` first."""
@@ -94,7 +121,7 @@ def record_images(dataset: shards.Dataset) -> Iterator[tuple[str, bytes]]:
         for path in dataset.files(split):
             try:
                 for record in read_records(path, None):
-                    name = read_feature(record, "path", "bytes").decode("utf-8", "surrogateescape")
+                    name = record_name(read_feature(record, "path", "bytes"))
                     yield name, read_feature(record, "image", "bytes")
             except ValueError as e:
                 raise ToolkitError(f"shard {path} is damaged ({e}); pack again") from None
