@@ -69,7 +69,9 @@ def test_review_of_a_dataset_judges_every_record_as_a_review_of_the_same_pixels_
     entries = judged["images"]
     assert sorted((e["file"], e["label"]) for e in entries) == sorted(records(ds))
     assert len(entries) == 48 and judged["class_names"] == ["bar", "disc", "square"]
-    folder = reviewer.review(src, **REVIEW_QUICK, checks=CHECKS, write=False)
+    # its own cache: the folder review embeds the files itself, and its scores still match
+    folder = reviewer.review(src, **REVIEW_QUICK, checks=CHECKS, write=False, cache_dir=tmp_path / "own")
+    assert (tmp_path / "own").is_dir()
     assert entries == [asdict(v) for v in folder.verdicts]  # the same verdicts, scores, sha256s
     page = (ds / "review.html").read_text()
     thumbnails = re.findall(r'<img src="data:image/jpeg;base64,[A-Za-z0-9+/=]+"', page)
