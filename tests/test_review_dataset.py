@@ -15,6 +15,7 @@ from PIL import Image
 from conftest import FLOWERS, MOBILENET_WEIGHTS, shapes_dataset
 from helpers import REVIEW_QUICK, REVIEW_QUICK_FLAGS, assert_one_error_line, run_cli, tree
 from toolkit.core import images
+from toolkit.core.sources import list_files
 from toolkit.curate import reviewer
 from toolkit.data import shards
 from toolkit.data.records import example
@@ -140,6 +141,21 @@ def test_a_record_path_that_is_no_utf8_is_named_as_pack_names_files(tmp_path):
     assert files == ["a/0\\xff.png", "a/1.png", "b/0.png", "b/1.png"]
     page = (ds / "review.html").read_text()
     assert "<small>a/0\\xff.png</small>" in page and page.count("<img") == 4
+
+
+def test_records_are_judged_in_the_order_a_folder_review_walks_nested_folders(tmp_path):
+    """`a/sub/x.png` and `a/sub-a.png`: list_files walks `sub` first (its name sorts before
+    `sub-a.png`), where a string sort of the paths puts `a/sub-a.png` first ('-' < '/')."""
+    names = ["a/sub-a.png", "a/sub/x.png", "a/sub.png", "a/sub/sub/y.png"]
+    for name in names:
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).touch()
+    walked = [str(p.relative_to(tmp_path / "src")) for p in list_files(tmp_path / "src" / "a")]
+    ds = hand_made(tmp_path, [(0, name) for name in names] + [(1, "b/0.png"), (1, "b/1.png")])
+    result = run_cli("review", ds, *REVIEW_QUICK_FLAGS)
+    assert result.exit_code == 0, result.output
+    files = [e["file"] for e in json.loads((ds / "review.json").read_text())["images"]]
+    assert files == walked + ["b/0.png", "b/1.png"] and walked[0] == "a/sub/sub/y.png"
 
 
 def test_a_bad_sha256_or_two_records_of_one_path_are_one_error_line(tmp_path):

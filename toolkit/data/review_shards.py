@@ -47,8 +47,10 @@ def review_dataset(folder: str | os.PathLike, *, backbone: str = DEFAULT_BACKBON
                    write: bool = True, progress: bool = False) -> Review:
     """Judge every record of the dataset in `folder` (both splits); write review.json and
     review.html into it. A verdict's `file` is the record's `path` (the file's name in SOURCE)
-    and its `sha256` the source file's; the records are judged in the order a review of SOURCE
-    judges its files (by class, then path), so that the same pixels get the same verdicts.
+    and its `sha256` the source file's; the records are judged by class, then in the order
+    :func:`toolkit.core.sources.list_files` walks a class folder: for a dataset of every usable
+    image of SOURCE (no `--per-class` sampling) with plain names, the order a review of SOURCE
+    judges its files, so that the same pixels get the same verdicts.
 
     Raises :class:`ToolkitError` (nothing written) for a folder that is no dataset, a damaged
     shard (every shard's checksum is checked first, as training does), a class with fewer than
@@ -70,7 +72,7 @@ def review_dataset(folder: str | os.PathLike, *, backbone: str = DEFAULT_BACKBON
         vectors = embed_records(dataset, backbone=backbone, weights=weights, size=size,
                                 cache_dir=cache_dir, seed=seed, progress=progress)
         clock["embed"] = time.perf_counter()
-        order = sorted(range(len(paths)), key=lambda i: (labels[i], paths[i]))
+        order = sorted(range(len(paths)), key=lambda i: (labels[i], walk_order(paths[i])))
         judged = judge(vectors[order], labels[order], dataset.class_names, [paths[i] for i in order],
                        folds=folds, seed=seed)
         for verdict, i in zip(judged, order):
@@ -93,6 +95,13 @@ def record_name(raw: bytes) -> str:
     """A record's `path` as a verdict's `file` and a thumbnail's key: as pack writes names
     (:func:`toolkit.core.sources.printable`), bytes that are no UTF-8 shown as \\xNN."""
     return bytes(raw).decode("utf-8", "backslashreplace")
+
+
+def walk_order(path: str) -> tuple[str, ...]:
+    """A sort key of a record's path that is :func:`toolkit.core.sources.list_files`' order
+    (each folder's entries sorted by name, a folder walked where its name falls): `cls/sub/x`
+    before `cls/sub-a`, which a plain string sort puts the other way round."""
+    return tuple(path.split("/"))
 
 
 def record_sha256(dataset: shards.Dataset, raw: bytes) -> str:
