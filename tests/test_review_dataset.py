@@ -19,7 +19,7 @@ from toolkit.core.sources import list_files
 from toolkit.curate import reviewer
 from toolkit.data import shards
 from toolkit.data.records import example
-from toolkit.data.review_shards import review_dataset
+from toolkit.data.review_shards import record_thumbnails, review_dataset
 from toolkit.models import embedder
 
 pytest.importorskip("apache_beam")
@@ -114,13 +114,14 @@ def test_a_damaged_shard_is_one_error_line_that_names_it_and_nothing_is_written(
     assert tree(ds) == before and not (tmp_path / "cache").exists()
 
 
-def hand_made(tmp_path, rows, sha256=None):
+def hand_made(tmp_path, rows, sha256=None, junk=()):
     """A dataset written record by record (as pack never would): (label, path) rows of
-    classes a and b, all in train; `sha256` replaces every record's sha256 feature."""
+    classes a and b, all in train; `sha256` replaces every record's sha256 feature; the
+    records whose path is in `junk` hold bytes that are no image."""
     x, _ = shapes_dataset(len(rows), 32, seed=0)
     records = []
     for (label, path), pixels in zip(rows, x):
-        data = shards.encode_image(pixels, "png")
+        data = b"no image" if path in junk else shards.encode_image(pixels, "png")
         records.append((label, example({"image": data, "label": label, "class": "ab"[label], "split": "train",
                                         "path": path, "sha256": sha256 or hashlib.sha256(data).hexdigest()})))
     ds = tmp_path / "ds"
@@ -156,6 +157,12 @@ def test_records_are_judged_in_the_order_a_folder_review_walks_nested_folders(tm
     assert result.exit_code == 0, result.output
     files = [e["file"] for e in json.loads((ds / "review.json").read_text())["images"]]
     assert files == walked + ["b/0.png", "b/1.png"] and walked[0] == "a/sub/sub/y.png"
+
+
+def test_a_record_that_cannot_be_made_a_thumbnail_is_left_out_not_a_traceback(tmp_path):
+    ds = hand_made(tmp_path, [(0, "a/0.png"), (0, "a/1.png"), (1, "b/0.png")], junk={"a/1.png"})
+    made = record_thumbnails(shards.read_dataset(ds), {"a/0.png", "a/1.png"})
+    assert sorted(made) == ["a/0.png"] and made["a/0.png"][:2] == b"\xff\xd8"  # a JPEG
 
 
 def test_a_bad_sha256_or_two_records_of_one_path_are_one_error_line(tmp_path):

@@ -190,6 +190,11 @@ def embed_records(dataset: shards.Dataset, *, backbone: str, weights: str, size:
 
 def record_thumbnails(dataset: shards.Dataset, names: Collection[str]) -> dict[str, bytes]:
     """review.html's thumbnails of the records named `names`, from their image bytes (one more
-    read of the shards; only the thumbnails are held)."""
-    return {name: square_jpeg(data, HTML_THUMBNAIL_SIDE, RECORD_CHECKS)
-            for name, data in record_images(dataset) if name in names}
+    read of the shards; only the thumbnails are held). A record that cannot be made one is left
+    out: the page shows it "(no longer readable)", as a folder review does a file."""
+    made = {}
+    for name, data in record_images(dataset):
+        if name in names:
+            with contextlib.suppress(images.Unusable):
+                made[name] = square_jpeg(data, HTML_THUMBNAIL_SIDE, RECORD_CHECKS)
+    return made
