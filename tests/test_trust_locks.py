@@ -84,3 +84,22 @@ def test_a_run_folder_has_one_writer_at_a_time(finished_run, tmp_path):
         holder.kill()
         holder.wait()
     assert_one_error_line(run_cli("train", "--resume", run), "already finished")
+
+
+def test_a_lock_in_a_folder_that_cannot_be_written_is_one_line_with_the_callers_fix():
+    """/sys refuses new files even to root (a chmod 0o555 folder would not stop root, which the
+    tests run as): the lock is one line that says what to do, not a PermissionError."""
+    from toolkit.core.locks import holding
+
+    try:
+        os.close(os.open("/sys/.toolkit-probe", os.O_RDWR | os.O_CREAT, 0o600))
+        pytest.skip("/sys is writable here")
+    except FileNotFoundError:
+        pytest.skip("no /sys here")
+    except OSError:
+        pass
+    fix = "copy SOURCE, or call review(write=False)"
+    with pytest.raises(ToolkitError, match=r"^the review of /sys cannot be written: /sys is read-only "
+                                           r"\(.+\); copy SOURCE, or call review\(write=False\)$"):
+        with holding("/sys/review.json", "the review of /sys", read_only=fix):
+            pass

@@ -20,9 +20,15 @@ def lock_path(target: str | os.PathLike) -> Path:
     return target.parent / f".{target.name}.lock"
 
 
+#: What a lock that cannot be made says to do, unless its caller knows better.
+READ_ONLY_FIX = "copy it somewhere you can write"
+
+
 @contextlib.contextmanager
-def holding(target: str | os.PathLike, what: str) -> Iterator[None]:
+def holding(target: str | os.PathLike, what: str, *, read_only: str = READ_ONLY_FIX) -> Iterator[None]:
     """Hold the lock of `target` (described to the user as `what`) while the block runs.
+    A folder where the lock cannot be made (read-only, or not yours) is one line that ends
+    with `read_only`, the fix.
 
     A second holder stops at once with one line that names the first one's pid: no silent
     wait. The lock is an advisory `flock`, so a holder that is killed gives it up with its
@@ -32,7 +38,7 @@ def holding(target: str | os.PathLike, what: str) -> Iterator[None]:
     """
     path = lock_path(target)
     while True:
-        fd = _open(path)
+        fd = _open(path, what, read_only)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -53,12 +59,15 @@ def holding(target: str | os.PathLike, what: str) -> Iterator[None]:
         os.close(fd)  # closing the last descriptor releases the lock
 
 
-def _open(path: Path) -> int:
+def _open(path: Path, what: str, read_only: str) -> int:
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666 & ~UMASK)
     except OSError as e:
         if e.errno == errno.ELOOP:
             refuse_link(path)
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise ToolkitError(f"{what} cannot be written: {path.parent} is read-only ({e.strerror}); "
+                               f"{read_only}") from None
         raise
 
 

@@ -78,7 +78,8 @@ def review(source: str | os.PathLike = "datasets", *, reference: str | os.PathLi
     """
     from ..models.embedder import embed  # Keras loads here, not when the gallery imports this
 
-    lock = holding(Path(source) / REVIEW_FILE, f"the review of {source}") if write else \
+    lock = holding(Path(source) / REVIEW_FILE, f"the review of {source}",
+                   read_only="copy SOURCE, or call review(write=False)") if write else \
         contextlib.nullcontext()
     with lock:  # two reviews of one folder would overwrite each other's verdicts
         clock = {"start": time.perf_counter()}

@@ -57,7 +57,8 @@ def review_dataset(folder: str | os.PathLike, *, backbone: str = DEFAULT_BACKBON
     2 records, and weights that cannot be loaded.
     """
     dataset = shards.read_dataset(folder)
-    lock = holding(Path(folder) / REVIEW_FILE, f"the review of {folder}") if write else \
+    lock = holding(Path(folder) / REVIEW_FILE, f"the review of {folder}",
+                   read_only="copy the dataset, or call review_dataset(write=False)") if write else \
         contextlib.nullcontext()
     with lock:  # two reviews of one dataset would overwrite each other's verdicts
         clock = {"start": time.perf_counter()}
