@@ -2,9 +2,10 @@
 a folder (:func:`toolkit.curate.reviewer.judge`), from the records' own pixels, streamed.
 
 The records are what pack made (resized, encoded), not the source files, which may not be on this
-machine: the embeddings are of those pixels, cached by the SHA-256 of the record's image bytes (the
-folder review's cache is keyed by a file's content the same way, so an entry is never a different
-image's), and review.html's thumbnails are made from the records too. There is no gallery: a
+machine: the embeddings are of those pixels, cached by the SHA-256 of the record's image bytes, as
+the folder review's cache is keyed by a file's bytes (a record whose bytes equal a source file's
+shares its entry, which is harmless: the same bytes are the same pixels), and review.html's
+thumbnails are made from the records too. There is no gallery: a
 person's decisions apply to the SOURCE folder the dataset was packed from.
 """
 
