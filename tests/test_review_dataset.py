@@ -16,6 +16,7 @@ from PIL import Image
 from conftest import FLOWERS, MOBILENET_WEIGHTS, shapes_dataset
 from helpers import REVIEW_QUICK, REVIEW_QUICK_FLAGS, assert_one_error_line, run_cli, tree
 from toolkit.core import images
+from toolkit.core.errors import ToolkitError
 from toolkit.core.sources import list_files
 from toolkit.curate import reviewer
 from toolkit.data import shards
@@ -164,6 +165,19 @@ def test_a_record_that_cannot_be_made_a_thumbnail_is_left_out_not_a_traceback(tm
     ds = hand_made(tmp_path, [(0, "a/0.png"), (0, "a/1.png"), (1, "b/0.png")], junk={"a/1.png"})
     made = record_thumbnails(shards.read_dataset(ds), {"a/0.png", "a/1.png"})
     assert sorted(made) == ["a/0.png"] and made["a/0.png"][:2] == b"\xff\xd8"  # a JPEG
+
+
+def test_a_shard_removed_after_the_check_is_one_error_that_names_it(packed, tmp_path):
+    """The embedding and thumbnail passes read the shards again: one gone meanwhile is the
+    shard readers' one line, not a FileNotFoundError."""
+    _, packed_ds = packed
+    ds = tmp_path / "ds"
+    shutil.copytree(packed_ds, ds)
+    dataset = shards.read_dataset(ds)
+    (ds / dataset.shards[0].file).unlink()
+    with pytest.raises(ToolkitError, match=rf"^shard {re.escape(str(ds / dataset.shards[0].file))} "
+                                           r"cannot be read \(No such file or directory\)"):
+        record_thumbnails(dataset, {"square/000.png"})
 
 
 def test_a_bad_sha256_or_two_records_of_one_path_are_one_error_line(tmp_path):

@@ -36,7 +36,6 @@ from ..curate.reviewer import (
 )
 from ..curate.verdicts import REVIEW_FILE, Review, write_review
 from . import shards
-from .records import read_feature, read_records
 
 #: A record's image is pack's square at the dataset's size: no rule of a crawl's applies to it.
 RECORD_CHECKS = images.Checks(min_side=1)
@@ -63,11 +62,13 @@ def review_dataset(folder: str | os.PathLike, *, backbone: str = DEFAULT_BACKBON
         contextlib.nullcontext()
     with lock:  # two reviews of one dataset would overwrite each other's verdicts
         clock = {"start": time.perf_counter()}
-        labels = np.concatenate([shards.read_labels(dataset, split, check=True) for split in shards.SPLITS])
-        paths = [record_name(p) for split in shards.SPLITS
-                 for p in shards.read_column(dataset, split, "path")]
-        shas = [record_sha256(dataset, s) for split in shards.SPLITS
-                for s in shards.read_column(dataset, split, "sha256")]
+        rows = {split: list(shards.iter_features(dataset, split, ("label", "path", "sha256"), check=True))
+                for split in shards.SPLITS}  # one read that checks every shard, before any is trusted
+        labels = np.concatenate([shards.check_labels(dataset, split, [row[0] for row in rows[split]])
+                                 for split in shards.SPLITS])
+        paths = [record_name(row[1]) for split in shards.SPLITS for row in rows[split]]
+        shas = [record_sha256(dataset, row[2]) for split in shards.SPLITS for row in rows[split]]
+        del rows
         check_unique(dataset, paths)
         check_class_sizes(dataset.class_names, labels.tolist())
         clock["find"] = time.perf_counter()
@@ -126,16 +127,11 @@ def check_unique(dataset: shards.Dataset, paths: list[str]) -> None:
 
 
 def record_images(dataset: shards.Dataset) -> Iterator[tuple[str, bytes]]:
-    """(path, image bytes) of every record, train then test, in dataset.json's order of shards:
+    """(name, image bytes) of every record, train then test, in dataset.json's order of shards:
     one record in memory at a time. The shards were checked by :func:`review_dataset` first."""
     for split in shards.SPLITS:
-        for path in dataset.files(split):
-            try:
-                for record in read_records(path, None):
-                    name = record_name(read_feature(record, "path", "bytes"))
-                    yield name, read_feature(record, "image", "bytes")
-            except ValueError as e:
-                raise ToolkitError(f"shard {path} is damaged ({e}); pack again") from None
+        for path, data in shards.iter_features(dataset, split, ("path", "image")):
+            yield record_name(path), data
 
 
 def embed_records(dataset: shards.Dataset, *, backbone: str, weights: str, size: int,

@@ -22,7 +22,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -238,14 +238,25 @@ def read_column(dataset: Dataset, split: str, feature: str, *, check: bool = Fal
     """One feature of every row of a split, in order: one read of each shard, no image decoded,
     no TensorFlow. With `check`, the same read checks each shard against dataset.json's SHA-256:
     a damaged shard is one ToolkitError that names it."""
-    column: list[bytes | int] = []
+    return [row[0] for row in iter_features(dataset, split, (feature,), check=check)]
+
+
+def iter_features(dataset: Dataset, split: str, names: Sequence[str], *,
+                  check: bool = False) -> Iterator[tuple[bytes | int, ...]]:
+    """The features `names` of each row of a split, in order, one record at a time (no image
+    decoded, no TensorFlow). A shard that is damaged, cannot be read, or holds another count of
+    records than dataset.json says is one ToolkitError that names it, once the reader reaches
+    its end; with `check`, so is one whose SHA-256 differs (rows of that shard were already
+    yielded: collect them before trusting them)."""
     for shard in dataset.shards:
         if shard.split != split:
             continue
-        path, digest = dataset.folder / shard.file, hashlib.sha256()
+        path, digest, count = dataset.folder / shard.file, hashlib.sha256(), 0
         try:
-            values = [read_feature(record, feature, FEATURES[feature])
-                      for record in read_records(path, digest.update if check else None)]
+            for record in read_records(path, digest.update if check else None):
+                row = tuple(read_feature(record, name, FEATURES[name]) for name in names)
+                count += 1
+                yield row
         except ValueError as e:
             raise ToolkitError(f"shard {path} is damaged ({e}); pack again") from None
         except OSError as e:
@@ -254,11 +265,9 @@ def read_column(dataset: Dataset, split: str, feature: str, *, check: bool = Fal
         if check and digest.hexdigest() != shard.sha256:
             raise ToolkitError(f"shard {path} is damaged (its checksum differs from {DATASET_FILE}'s); "
                                "pack again")
-        if len(values) != shard.images:
-            raise ToolkitError(f"shard {path} holds {len(values)} records where {DATASET_FILE} says "
+        if count != shard.images:
+            raise ToolkitError(f"shard {path} holds {count} records where {DATASET_FILE} says "
                                f"{shard.images}; pack again")
-        column += values
-    return column
 
 
 def feature_spec():
@@ -325,7 +334,12 @@ def numbered_records(dataset: Dataset, split: str, shards: Sequence[int] | None 
 def read_labels(dataset: Dataset, split: str, *, check: bool = True) -> np.ndarray:
     """The int64 label of every row of a split, in order, by :func:`read_column` (with `check`,
     the shards' checksums checked in the same read)."""
-    labels = np.array(read_column(dataset, split, "label", check=check), dtype=np.int64)
+    return check_labels(dataset, split, read_column(dataset, split, "label", check=check))
+
+
+def check_labels(dataset: Dataset, split: str, values: Sequence[bytes | int]) -> np.ndarray:
+    """The labels `values` of a split as int64, each one of dataset.json's classes, or one line."""
+    labels = np.array(values, dtype=np.int64)
     wrong = labels[(labels < 0) | (labels >= len(dataset.class_names))]
     if len(wrong):
         raise ToolkitError(f"the {split} shards of {dataset.folder} hold label {wrong[0]} of "
