@@ -12,6 +12,7 @@ person's decisions apply to the SOURCE folder the dataset was packed from.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -20,7 +21,6 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..core import images
 from ..core.errors import ToolkitError
@@ -138,52 +138,21 @@ def embed_records(dataset: shards.Dataset, *, backbone: str, weights: str, size:
                   cache_dir: str | os.PathLike | None = None, seed: int = 0,
                   progress: bool = False) -> np.ndarray:
     """The pooled backbone's float32 (n, channels) embeddings of every record (train then test),
-    of its pixels centre-cropped to `size`, decoded and embedded `EMBED_BATCH` at a time; only
-    images the cache lacks (by their bytes' SHA-256) are computed."""
-    from ..models.cache import cache_root
-    from ..models.embedder import EMBED_BATCH, EmbeddingCache, pooled_backbone
+    of its pixels centre-cropped to `size`, by :func:`toolkit.models.embedder.embed_stream`: one
+    read of the shards; only images the cache lacks (by their bytes' SHA-256) are decoded."""
+    from ..models.embedder import embed_stream
 
-    cache = EmbeddingCache(cache_root(cache_dir), backbone, weights, size, seed)
-    known = cache.load()
-    keys: list[str] = []
-    model, batch, unsaved = None, [], []
+    def pixels(name: str, data: bytes) -> np.ndarray:
+        try:
+            return images.decode_pixels(data, RECORD_CHECKS, size, "crop")[1]
+        except images.Unusable as e:
+            raise ToolkitError(f"the record of {name} in {dataset.folder} holds no usable image ({e}); "
+                               "pack again") from None
 
-    def run_batch() -> None:
-        nonlocal model
-        if model is None:
-            model = pooled_backbone(backbone, weights, size, seed)
-        x = np.stack([pixels for _, pixels in batch])
-        padded = np.concatenate([x, np.repeat(x[-1:], EMBED_BATCH - len(x), 0)])
-        vectors = np.asarray(model.predict_on_batch(padded))[:len(x)].astype(np.float32)
-        known.update(zip((sha for sha, _ in batch), vectors))
-        unsaved.extend(sha for sha, _ in batch)
-        batch.clear()
-        if len(unsaved) >= cache.SHARD:
-            save()
-
-    def save() -> None:
-        cache.save(unsaved, np.stack([known[sha] for sha in unsaved]))
-        unsaved.clear()
-
-    with tqdm(total=sum(dataset.count(s) for s in shards.SPLITS), desc=f"embed ({backbone})",
-              unit="img", disable=not progress) as bar:
-        for name, data in record_images(dataset):
-            sha = hashlib.sha256(data).hexdigest()
-            keys.append(sha)
-            if sha not in known and all(sha != s for s, _ in batch):
-                try:
-                    batch.append((sha, images.decode_pixels(data, RECORD_CHECKS, size, "crop")[1]))
-                except images.Unusable as e:
-                    raise ToolkitError(f"the record of {name} in {dataset.folder} holds no usable "
-                                       f"image ({e}); pack again") from None
-                if len(batch) == EMBED_BATCH:
-                    run_batch()
-            bar.update(1)
-        if batch:
-            run_batch()
-        if unsaved:
-            save()
-    return np.stack([known[sha] for sha in keys]).astype(np.float32)
+    items = ((hashlib.sha256(data).hexdigest(), functools.partial(pixels, name, data))
+             for name, data in record_images(dataset))
+    return embed_stream(items, backbone=backbone, weights=weights, size=size, cache_dir=cache_dir,
+                        seed=seed, total=sum(dataset.count(s) for s in shards.SPLITS), progress=progress)
 
 
 def record_thumbnails(dataset: shards.Dataset, names: Collection[str]) -> dict[str, bytes]:

@@ -7,11 +7,12 @@ preprocessing layer, the same weights (`imagenet`, `none` or a file), no head.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -44,46 +45,76 @@ def embed(files: Sequence[UsableFile], *, backbone: str, weights: str = "imagene
     """Globally pooled backbone features of `files` (usable images, with their `info`),
     float32 (n, channels), of the centre square of side `size`; only images the cache lacks
     are computed."""
+    def pixels(f: UsableFile) -> np.ndarray:
+        try:
+            info, x = images.decode(images.read_file(f.path, checks), checks, size, "crop")
+        except images.Unusable as e:
+            raise ToolkitError(f"{f.name} changed during the review ({e}); run "
+                               "`toolkit review` again") from None
+        if info.sha256 != f.info.sha256:  # never cache these pixels under the old content
+            raise ToolkitError(f"{f.name} changed during the review; run `toolkit review` "
+                               "again")
+        return x
+
+    return embed_stream(((f.info.sha256, functools.partial(pixels, f)) for f in files), backbone=backbone,
+                        weights=weights, size=size, cache_dir=cache_dir, seed=seed, workers=workers,
+                        total=len(files), progress=progress)
+
+
+def embed_stream(items: Iterable[tuple[str, Callable[[], np.ndarray]]], *, backbone: str, weights: str,
+                 size: int, cache_dir: str | os.PathLike | None = None, seed: int = 0,
+                 workers: int | None = None, total: int | None = None, progress: bool = False) -> np.ndarray:
+    """The embeddings of `items`, (content sha256, a function that decodes its (size, size, 3)
+    pixels) read one at a time, as float32 (n, channels): pixels are decoded (in a thread pool,
+    the next batch while the backbone runs on this one) only for contents the cache lacks, and
+    the backbone is loaded only then; the cache is saved every `EmbeddingCache.SHARD` images."""
     cache = EmbeddingCache(cache_root(cache_dir), backbone, weights, size, seed)
     known = cache.load()
-    todo = [f for f in files if f.info.sha256 not in known]
-    if todo:
-        model = pooled_backbone(backbone, weights, size, seed)
-        executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
+    keys: list[str] = []
+    model, batch, queued, unsaved = None, [], set(), []
+    pending: list[tuple[str, Future]] = []
+    executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
 
-        def pixels(f: UsableFile) -> np.ndarray:
-            try:
-                info, x = images.decode(images.read_file(f.path, checks), checks, size, "crop")
-            except images.Unusable as e:
-                raise ToolkitError(f"{f.name} changed during the review ({e}); run "
-                                   "`toolkit review` again") from None
-            if info.sha256 != f.info.sha256:  # never cache these pixels under the old content
-                raise ToolkitError(f"{f.name} changed during the review; run `toolkit review` "
-                                   "again")
-            return x
+    def run(submitted: list[tuple[str, Future]]) -> None:
+        nonlocal model
+        if model is None:
+            model = pooled_backbone(backbone, weights, size, seed)
+        x = np.stack([future.result() for _, future in submitted])
+        padded = np.concatenate([x, np.repeat(x[-1:], EMBED_BATCH - len(x), 0)])
+        vectors = np.asarray(model.predict_on_batch(padded))[:len(x)].astype(np.float32)
+        known.update(zip((sha for sha, _ in submitted), vectors))
+        unsaved.extend(sha for sha, _ in submitted)
+        bar.update(len(x))
+        if len(unsaved) >= cache.SHARD:
+            save()
 
-        try:
-            with tqdm(total=len(todo), desc=f"embed ({backbone})", unit="img",
-                      disable=not progress) as bar:
-                for start in range(0, len(todo), cache.SHARD):
-                    shard = todo[start:start + cache.SHARD]
-                    batches = [shard[i:i + EMBED_BATCH] for i in range(0, len(shard), EMBED_BATCH)]
-                    # the pool decodes the next batch while the backbone runs on this one
-                    pending = [executor.submit(pixels, f) for f in batches[0]]
-                    out = []
-                    for i in range(len(batches)):
-                        x = np.stack([p.result() for p in pending])
-                        if i + 1 < len(batches):
-                            pending = [executor.submit(pixels, f) for f in batches[i + 1]]
-                        padded = np.concatenate([x, np.repeat(x[-1:], EMBED_BATCH - len(x), 0)])
-                        out.append(np.asarray(model.predict_on_batch(padded))[:len(x)])
-                        bar.update(len(x))
-                    vectors = np.concatenate(out).astype(np.float32)
-                    cache.save([f.info.sha256 for f in shard], vectors)
-                    known.update(zip((f.info.sha256 for f in shard), vectors))
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)
-    return np.stack([known[f.info.sha256] for f in files]).astype(np.float32)
+    def save() -> None:
+        cache.save(list(unsaved), np.stack([known[sha] for sha in unsaved]))
+        unsaved.clear()
+
+    try:
+        with tqdm(total=total, desc=f"embed ({backbone})", unit="img", disable=not progress) as bar:
+            for sha, pixels in items:
+                keys.append(sha)
+                if sha in known or sha in queued:
+                    continue
+                queued.add(sha)
+                batch.append((sha, pixels))
+                if len(batch) == EMBED_BATCH:  # decode it while the backbone runs on the one before
+                    submitted = [(s, executor.submit(p)) for s, p in batch]
+                    batch.clear()
+                    if pending:
+                        run(pending)
+                    pending = submitted
+            if pending:
+                run(pending)
+            if batch:
+                run([(s, executor.submit(p)) for s, p in batch])
+            if unsaved:
+                save()
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    return np.stack([known[sha] for sha in keys]).astype(np.float32)
 
 
 class EmbeddingCache:
