@@ -196,14 +196,16 @@ class FakeEngine:
                 item.calls += 1
                 item.times.append(time.monotonic())
         try:
-            self._answer_image(request, name, item)
+            if self.slow_seconds:
+                time.sleep(self.slow_seconds)
         finally:
+            # counted until the answer is sent, not until this thread is done with it: a
+            # client that has its answer may start its next request before this thread runs on
             with self.lock:
                 self.in_flight -= 1
+        self._answer_image(request, name, item)
 
     def _answer_image(self, request, name: str, item: Item | None) -> None:
-        if self.slow_seconds:
-            time.sleep(self.slow_seconds)
         if item is None:
             return self._send(request, 404, b"no such image", "text/plain")
         hop = int(parse_qs(urlsplit(request.path).query).get("hop", ["0"])[0])

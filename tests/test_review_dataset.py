@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from dataclasses import asdict
@@ -190,21 +189,6 @@ def test_a_bad_sha256_or_two_records_of_one_path_are_one_error_line(tmp_path):
     before = tree(ds)
     assert_one_error_line(run_cli("review", ds, *REVIEW_QUICK_FLAGS), "two records of a/0.png")
     assert tree(ds) == before
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in a chmod 0o555 folder (the lock itself is "
-                    "tested without permissions in test_trust_locks.py)")
-def test_a_read_only_dataset_is_one_error_line(packed, tmp_path):
-    _, packed_ds = packed
-    ds = tmp_path / "ds"
-    shutil.copytree(packed_ds, ds)
-    ds.chmod(0o555)
-    try:
-        assert_one_error_line(run_cli("review", ds, *REVIEW_QUICK_FLAGS),
-                              "is read-only (Permission denied); copy the dataset, or call "
-                              "review_dataset(write=False)")
-    finally:
-        ds.chmod(0o755)
 
 
 def test_a_class_of_one_record_is_the_folder_review_s_one_error_line(tmp_path):

@@ -97,6 +97,7 @@ def embed_stream(items: Iterable[tuple[str, Callable[[], np.ndarray]]], *, backb
             for sha, pixels in items:
                 keys.append(sha)
                 if sha in known or sha in queued:
+                    bar.update(1)  # cached (or a content seen before): counted, not computed
                     continue
                 queued.add(sha)
                 batch.append((sha, pixels))
