@@ -115,8 +115,8 @@ def jobs(scratch: Path) -> dict:
         "bench_precision": lambda: run_script("bench_precision.py", archive, "--strategy", "cnn",
                                               "--epochs", 1, "--precisions", "float32",
                                               "--per-class", 8, cwd=scratch),
-        "bench_stream": lambda: run_script("bench_stream.py", "--smoke", "--folder", scratch / "stream",
-                                           cwd=scratch),
+        "bench_stream": lambda: run_script("bench_stream.py", "--smoke", "--strategies", "extract",
+                                           "--folder", scratch / "stream", cwd=scratch),
         # beam1 only: test_shards.py packs with two worker processes
         "bench_shards": lambda: run_script("bench_shards.py", "--smoke", "--sides", "npz,beam1",
                                            "--cache", scratch / "photos", cwd=scratch),

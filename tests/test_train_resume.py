@@ -52,7 +52,7 @@ def test_resume_of_a_damaged_state_is_one_line(finished_run, tmp_path):
 # ---- resume after a kill
 
 def test_killed_run_resumes_to_the_same_result(shapes, tmp_path):
-    options = ["--data", shapes, "--strategy", "finetune", "--weights", "none", "--epochs", "6",
+    options = ["--data", shapes, "--strategy", "finetune", "--weights", "none", "--epochs", "4",
                "--patience", "10", "--batch-size", "16", "--cache-dir", tmp_path / "cache"]
     whole = run_cli("train", *options, "--out", tmp_path / "whole")
     assert whole.exit_code == 0, whole.output
@@ -69,12 +69,12 @@ def test_killed_run_resumes_to_the_same_result(shapes, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = json.loads(state.read_text())["epoch"]
-    assert killed_at < 5 and not (tmp_path / "killed" / "model.keras").exists()
+    assert killed_at < 3 and not (tmp_path / "killed" / "model.keras").exists()
     resumed = run_cli("train", "--resume", tmp_path / "killed")
     assert resumed.exit_code == 0, resumed.output
     a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
-    assert a["epochs_run"] == b["epochs_run"] == 6
+    assert a["epochs_run"] == b["epochs_run"] == 4
     assert a["confusion_matrix"] == b["confusion_matrix"]
     ha = (tmp_path / "whole" / "history.csv").read_text().splitlines()
     hb = (tmp_path / "killed" / "history.csv").read_text().splitlines()
