@@ -84,6 +84,18 @@ def write_archive(path: Path, n_per_class: int = 40, size: int = 32, seed: int =
     return path
 
 
+def write_shape_folders(root: Path, n_per_class: int, size: int, seed: int) -> Path:
+    """The toy shapes (:func:`conftest.shapes_dataset`) as class folders of PNGs under `root`."""
+    from PIL import Image
+
+    x, y = shapes_dataset(n_per_class, size, seed=seed)
+    for i, (pixels, label) in enumerate(zip(x, y)):
+        folder = root / ["square", "disc", "bar"][label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return root
+
+
 def add_bad_responses(engine, keyword, slow=True):
     """Every kind of response a crawl must refuse, listed for `keyword` on the fake engine; a slow
     drip too, unless `slow` is False."""

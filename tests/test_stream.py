@@ -11,15 +11,14 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import shapes_dataset
 from helpers import (
     QUICK,
     assert_one_error_line,
     assert_resumed_as_whole,
     interrupted_after_first_epoch,
     run_cli,
+    write_shape_folders,
 )
 from toolkit.core import images
 from toolkit.core.errors import ToolkitError
@@ -44,11 +43,7 @@ def packed(tmp_path_factory):
     from toolkit.data.shard_pack import pack_shards
 
     tmp = tmp_path_factory.mktemp("stream")
-    x, y = shapes_dataset(24, 32, seed=1)
-    for i, (pixels, label) in enumerate(zip(x, y)):
-        folder = tmp / "src" / ["square", "disc", "bar"][label]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    write_shape_folders(tmp / "src", 24, 32, seed=1)
     pack(tmp / "src", tmp / "shapes.npz", **PACK)
     pack_shards(tmp / "src", tmp / "ds", workers=1, encoding="png", **PACK)
     pack_shards(tmp / "src", tmp / "many", workers=1, encoding="png", images_per_shard=10, **PACK)
