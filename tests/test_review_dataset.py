@@ -10,14 +10,22 @@ import shutil
 from dataclasses import asdict
 
 import pytest
-from PIL import Image
 
+from browser import browser, console_errors, requested_urls  # noqa: F401 (a fixture)
 from conftest import shapes_dataset
-from helpers import REVIEW_QUICK, REVIEW_QUICK_FLAGS, assert_one_error_line, run_cli, tree
+from helpers import (
+    REVIEW_QUICK,
+    REVIEW_QUICK_FLAGS,
+    assert_one_error_line,
+    run_cli,
+    tree,
+    write_shape_folders,
+)
 from toolkit.core import images
 from toolkit.core.errors import ToolkitError
 from toolkit.core.sources import list_files
 from toolkit.curate import reviewer
+from toolkit.curate.review_page import HTML_THUMBNAIL_SIDE
 from toolkit.data import shards
 from toolkit.data.records import example
 from toolkit.data.review_shards import record_thumbnails, review_dataset
@@ -35,11 +43,7 @@ def packed(tmp_path_factory):
     from toolkit.data.shard_pack import pack_shards
 
     tmp = tmp_path_factory.mktemp("review-dataset")
-    x, y = shapes_dataset(16, 32, seed=2)
-    for i, (pixels, label) in enumerate(zip(x, y)):
-        folder = tmp / "src" / ["square", "disc", "bar"][label]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    write_shape_folders(tmp / "src", 16, 32, seed=2)
     pack_shards(tmp / "src", tmp / "ds", workers=1, encoding="png", per_class=16, size=32, seed=3,
                 test_size=0.25, checks=CHECKS, images_per_shard=20)
     return tmp / "src", tmp / "ds"
@@ -199,3 +203,21 @@ def test_a_class_of_one_record_is_the_folder_review_s_one_error_line(tmp_path):
     assert_one_error_line(run_cli("review", ds, *REVIEW_QUICK_FLAGS),
                           "class b (1) has fewer than 2 usable images")
     assert tree(ds) == before
+
+
+def test_the_page_of_a_dataset_review_shows_each_record_s_thumbnail_in_a_browser(
+        packed, tmp_path, browser):  # noqa: F811
+    """In Chromium, from the file alone: every card's thumbnail decodes to a picture of the
+    record (no request leaves the page, no console error), under the record's path."""
+    _, packed_ds = packed
+    ds = tmp_path / "ds"
+    shutil.copytree(packed_ds, ds)
+    review_dataset(ds, **REVIEW_QUICK)
+    browser.get((ds / "review.html").as_uri())
+    cards = browser.execute_script(
+        "return [...document.querySelectorAll('figure')].map(f => [f.querySelector('img').naturalWidth,"
+        " f.querySelector('small').textContent]);")
+    assert len(cards) == 48 and all(width == HTML_THUMBNAIL_SIDE for width, _ in cards), cards[:3]
+    assert sorted(name for _, name in cards) == sorted(path for path, _ in records(ds))
+    assert "toolkit review SOURCE --serve" in browser.find_element("tag name", "body").text
+    assert console_errors(browser) == [] and requested_urls(browser) == [(ds / "review.html").as_uri()]
